@@ -1,0 +1,9 @@
+//! ably-tokend: a token-authentication sidecar for Ably.
+
+#[cfg(all(feature = "aws-lc", feature = "rust-crypto"))]
+compile_error!("choose exactly one crypto backend: feature \"aws-lc\" or \"rust-crypto\"");
+#[cfg(not(any(feature = "aws-lc", feature = "rust-crypto")))]
+compile_error!("choose a crypto backend: feature \"aws-lc\" or \"rust-crypto\"");
+
+pub mod capability;
+pub mod signing;

@@ -1,0 +1,117 @@
+//! The Ably API key, parsed once at the edge. Its secret never reaches `Debug`,
+//! `Display` or serialisation.
+
+use std::fmt;
+use std::str::FromStr;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum KeyError {
+    // The message never echoes the input: it may hold a real secret.
+    #[error("an Ably API key has the form appId.keyId:secret ({0})")]
+    Malformed(&'static str),
+}
+
+/// The secret half of an API key. Deliberately has no `Display`, and its
+/// `Debug` prints a placeholder.
+#[derive(Clone)]
+pub struct KeySecret(String);
+
+impl KeySecret {
+    pub fn expose(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl fmt::Debug for KeySecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("KeySecret(<redacted>)")
+    }
+}
+
+/// `appId.keyId:secret`; the name (`appId.keyId`) is public, the secret is not.
+#[derive(Clone, Debug)]
+pub struct ApiKey {
+    name: String,
+    app_id_len: usize,
+    secret: KeySecret,
+}
+
+impl ApiKey {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn app_id(&self) -> &str {
+        &self.name[..self.app_id_len]
+    }
+
+    pub fn secret(&self) -> &KeySecret {
+        &self.secret
+    }
+
+    /// The whole `name:secret` text, for the rare places that must hand the key
+    /// to something else (printing the `dev` stack's generated key).
+    pub fn expose_whole(&self) -> String {
+        format!("{}:{}", self.name, self.secret.0)
+    }
+}
+
+impl FromStr for ApiKey {
+    type Err = KeyError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let (name, secret) = s
+            .split_once(':')
+            .ok_or(KeyError::Malformed("no ':' between name and secret"))?;
+        let (app_id, key_id) = name
+            .split_once('.')
+            .ok_or(KeyError::Malformed("no '.' between appId and keyId"))?;
+        if app_id.is_empty() || key_id.is_empty() || key_id.contains('.') {
+            return Err(KeyError::Malformed("appId and keyId must be non-empty"));
+        }
+        if secret.is_empty() {
+            return Err(KeyError::Malformed("the secret is empty"));
+        }
+        let printable = |t: &str| t.chars().all(|c| c.is_ascii_graphic());
+        if !printable(name) || !printable(secret) {
+            return Err(KeyError::Malformed(
+                "only printable ASCII without spaces is allowed",
+            ));
+        }
+        Ok(ApiKey {
+            name: name.to_string(),
+            app_id_len: app_id.len(),
+            secret: KeySecret(secret.to_string()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_name_and_secret() {
+        let key: ApiKey = "appId.keyId:keySecret".parse().unwrap();
+        assert_eq!(key.name(), "appId.keyId");
+        assert_eq!(key.app_id(), "appId");
+        assert_eq!(key.secret().expose(), b"keySecret");
+    }
+
+    #[test]
+    fn debug_never_shows_the_secret() {
+        let key: ApiKey = "appId.keyId:hunter2-very-secret".parse().unwrap();
+        let shown = format!("{key:?}");
+        assert!(shown.contains("appId.keyId"));
+        assert!(!shown.contains("hunter2"));
+    }
+
+    #[test]
+    fn malformed_keys_are_refused_without_echoing_them() {
+        for bad in ["", "nocolon", "app:secret", ".key:secret", "app.key:", "a.b.c:s", "a.b:s s"] {
+            let err = bad.parse::<ApiKey>().unwrap_err();
+            assert!(!err.to_string().contains("secret s"), "{bad:?}");
+        }
+    }
+}
