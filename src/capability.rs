@@ -394,8 +394,8 @@ impl Capability {
 
     /// Parses capability JSON text as Ably accepts it from a client.
     pub fn parse_json(text: &str) -> Result<Capability, CapabilityError> {
-        let value: serde_json::Value = serde_json::from_str(text)
-            .map_err(|e| CapabilityError::Malformed(e.to_string()))?;
+        let value: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| CapabilityError::Malformed(e.to_string()))?;
         Capability::from_value(&value)
     }
 
@@ -568,11 +568,29 @@ mod tests {
     #[test]
     fn patterns_reject_what_authors_never_mean() {
         for bad in [
-            "", "orders:**", "a::b", "a:", ":a", "a b", "a,b", "[foo]x", "[*]x", "a[b]", "o*",
+            "",
+            "orders:**",
+            "a::b",
+            "a:",
+            ":a",
+            "a b",
+            "a,b",
+            "[foo]x",
+            "[*]x",
+            "a[b]",
+            "o*",
         ] {
             assert!(ChannelPattern::parse(bad).is_err(), "{bad:?} should fail");
         }
-        for good in ["*", "orders:*", "foo:*:baz", "[meta]*", "[queue]q", "[*]*", "a"] {
+        for good in [
+            "*",
+            "orders:*",
+            "foo:*:baz",
+            "[meta]*",
+            "[queue]q",
+            "[*]*",
+            "a",
+        ] {
             assert!(ChannelPattern::parse(good).is_ok(), "{good:?} should parse");
         }
     }

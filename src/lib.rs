@@ -6,4 +6,7 @@ compile_error!("choose exactly one crypto backend: feature \"aws-lc\" or \"rust-
 compile_error!("choose a crypto backend: feature \"aws-lc\" or \"rust-crypto\"");
 
 pub mod capability;
+pub mod clock;
+pub mod config;
 pub mod signing;
+pub mod upstream;

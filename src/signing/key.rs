@@ -17,6 +17,10 @@ pub enum KeyError {
 pub struct KeySecret(String);
 
 impl KeySecret {
+    pub fn new(secret: String) -> KeySecret {
+        KeySecret(secret)
+    }
+
     pub fn expose(&self) -> &[u8] {
         self.0.as_bytes()
     }
@@ -109,7 +113,15 @@ mod tests {
 
     #[test]
     fn malformed_keys_are_refused_without_echoing_them() {
-        for bad in ["", "nocolon", "app:secret", ".key:secret", "app.key:", "a.b.c:s", "a.b:s s"] {
+        for bad in [
+            "",
+            "nocolon",
+            "app:secret",
+            ".key:secret",
+            "app.key:",
+            "a.b.c:s",
+            "a.b:s s",
+        ] {
             let err = bad.parse::<ApiKey>().unwrap_err();
             assert!(!err.to_string().contains("secret s"), "{bad:?}");
         }

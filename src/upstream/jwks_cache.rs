@@ -1,0 +1,344 @@
+//! One issuer's JWKS, fetched over HTTP and cached. Fresh keys answer at once;
+//! past the cache TTL they keep answering while one background refresh runs;
+//! when the endpoint fails they keep answering up to `stale_for` past expiry.
+//! An unknown `kid` triggers at most one refetch per cooldown, and concurrent
+//! fetches collapse into one.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use jsonwebtoken::Algorithm;
+use tokio::time::Instant;
+
+use super::jwks::{KeySet, VerifyKey, MAX_JWKS_BYTES};
+use super::UpstreamError;
+use crate::config::JwksSettings;
+
+/// Shortest wait between two failed fetches, whatever asks for them.
+const FAILED_FETCH_BACKOFF: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    Ready,
+    NotReady(String),
+}
+
+/// A point-in-time view for health checks and metrics.
+#[derive(Debug, Clone)]
+pub struct CacheStatus {
+    pub key_count: usize,
+    pub age: Option<Duration>,
+    pub fetches: u64,
+    pub failures: u64,
+    pub last_error: Option<String>,
+    pub readiness: Readiness,
+}
+
+#[derive(Default)]
+struct State {
+    keys: Option<Arc<KeySet>>,
+    fetched_at: Option<Instant>,
+    fresh_until: Option<Instant>,
+    /// Every attempt, successful or not: lets waiters see that a fetch
+    /// happened while they queued for the lock.
+    attempts: u64,
+    failures: u64,
+    last_attempt: Option<Instant>,
+    last_attempt_failed: bool,
+    last_error: Option<String>,
+    last_unknown_kid_fetch: Option<Instant>,
+    refreshing: bool,
+}
+
+pub struct JwksCache {
+    issuer: String,
+    settings: JwksSettings,
+    client: reqwest::Client,
+    state: RwLock<State>,
+    fetch_lock: tokio::sync::Mutex<()>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Why {
+    Missing,
+    UnknownKid,
+    Refresh,
+}
+
+impl JwksCache {
+    pub fn new(issuer: &str, settings: JwksSettings, client: reqwest::Client) -> Arc<JwksCache> {
+        Arc::new(JwksCache {
+            issuer: issuer.to_string(),
+            settings,
+            client,
+            state: RwLock::new(State::default()),
+            fetch_lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keys still usable at `now`: fetched, and not past the stale bound.
+    fn usable(&self, state: &State, now: Instant) -> Option<Arc<KeySet>> {
+        let keys = state.keys.as_ref()?;
+        let fresh_until = state.fresh_until?;
+        (now <= fresh_until + self.settings.stale_for).then(|| keys.clone())
+    }
+
+    /// The key for a token's `kid` and `alg`, fetching the set when needed.
+    pub async fn find(
+        self: &Arc<Self>,
+        kid: Option<&str>,
+        alg: Algorithm,
+    ) -> Result<VerifyKey, UpstreamError> {
+        let now = Instant::now();
+        let (keys, attempts, stale) = {
+            let state = self.read();
+            let keys = self.usable(&state, now);
+            let stale = state.fresh_until.is_some_and(|f| now > f);
+            (keys, state.attempts, stale)
+        };
+        let keys = match keys {
+            Some(keys) => {
+                if stale {
+                    self.refresh_in_background();
+                }
+                keys
+            }
+            None => {
+                self.fetch_once(attempts, Why::Missing).await;
+                self.usable(&self.read(), Instant::now())
+                    .ok_or_else(|| self.unavailable())?
+            }
+        };
+        if let Some(key) = keys.find(kid, alg) {
+            return Ok(key.clone());
+        }
+        // Unknown kid: perhaps the issuer rotated. Refetch, at most once per cooldown.
+        let attempts = {
+            let state = self.read();
+            let cooled = state
+                .last_unknown_kid_fetch
+                .is_none_or(|t| now.duration_since(t) >= self.settings.refetch_cooldown);
+            if !cooled {
+                return Err(UpstreamError::KeyUnknown);
+            }
+            state.attempts
+        };
+        self.fetch_once(attempts, Why::UnknownKid).await;
+        let keys = self
+            .usable(&self.read(), Instant::now())
+            .ok_or_else(|| self.unavailable())?;
+        keys.find(kid, alg)
+            .cloned()
+            .ok_or(UpstreamError::KeyUnknown)
+    }
+
+    fn unavailable(&self) -> UpstreamError {
+        UpstreamError::KeysUnavailable {
+            issuer: self.issuer.clone(),
+        }
+    }
+
+    fn refresh_in_background(self: &Arc<Self>) {
+        {
+            let mut state = self.write();
+            if state.refreshing || self.backing_off(&state, Instant::now()) {
+                return;
+            }
+            state.refreshing = true;
+        }
+        let cache = self.clone();
+        let attempts = self.read().attempts;
+        tokio::spawn(async move {
+            cache.fetch_once(attempts, Why::Refresh).await;
+            cache.write().refreshing = false;
+        });
+    }
+
+    fn backing_off(&self, state: &State, now: Instant) -> bool {
+        state.last_attempt_failed
+            && state
+                .last_attempt
+                .is_some_and(|t| now.duration_since(t) < FAILED_FETCH_BACKOFF)
+    }
+
+    /// Fetches unless another fetch happened since the caller saw `seen_attempts`.
+    async fn fetch_once(&self, seen_attempts: u64, why: Why) {
+        let _guard = self.fetch_lock.lock().await;
+        let now = Instant::now();
+        {
+            let mut state = self.write();
+            if state.attempts != seen_attempts || self.backing_off(&state, now) {
+                return;
+            }
+            if why == Why::UnknownKid {
+                if state
+                    .last_unknown_kid_fetch
+                    .is_some_and(|t| now.duration_since(t) < self.settings.refetch_cooldown)
+                {
+                    return;
+                }
+                state.last_unknown_kid_fetch = Some(now);
+            }
+            state.attempts += 1;
+            state.last_attempt = Some(now);
+        }
+        let result = self.fetch().await;
+        let mut state = self.write();
+        match result {
+            Ok((keys, max_age)) => {
+                for skipped in &keys.skipped {
+                    tracing::warn!(issuer = %self.issuer, reason = %skipped, "JWKS key skipped");
+                }
+                let ttl = match max_age {
+                    Some(age) => age.clamp(
+                        self.settings.refetch_cooldown.min(self.settings.cache_ttl),
+                        self.settings.cache_ttl,
+                    ),
+                    None => self.settings.cache_ttl,
+                };
+                let done = Instant::now();
+                tracing::info!(issuer = %self.issuer, keys = keys.keys.len(), ttl_secs = ttl.as_secs(), "JWKS fetched");
+                state.keys = Some(Arc::new(keys));
+                state.fetched_at = Some(done);
+                state.fresh_until = Some(done + ttl);
+                state.last_attempt_failed = false;
+                state.last_error = None;
+            }
+            Err(error) => {
+                tracing::warn!(issuer = %self.issuer, error = %error, "JWKS fetch failed");
+                state.failures += 1;
+                state.last_attempt_failed = true;
+                state.last_error = Some(error);
+            }
+        }
+    }
+
+    async fn fetch(&self) -> Result<(KeySet, Option<Duration>), String> {
+        let mut response = self
+            .client
+            .get(self.settings.url.clone())
+            .header("accept", "application/json")
+            .timeout(self.settings.timeout)
+            .send()
+            .await
+            .map_err(|e| describe_reqwest_error(&e))?;
+        if !response.status().is_success() {
+            return Err(format!("the JWKS endpoint answered {}", response.status()));
+        }
+        let max_age = response
+            .headers()
+            .get_all(reqwest::header::CACHE_CONTROL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(parse_max_age);
+        if response
+            .content_length()
+            .is_some_and(|len| len as usize > MAX_JWKS_BYTES)
+        {
+            return Err(format!("the JWKS is larger than {MAX_JWKS_BYTES} bytes"));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| describe_reqwest_error(&e))?
+        {
+            if body.len() + chunk.len() > MAX_JWKS_BYTES {
+                return Err(format!("the JWKS is larger than {MAX_JWKS_BYTES} bytes"));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let keys = KeySet::parse(&body).map_err(|e| e.to_string())?;
+        Ok((keys, max_age))
+    }
+
+    /// Starts a fetch if there are no usable keys and none is under way; for
+    /// start-up and readiness probes, which must not wait on the network.
+    pub fn prefetch(self: &Arc<Self>) {
+        let needs = self.usable(&self.read(), Instant::now()).is_none();
+        if needs {
+            self.refresh_in_background();
+        }
+    }
+
+    pub fn status(&self) -> CacheStatus {
+        let now = Instant::now();
+        let state = self.read();
+        let usable = self.usable(&state, now);
+        let readiness = match (&usable, &state.last_error) {
+            (Some(_), _) => Readiness::Ready,
+            (None, Some(error)) => Readiness::NotReady(format!(
+                "issuer {:?} has no usable keys: {error}",
+                self.issuer
+            )),
+            (None, None) if state.keys.is_some() => Readiness::NotReady(format!(
+                "issuer {:?}: cached keys are older than jwks_stale_for",
+                self.issuer
+            )),
+            (None, None) => {
+                Readiness::NotReady(format!("issuer {:?}: JWKS not fetched yet", self.issuer))
+            }
+        };
+        CacheStatus {
+            key_count: usable.as_ref().map_or(0, |k| k.keys.len()),
+            age: state.fetched_at.map(|t| now.duration_since(t)),
+            fetches: state.attempts,
+            failures: state.failures,
+            last_error: state.last_error.clone(),
+            readiness,
+        }
+    }
+}
+
+fn describe_reqwest_error(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        "the JWKS endpoint timed out".into()
+    } else if e.is_connect() {
+        "could not connect to the JWKS endpoint".into()
+    } else {
+        format!("the JWKS request failed: {e}")
+    }
+}
+
+fn parse_max_age(header: &str) -> Option<Duration> {
+    header.split(',').find_map(|directive| {
+        let (name, value) = directive.trim().split_once('=')?;
+        if name.trim().eq_ignore_ascii_case("max-age") {
+            value
+                .trim()
+                .trim_matches('"')
+                .parse()
+                .ok()
+                .map(Duration::from_secs)
+        } else {
+            None
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_age_is_read_from_cache_control() {
+        assert_eq!(
+            parse_max_age("public, max-age=300"),
+            Some(Duration::from_secs(300))
+        );
+        assert_eq!(
+            parse_max_age("Max-Age=\"60\", must-revalidate"),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(parse_max_age("no-cache"), None);
+        assert_eq!(parse_max_age("max-age=abc"), None);
+    }
+}
