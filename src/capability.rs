@@ -13,7 +13,7 @@ pub const MAX_PATTERN_LEN: usize = 256;
 /// Most resources a capability may hold.
 pub const MAX_RESOURCES: usize = 100;
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum CapabilityError {
     #[error("{0:?} is not a valid channel pattern: {1}")]
     InvalidPattern(String, &'static str),

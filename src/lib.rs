@@ -6,7 +6,11 @@ compile_error!("choose exactly one crypto backend: feature \"aws-lc\" or \"rust-
 compile_error!("choose a crypto backend: feature \"aws-lc\" or \"rust-crypto\"");
 
 pub mod capability;
+pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod dev;
+pub mod http;
+pub mod policy;
 pub mod signing;
 pub mod upstream;

@@ -27,7 +27,8 @@ pub struct Grant<'a> {
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-pub(crate) fn hmac_sha256(secret: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+/// HMAC-SHA256 of the concatenated parts.
+pub fn hmac_sha256(secret: &[u8], parts: &[&[u8]]) -> [u8; 32] {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC accepts any key length");
     for part in parts {
         mac.update(part);

@@ -1,0 +1,224 @@
+//! `token inspect`: decode a TokenRequest, an Ably JWT or an upstream JWT,
+//! show what it grants in words, and verify it when given the key.
+
+use std::io::Read;
+use std::process::ExitCode;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use clap::Args;
+use serde_json::Value;
+
+use super::{words, Failure};
+use crate::capability::Capability;
+use crate::clock::{Clock, SystemClock};
+use crate::signing::{verify_ably_jwt, verify_token_request_mac, ApiKey, TokenRequest};
+use crate::upstream::jwks::KeySet;
+
+#[derive(Args)]
+pub struct InspectArgs {
+    /// The token, TokenRequest JSON, or - to read standard input.
+    token: String,
+    /// Ably API key to verify a TokenRequest's mac or an Ably JWT's signature
+    /// (or ABLY_API_KEY).
+    #[arg(long, env = "ABLY_API_KEY", hide_env_values = true)]
+    key: Option<String>,
+    /// A JWKS file to verify an upstream JWT's signature with.
+    #[arg(long)]
+    jwks: Option<std::path::PathBuf>,
+}
+
+pub fn inspect(args: InspectArgs) -> Result<ExitCode, Failure> {
+    let mut text = args.token.clone();
+    if text == "-" {
+        text.clear();
+        std::io::stdin()
+            .take(1024 * 1024)
+            .read_to_string(&mut text)
+            .map_err(|e| Failure(format!("reading standard input: {e}")))?;
+    }
+    let text = text.trim();
+    let key = args
+        .key
+        .as_deref()
+        .map(|k| {
+            k.parse::<ApiKey>()
+                .map_err(|e| Failure(format!("--key: {e}")))
+        })
+        .transpose()?;
+    let now = SystemClock.now_secs() as i64;
+    if text.starts_with('{') {
+        return token_request(text, key.as_ref(), now);
+    }
+    let parts: Vec<&str> = text.split('.').collect();
+    if parts.len() != 3 {
+        return Err(Failure(
+            "not a TokenRequest (JSON) nor a JWT (three dot-separated parts); an opaque Ably token cannot be decoded"
+                .into(),
+        ));
+    }
+    let decode = |part: &str, what: &str| -> Result<Value, Failure> {
+        let bytes = URL_SAFE_NO_PAD
+            .decode(part)
+            .map_err(|_| Failure(format!("the JWT {what} is not base64url")))?;
+        serde_json::from_slice(&bytes).map_err(|_| Failure(format!("the JWT {what} is not JSON")))
+    };
+    let header = decode(parts[0], "header")?;
+    let claims = decode(parts[1], "payload")?;
+    if claims.get("x-ably-capability").is_some() {
+        ably_jwt(text, &header, &claims, key.as_ref(), now)
+    } else {
+        upstream_jwt(text, &header, &claims, args.jwks.as_deref(), now)
+    }
+}
+
+fn show_capability(text: &str) {
+    match Capability::parse_json(text) {
+        Ok(cap) => {
+            println!("capability:");
+            for (pattern, ops) in cap.iter() {
+                println!("  {pattern}: {}", ops.names().join(", "));
+            }
+        }
+        Err(e) => println!("capability:  {text} (INVALID: {e})"),
+    }
+}
+
+fn token_request(text: &str, key: Option<&ApiKey>, now: i64) -> Result<ExitCode, Failure> {
+    let request: TokenRequest =
+        serde_json::from_str(text).map_err(|e| Failure(format!("not a TokenRequest: {e}")))?;
+    println!("kind:        Ably TokenRequest");
+    println!("keyName:     {}", request.key_name);
+    println!(
+        "clientId:    {}",
+        request.client_id.as_deref().unwrap_or("(none)")
+    );
+    show_capability(&request.capability);
+    match request.ttl {
+        Some(ttl) => println!("ttl:         {}", words::duration_ms(ttl)),
+        None => println!("ttl:         (Ably's default, 1h)"),
+    }
+    println!(
+        "timestamp:   {} (Ably accepts it for 2 minutes)",
+        words::time((request.timestamp / 1000) as i64, now)
+    );
+    println!("nonce:       {}", request.nonce);
+    verdict(key.map(|key| {
+        if key.name() != request.key_name {
+            Err(format!(
+                "signed by {}, not by {}",
+                request.key_name,
+                key.name()
+            ))
+        } else if verify_token_request_mac(&request, key.secret()) {
+            Ok("mac verified with the key".to_string())
+        } else {
+            Err("the mac does not match the key".to_string())
+        }
+    }))
+}
+
+fn ably_jwt(
+    text: &str,
+    header: &Value,
+    claims: &Value,
+    key: Option<&ApiKey>,
+    now: i64,
+) -> Result<ExitCode, Failure> {
+    println!("kind:        Ably JWT");
+    println!("alg/kid:     {} / {}", header["alg"], header["kid"]);
+    println!(
+        "clientId:    {}",
+        claims["x-ably-clientId"].as_str().unwrap_or("(none)")
+    );
+    show_capability(claims["x-ably-capability"].as_str().unwrap_or(""));
+    times(claims, now);
+    verdict(key.map(|key| {
+        verify_ably_jwt(text, std::slice::from_ref(key))
+            .map(|_| "signature verified with the key".to_string())
+            .map_err(|e| e.to_string())
+    }))
+}
+
+fn upstream_jwt(
+    text: &str,
+    header: &Value,
+    claims: &Value,
+    jwks: Option<&std::path::Path>,
+    now: i64,
+) -> Result<ExitCode, Failure> {
+    println!("kind:        session JWT (upstream issuer)");
+    println!("header:      {header}");
+    for name in ["iss", "sub", "aud", "azp", "sid", "jti"] {
+        if let Some(v) = claims.get(name) {
+            println!("{:<12} {}", format!("{name}:"), v);
+        }
+    }
+    times(claims, now);
+    println!(
+        "claims:      {}",
+        serde_json::to_string_pretty(claims).unwrap_or_default()
+    );
+    verdict(jwks.map(|path| -> Result<String, String> {
+        let body = std::fs::read(path).map_err(|e| format!("--jwks {}: {e}", path.display()))?;
+        let set = KeySet::parse(&body).map_err(|e| e.to_string())?;
+        let token = crate::upstream::jws::parse(text).map_err(|e| e.to_string())?;
+        let alg: jsonwebtoken::Algorithm = token
+            .alg
+            .parse()
+            .map_err(|_| format!("alg {:?} is not supported", token.alg))?;
+        let key = set
+            .find(token.kid.as_deref(), alg)
+            .ok_or_else(|| format!("no key in the JWKS for kid {:?} and {alg:?}", token.kid))?;
+        match jsonwebtoken::crypto::verify(
+            token.signature,
+            token.signing_input.as_bytes(),
+            &key.key,
+            alg,
+        ) {
+            Ok(true) => Ok(format!("signature verified with JWKS key {:?}", key.kid)),
+            _ => Err("the signature does not match the JWKS key".into()),
+        }
+    }))
+}
+
+fn times(claims: &Value, now: i64) {
+    for name in ["iat", "nbf", "exp"] {
+        match claims.get(name) {
+            None => {}
+            Some(Value::Number(n)) if n.as_i64().is_some() => {
+                println!(
+                    "{:<12} {}",
+                    format!("{name}:"),
+                    words::time(n.as_i64().unwrap_or(0), now)
+                );
+            }
+            Some(other) => println!(
+                "{:<12} {other} (NOT A WHOLE NUMBER: refused by ably-tokend)",
+                format!("{name}:")
+            ),
+        }
+    }
+    if let Some(exp) = claims.get("exp").and_then(Value::as_i64) {
+        if exp <= now {
+            println!("status:      EXPIRED");
+        }
+    }
+}
+
+fn verdict(check: Option<Result<String, String>>) -> Result<ExitCode, Failure> {
+    match check {
+        None => {
+            println!("verified:    no (pass --key or --jwks to verify)");
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Ok(how)) => {
+            println!("verified:    yes, {how}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Err(why)) => {
+            println!("verified:    NO: {why}");
+            Ok(ExitCode::from(1))
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! The one place where errors become HTTP responses, in Ably's error shape so
+//! ably-js reports them well (DESIGN §5): `{"error": {code, statusCode,
+//! message, reason}}`, content-type exactly `application/json`, and the
+//! `X-Ably-Errorcode` / `X-Ably-Errormessage` headers browsers read.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use serde_json::json;
+
+use crate::capability::CapabilityError;
+use crate::policy::Denial;
+use crate::upstream::UpstreamError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    #[error(transparent)]
+    Denied(#[from] Denial),
+    #[error("{message}")]
+    BadRequest {
+        reason: &'static str,
+        message: String,
+    },
+    #[error("the request body is larger than {0} bytes")]
+    BodyTooLarge(usize),
+    #[error("too many requests: slow down and retry")]
+    RateLimited,
+    #[error("no route {0}: the token endpoints are /api/ably-token and /api/ably-jwt")]
+    NotFound(String),
+}
+
+impl ApiError {
+    pub fn bad_request(reason: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::BadRequest {
+            reason,
+            message: message.into(),
+        }
+    }
+
+    pub fn invalid_capability(e: CapabilityError) -> ApiError {
+        ApiError::bad_request("invalid_capability", format!("capability: {e}"))
+    }
+
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ApiError::Upstream(e) => e.reason(),
+            ApiError::Denied(d) => d.reason(),
+            ApiError::BadRequest { reason, .. } => reason,
+            ApiError::BodyTooLarge(_) => "body_too_large",
+            ApiError::RateLimited => "rate_limited",
+            ApiError::NotFound(_) => "not_found",
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::Upstream(UpstreamError::KeysUnavailable { .. }) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ApiError::Upstream(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Denied(_) => StatusCode::FORBIDDEN,
+            ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        error_response(self.status_code(), self.reason(), &self.to_string())
+    }
+}
+
+/// Builds an Ably-shaped error response; also used for errors raised outside
+/// handlers (readiness, actix's own extractor errors).
+pub fn error_response(status: StatusCode, reason: &str, message: &str) -> HttpResponse {
+    error_response_with(status, reason, message, serde_json::Map::new())
+}
+
+/// As `error_response`, with more top-level fields beside `error`.
+pub fn error_response_with(
+    status: StatusCode,
+    reason: &str,
+    message: &str,
+    mut extra: serde_json::Map<String, serde_json::Value>,
+) -> HttpResponse {
+    let code = u32::from(status.as_u16()) * 100;
+    extra.insert(
+        "error".into(),
+        json!({
+            "code": code,
+            "statusCode": status.as_u16(),
+            "message": message,
+            "reason": reason,
+        }),
+    );
+    let body = serde_json::Value::Object(extra);
+    HttpResponse::build(status)
+        .insert_header(("content-type", "application/json"))
+        .insert_header(("x-ably-errorcode", code.to_string()))
+        .insert_header(("x-ably-errormessage", header_safe(message)))
+        .body(body.to_string())
+}
+
+/// Header values must be visible ASCII; keep the message readable.
+fn header_safe(message: &str) -> String {
+    let mut out: String = message
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect();
+    out.truncate(512);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::body::MessageBody;
+
+    #[test]
+    fn errors_have_ablys_shape_and_headers() {
+        let response = ApiError::Upstream(UpstreamError::Expired).error_response();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        let headers = response.headers();
+        assert_eq!(headers.get("content-type").unwrap(), "application/json");
+        assert_eq!(headers.get("x-ably-errorcode").unwrap(), "40100");
+        assert_eq!(
+            headers.get("x-ably-errormessage").unwrap(),
+            "the session token has expired"
+        );
+        let body = response.into_body().try_into_bytes().unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            body,
+            json!({"error": {"code": 40100, "statusCode": 401, "message": "the session token has expired", "reason": "session_token_expired"}})
+        );
+    }
+
+    #[test]
+    fn header_message_is_ascii() {
+        assert_eq!(header_safe("é\nx"), "??x");
+    }
+}

@@ -1,0 +1,195 @@
+//! The edge of the token endpoints: the session token from the request, and
+//! the parameters ably-js sends (`capability`, `clientId`, `ttl`, plus `format`)
+//! from the query string or a form or JSON body, turned into typed values.
+
+use std::time::Duration;
+
+use actix_web::http::header;
+use actix_web::HttpRequest;
+use serde_json::Value;
+
+use super::error::ApiError;
+use crate::capability::Capability;
+use crate::config::{TokenFormat, ABLY_MAX_TTL};
+use crate::policy::Asked;
+use crate::upstream::jws::MAX_TOKEN_BYTES;
+use crate::upstream::UpstreamError;
+
+/// The session token: `Authorization: Bearer …` wins over the cookies, which
+/// are tried in the configured order.
+pub fn session_token<'r>(req: &'r HttpRequest, cookies: &[String]) -> Result<String, ApiError> {
+    if let Some(value) = req.headers().get(header::AUTHORIZATION) {
+        let value = value.as_bytes();
+        if value.len() > 7 && value[..7].eq_ignore_ascii_case(b"bearer ") {
+            let token = std::str::from_utf8(&value[7..])
+                .map_err(|_| UpstreamError::Malformed("the bearer token is not text"))?
+                .trim();
+            return checked(token);
+        }
+    }
+    for name in cookies {
+        if let Some(cookie) = find_cookie(req, name) {
+            return checked(&cookie);
+        }
+    }
+    Err(UpstreamError::Missing.into())
+}
+
+fn checked(token: &str) -> Result<String, ApiError> {
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(UpstreamError::TokenTooLarge.into());
+    }
+    if token.is_empty() {
+        return Err(UpstreamError::Missing.into());
+    }
+    Ok(token.to_string())
+}
+
+/// Reads one cookie without parsing the others (they are not ours to judge).
+fn find_cookie(req: &HttpRequest, name: &str) -> Option<String> {
+    req.headers()
+        .get_all(header::COOKIE)
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            let (k, v) = pair.trim().split_once('=')?;
+            (k == name && !v.is_empty()).then(|| v.trim_matches('"').to_string())
+        })
+}
+
+/// What the client asked for, and in which format it wants the answer.
+#[derive(Debug, Default)]
+pub struct TokenParams {
+    pub asked: Asked,
+    pub format: Option<TokenFormat>,
+}
+
+/// Merges query parameters with a form or JSON body; the body wins.
+pub fn token_params(req: &HttpRequest, body: &[u8]) -> Result<TokenParams, ApiError> {
+    let mut fields: Vec<(String, Value)> =
+        serde_urlencoded::from_str::<Vec<(String, String)>>(req.query_string())
+            .map_err(|_| {
+                ApiError::bad_request(
+                    "invalid_query",
+                    "the query string is not valid URL encoding",
+                )
+            })?
+            .into_iter()
+            .map(|(k, v)| (k, Value::String(v)))
+            .collect();
+    if !body.is_empty() {
+        let content_type = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        match content_type.as_str() {
+            "application/x-www-form-urlencoded" => {
+                let form: Vec<(String, String)> = serde_urlencoded::from_bytes(body).map_err(|_| {
+                    ApiError::bad_request("invalid_body", "the form body is not valid URL encoding")
+                })?;
+                fields.extend(form.into_iter().map(|(k, v)| (k, Value::String(v))));
+            }
+            "application/json" => {
+                let Value::Object(map) = serde_json::from_slice(body).map_err(|e| {
+                    ApiError::bad_request("invalid_body", format!("the JSON body is malformed: {e}"))
+                })?
+                else {
+                    return Err(ApiError::bad_request("invalid_body", "the JSON body must be an object"));
+                };
+                fields.extend(map);
+            }
+            other => {
+                return Err(ApiError::bad_request(
+                    "unsupported_content_type",
+                    format!(
+                        "content-type {other:?} is not accepted: send application/x-www-form-urlencoded or application/json"
+                    ),
+                ))
+            }
+        }
+    }
+    let mut params = TokenParams::default();
+    // Later fields (the body) override earlier ones (the query).
+    for (name, value) in fields {
+        match name.as_str() {
+            "capability" => params.asked.capability = capability(&value)?,
+            "clientId" => params.asked.client_id = text(&value, "clientId")?,
+            "ttl" => params.asked.ttl = ttl(&value)?,
+            "format" => params.format = format(&value)?,
+            // ably-js adds `rnd`, `timestamp` and the app's authParams.
+            _ => {}
+        }
+    }
+    Ok(params)
+}
+
+fn text(value: &Value, name: &str) -> Result<Option<String>, ApiError> {
+    match value {
+        Value::Null => Ok(None),
+        Value::String(s) if s.is_empty() => Ok(None),
+        Value::String(s) => Ok(Some(s.clone())),
+        _ => Err(ApiError::bad_request(
+            "invalid_request",
+            format!("{name} must be a string"),
+        )),
+    }
+}
+
+fn capability(value: &Value) -> Result<Option<Capability>, ApiError> {
+    match value {
+        Value::Null => Ok(None),
+        Value::String(s) if s.is_empty() => Ok(None),
+        Value::String(s) => Capability::parse_json(s)
+            .map(Some)
+            .map_err(ApiError::invalid_capability),
+        object @ Value::Object(_) => Capability::from_value(object)
+            .map(Some)
+            .map_err(ApiError::invalid_capability),
+        _ => Err(ApiError::bad_request(
+            "invalid_capability",
+            "capability must be a JSON object or its text",
+        )),
+    }
+}
+
+fn ttl(value: &Value) -> Result<Option<Duration>, ApiError> {
+    let bad = || {
+        ApiError::bad_request(
+            "invalid_ttl",
+            "ttl must be a whole number of milliseconds between 1 and 86400000",
+        )
+    };
+    let ms = match value {
+        Value::Null => return Ok(None),
+        Value::String(s) if s.is_empty() => return Ok(None),
+        Value::String(s) => s.trim().parse::<u64>().map_err(|_| bad())?,
+        Value::Number(n) => n.as_u64().ok_or_else(bad)?,
+        _ => return Err(bad()),
+    };
+    if ms == 0 {
+        return Err(bad());
+    }
+    // Above Ably's ceiling is lowered to the allowed maximum later, as Ably
+    // itself would refuse it; only absurd values are errors here.
+    Ok(Some(Duration::from_millis(ms).min(ABLY_MAX_TTL * 365)))
+}
+
+fn format(value: &Value) -> Result<Option<TokenFormat>, ApiError> {
+    match value.as_str() {
+        None | Some("") => Ok(None),
+        Some("jwt") => Ok(Some(TokenFormat::Jwt)),
+        Some("token_request" | "tokenrequest" | "token-request") => {
+            Ok(Some(TokenFormat::TokenRequest))
+        }
+        Some(other) => Err(ApiError::bad_request(
+            "invalid_format",
+            format!("format {other:?} is not known: use \"jwt\" or \"token_request\""),
+        )),
+    }
+}

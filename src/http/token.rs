@@ -1,0 +1,155 @@
+//! `/api/ably-token` and `/api/ably-jwt`: verify the session, apply the
+//! policy, sign. Every outcome is logged once with a stable reason.
+
+use std::time::Instant;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use futures_util::StreamExt;
+
+use super::error::ApiError;
+use super::params::{session_token, token_params};
+use super::AppState;
+use crate::config::TokenFormat;
+use crate::policy::Request;
+use crate::signing::{new_nonce, sign_ably_jwt, sign_token_request, Grant};
+use crate::upstream::Session;
+
+#[derive(Clone, Copy)]
+pub enum Route {
+    /// Answers in the configured format, or `?format=`.
+    Token,
+    /// Always an Ably JWT.
+    Jwt,
+}
+
+impl Route {
+    fn name(self) -> &'static str {
+        match self {
+            Route::Token => "/api/ably-token",
+            Route::Jwt => "/api/ably-jwt",
+        }
+    }
+}
+
+pub async fn ably_token(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    handle(Route::Token, req, body, state).await
+}
+
+pub async fn ably_jwt(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    handle(Route::Jwt, req, body, state).await
+}
+
+async fn handle(
+    route: Route,
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let started = Instant::now();
+    let mut session: Option<Session> = None;
+    let result = issue(route, &req, body, &state, &mut session).await;
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let (sub, sid, jti) = session
+        .as_ref()
+        .map(|s| (s.sub.as_str(), s.sid.as_deref(), s.jti.as_deref()))
+        .unwrap_or(("", None, None));
+    match result {
+        Ok((response, roles)) => {
+            tracing::info!(
+                route = route.name(),
+                status = 200,
+                reason = "issued",
+                sub,
+                sid,
+                jti,
+                roles = %roles.join(","),
+                latency_ms,
+                "token issued"
+            );
+            response
+        }
+        Err(error) => {
+            let response = actix_web::ResponseError::error_response(&error);
+            tracing::info!(
+                route = route.name(),
+                status = response.status().as_u16(),
+                reason = error.reason(),
+                sub,
+                sid,
+                jti,
+                latency_ms,
+                "token refused: {error}"
+            );
+            response
+        }
+    }
+}
+
+async fn read_body(mut body: web::Payload, limit: usize) -> Result<Vec<u8>, ApiError> {
+    let mut out = Vec::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|_| {
+            ApiError::bad_request("invalid_body", "the request body could not be read")
+        })?;
+        if out.len() + chunk.len() > limit {
+            return Err(ApiError::BodyTooLarge(limit));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
+async fn issue(
+    route: Route,
+    req: &HttpRequest,
+    body: web::Payload,
+    state: &AppState,
+    session_out: &mut Option<Session>,
+) -> Result<(HttpResponse, Vec<String>), ApiError> {
+    let settings = &state.settings;
+    let token = session_token(req, &settings.server.session_cookies)?;
+    let body = read_body(body, settings.server.max_body_bytes).await?;
+    let params = token_params(req, &body)?;
+    let session = state.verifier.verify(&token).await?;
+    let session = session_out.insert(session);
+    let policy = state.policy();
+    let decision = policy.evaluate(&Request {
+        claims: &session.claims,
+        roles_claim: &session.issuer.roles_claim,
+        client_id_claim: &session.issuer.client_id_claim,
+        asked: &params.asked,
+        default_ttl: settings.ably.default_ttl,
+        max_ttl: settings.ably.max_ttl,
+    })?;
+    let grant = Grant {
+        capability: &decision.capability,
+        client_id: Some(&decision.client_id),
+        ttl_ms: decision.ttl.as_millis() as u64,
+        issued_ms: state.clock.now_ms(),
+    };
+    let format = match route {
+        Route::Jwt => TokenFormat::Jwt,
+        Route::Token => params.format.unwrap_or(settings.ably.token_format),
+    };
+    let key = settings.ably.signing_key();
+    let response = match format {
+        TokenFormat::TokenRequest => {
+            let request = sign_token_request(key, &grant, new_nonce());
+            HttpResponse::Ok()
+                .insert_header(("content-type", "application/json"))
+                .body(serde_json::to_string(&request).expect("a TokenRequest serialises"))
+        }
+        TokenFormat::Jwt => HttpResponse::Ok()
+            .insert_header(("content-type", "application/jwt"))
+            .body(sign_ably_jwt(key, &grant)),
+    };
+    Ok((response, decision.roles))
+}
