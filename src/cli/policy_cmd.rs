@@ -136,6 +136,13 @@ pub fn explain(args: ExplainArgs) -> Result<ExitCode, Failure> {
     match result {
         Ok(decision) => {
             println!("result:        GRANTED");
+            for role in &decision.roles {
+                let about = policy
+                    .role(role)
+                    .and_then(|r| r.description.as_deref())
+                    .unwrap_or("");
+                println!("role:          {role}  {about}");
+            }
             println!("clientId:      {}", decision.client_id);
             println!(
                 "ttl:           {}",

@@ -59,7 +59,13 @@ async fn handle(
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
     let (sub, sid, jti) = session
         .as_ref()
-        .map(|s| (s.sub.as_str(), s.sid.as_deref(), s.jti.as_deref()))
+        .map(|s| {
+            (
+                s.sub.as_deref().unwrap_or(""),
+                s.sid.as_deref(),
+                s.jti.as_deref(),
+            )
+        })
         .unwrap_or(("", None, None));
     match result {
         Ok((response, roles)) => {

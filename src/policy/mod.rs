@@ -55,6 +55,7 @@ struct Grant {
 #[derive(Debug, Clone)]
 pub struct Role {
     pub name: String,
+    pub description: Option<String>,
     pub ttl: Option<Duration>,
     grants: Vec<Grant>,
 }
@@ -274,6 +275,7 @@ impl Policy {
                 name.get_ref().clone(),
                 Role {
                     name: name.get_ref().clone(),
+                    description: role.description.clone(),
                     ttl,
                     grants,
                 },
@@ -295,6 +297,10 @@ impl Policy {
             default_roles,
             roles,
         })
+    }
+
+    pub fn role(&self, name: &str) -> Option<&Role> {
+        self.roles.get(name)
     }
 
     pub fn role_names(&self) -> impl Iterator<Item = &str> {
@@ -337,9 +343,14 @@ impl Policy {
         if applied.is_empty() {
             return Err(Denial::NoRole(claimed));
         }
-        let client_id = client_id(request)?;
+        // Templates are rendered before the client id is judged, so a hostile
+        // value is reported as the template rejection it would cause.
+        let raw_client_id = match request.client_id_claim.lookup(request.claims) {
+            Some(Value::String(id)) => id.as_str(),
+            _ => "",
+        };
         let values = Values {
-            client_id: &client_id,
+            client_id: raw_client_id,
             claims: request.claims,
         };
         let mut granted = Capability::new();
@@ -379,6 +390,7 @@ impl Policy {
         if granted.is_empty() {
             return Err(Denial::RoleGrantsNothing);
         }
+        let client_id = client_id(request)?;
         if granted.len() > MAX_RESOURCES {
             tracing::warn!(
                 resources = granted.len(),

@@ -78,7 +78,8 @@ impl UpstreamError {
 pub struct Session {
     pub issuer: Arc<IssuerSettings>,
     pub claims: Value,
-    pub sub: String,
+    /// For logs; the policy reads the client id from its configured claim.
+    pub sub: Option<String>,
     pub sid: Option<String>,
     pub jti: Option<String>,
 }
@@ -196,14 +197,14 @@ impl Verifier {
                 .and_then(Value::as_str)
                 .map(str::to_string)
         };
-        let sub = text("sub")
-            .filter(|s| !s.is_empty())
-            .ok_or(UpstreamError::BadClaim("sub"))?;
+        if token.claims.get("sub").is_some_and(|s| !s.is_string()) {
+            return Err(UpstreamError::BadClaim("sub"));
+        }
         Ok(Session {
             issuer: issuer.settings.clone(),
             sid: text("sid"),
             jti: text("jti"),
-            sub,
+            sub: text("sub"),
             claims: Value::Object(token.claims),
         })
     }
@@ -331,7 +332,7 @@ mod tests {
     async fn a_valid_token_yields_its_claims() {
         let v = verifier("");
         let session = v.verify(&mint(hs256(), claims(), SECRET)).await.unwrap();
-        assert_eq!(session.sub, "user-1");
+        assert_eq!(session.sub.as_deref(), Some("user-1"));
         assert_eq!(session.sid.as_deref(), Some("sess_1"));
         assert_eq!(session.claims["iat"], NOW);
     }
@@ -432,7 +433,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn unknown_issuer_and_missing_sub_are_refused() {
+    async fn unknown_issuer_and_non_string_sub_are_refused() {
         let v = verifier("");
         let mut c = claims();
         c["iss"] = json!("dev-issuer/");
@@ -441,7 +442,7 @@ mod tests {
             "issuer_unknown"
         );
         let mut c = claims();
-        c["sub"] = json!("");
+        c["sub"] = json!(42);
         assert_eq!(
             reason(&v, &mint(hs256(), c, SECRET)).await,
             "session_token_claims_invalid"
