@@ -39,8 +39,9 @@ struct State {
     keys: Option<Arc<KeySet>>,
     fetched_at: Option<Instant>,
     fresh_until: Option<Instant>,
-    /// Every attempt, successful or not: lets waiters see that a fetch
-    /// happened while they queued for the lock.
+    /// Completed attempts, successful or not: a caller that saw N before
+    /// queueing for the fetch lock knows a fetch finished meanwhile if it
+    /// finds more. Counted at the end so an in-flight fetch is waited for.
     attempts: u64,
     failures: u64,
     last_attempt: Option<Instant>,
@@ -187,11 +188,11 @@ impl JwksCache {
                 }
                 state.last_unknown_kid_fetch = Some(now);
             }
-            state.attempts += 1;
             state.last_attempt = Some(now);
         }
         let result = self.fetch().await;
         let mut state = self.write();
+        state.attempts += 1;
         match result {
             Ok((keys, max_age)) => {
                 for skipped in &keys.skipped {

@@ -1,0 +1,460 @@
+//! Shared test scaffolding: the real app on port 0, a real JWKS server on
+//! loopback, and session tokens shaped like Clerk's and Auth0's, signed by
+//! keys the JWKS server publishes.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ably_tokend::clock;
+use ably_tokend::config::Settings;
+use ably_tokend::http::Application;
+use ably_tokend::policy::Policy;
+use actix_web::dev::ServerHandle;
+use actix_web::{web, App, HttpResponse, HttpServer};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use jsonwebtoken::{Algorithm, EncodingKey};
+use serde_json::{json, Value};
+
+pub const API_KEY: &str = "appId.keyId:keySecret-for-tests";
+pub const KEY_NAME: &str = "appId.keyId";
+pub const KEY_SECRET: &str = "keySecret-for-tests";
+pub const CLERK_ISS: &str = "https://clerk.example.test";
+pub const AUTH0_ISS: &str = "https://tenant.auth0.example/";
+pub const OIDC_ISS: &str = "https://id.example.test";
+pub const APP_ORIGIN: &str = "http://localhost:3000";
+
+pub fn fixture(name: &str) -> String {
+    std::fs::read_to_string(format!(
+        "{}/tests/fixtures/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+}
+
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// A signing key of the test issuers: private PEM + public JWK.
+#[derive(Clone)]
+pub struct TestKey {
+    pub kid: String,
+    pub alg: Algorithm,
+    pem: String,
+    jwk: Value,
+}
+
+impl TestKey {
+    pub fn rsa(fixture_name: &str, kid: &str) -> TestKey {
+        TestKey::load(fixture_name, kid, Algorithm::RS256)
+    }
+
+    pub fn ec(fixture_name: &str, kid: &str) -> TestKey {
+        TestKey::load(fixture_name, kid, Algorithm::ES256)
+    }
+
+    pub fn ed(fixture_name: &str, kid: &str) -> TestKey {
+        TestKey::load(fixture_name, kid, Algorithm::EdDSA)
+    }
+
+    fn load(name: &str, kid: &str, alg: Algorithm) -> TestKey {
+        let mut jwk: Value = serde_json::from_str(&fixture(&format!("{name}.jwk.json"))).unwrap();
+        jwk["kid"] = json!(kid);
+        jwk["use"] = json!("sig");
+        TestKey {
+            kid: kid.into(),
+            alg,
+            pem: fixture(&format!("{name}.pem")),
+            jwk,
+        }
+    }
+
+    pub fn jwk(&self) -> Value {
+        self.jwk.clone()
+    }
+
+    fn encoding_key(&self) -> EncodingKey {
+        match self.alg {
+            Algorithm::ES256 => EncodingKey::from_ec_pem(self.pem.as_bytes()).unwrap(),
+            Algorithm::EdDSA => EncodingKey::from_ed_pem(self.pem.as_bytes()).unwrap(),
+            _ => EncodingKey::from_rsa_pem(self.pem.as_bytes()).unwrap(),
+        }
+    }
+
+    /// Signs `header` (alg and kid are filled in) and `claims` as a compact JWS.
+    pub fn sign(&self, mut header: Value, claims: &Value) -> String {
+        let alg = match self.alg {
+            Algorithm::ES256 => "ES256",
+            Algorithm::EdDSA => "EdDSA",
+            _ => "RS256",
+        };
+        if header.get("alg").is_none() {
+            header["alg"] = json!(alg);
+        }
+        if header.get("kid").is_none() {
+            header["kid"] = json!(self.kid);
+        }
+        sign_raw(&header, claims, |input| {
+            jsonwebtoken::crypto::sign(input, &self.encoding_key(), self.alg).unwrap()
+        })
+    }
+}
+
+pub fn b64(v: &Value) -> String {
+    URL_SAFE_NO_PAD.encode(v.to_string())
+}
+
+pub fn sign_raw(header: &Value, claims: &Value, sign: impl FnOnce(&[u8]) -> String) -> String {
+    let input = format!("{}.{}", b64(header), b64(claims));
+    let signature = sign(input.as_bytes());
+    format!("{input}.{signature}")
+}
+
+/// Claims as Clerk's v2 session tokens carry them (60 s life, azp, sid, org).
+pub fn clerk_claims(sub: &str, role: Option<&str>) -> Value {
+    let now = now();
+    let mut claims = json!({
+        "azp": APP_ORIGIN,
+        "exp": now + 60,
+        "fva": [0, -1],
+        "iat": now,
+        "iss": CLERK_ISS,
+        "jti": format!("jti_{sub}_{now}"),
+        "nbf": now - 10,
+        "sid": format!("sess_{sub}"),
+        "sub": sub,
+        "v": 2,
+        "o": {"id": "org_2abc", "slg": "acme", "rol": "admin", "per": "org:sys:read"},
+    });
+    if let Some(role) = role {
+        claims["metadata"] = json!({"role": role});
+    }
+    claims
+}
+
+/// Clerk's header: a non-string `oiat` and a `cat` beside alg/kid/typ.
+pub fn clerk_header() -> Value {
+    json!({"typ": "JWT", "cat": "cl_B7d4PD111AAA", "oiat": now() - 3600})
+}
+
+/// Claims as Auth0 access tokens carry them: trailing-slash iss, array aud,
+/// namespaced roles claim.
+pub fn auth0_claims(sub: &str, roles: &[&str]) -> Value {
+    let now = now();
+    json!({
+        "iss": AUTH0_ISS,
+        "sub": sub,
+        "aud": ["https://api.example.com", "https://tenant.auth0.example/userinfo"],
+        "iat": now,
+        "exp": now + 86400,
+        "scope": "openid profile email",
+        "azp": "kbyuFDidLLm280LIwVFiazOqjO3ty8KH",
+        "permissions": ["read:orders"],
+        "https://example.com/roles": roles,
+    })
+}
+
+#[derive(Clone)]
+pub struct JwksState {
+    pub body: Arc<Mutex<String>>,
+    pub cache_control: Arc<Mutex<Option<String>>>,
+    pub delay: Arc<Mutex<Duration>>,
+    pub fetches: Arc<AtomicUsize>,
+}
+
+/// A real JWKS endpoint on loopback that counts its fetches.
+pub struct JwksServer {
+    pub port: u16,
+    pub state: JwksState,
+    handle: ServerHandle,
+}
+
+impl JwksServer {
+    pub async fn start(keys: &[&TestKey]) -> JwksServer {
+        let state = JwksState {
+            body: Arc::new(Mutex::new(String::new())),
+            cache_control: Arc::new(Mutex::new(None)),
+            delay: Arc::new(Mutex::new(Duration::ZERO)),
+            fetches: Arc::new(AtomicUsize::new(0)),
+        };
+        let shared = state.clone();
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(web::Data::new(shared.clone()))
+                .route("/.well-known/jwks.json", web::get().to(serve_jwks))
+        })
+        .workers(1)
+        .disable_signals()
+        .bind("127.0.0.1:0")
+        .unwrap();
+        let port = server.addrs()[0].port();
+        let server = server.run();
+        let handle = server.handle();
+        actix_web::rt::spawn(server);
+        let jwks = JwksServer {
+            port,
+            state,
+            handle,
+        };
+        jwks.publish(keys);
+        jwks
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/.well-known/jwks.json", self.port)
+    }
+
+    pub fn publish(&self, keys: &[&TestKey]) {
+        let keys: Vec<Value> = keys.iter().map(|k| k.jwk()).collect();
+        self.publish_raw(json!({ "keys": keys }));
+    }
+
+    pub fn publish_raw(&self, doc: Value) {
+        *self.state.body.lock().unwrap() = doc.to_string();
+    }
+
+    pub fn fetches(&self) -> usize {
+        self.state.fetches.load(Ordering::SeqCst)
+    }
+
+    pub fn set_cache_control(&self, value: &str) {
+        *self.state.cache_control.lock().unwrap() = Some(value.into());
+    }
+
+    pub fn set_delay(&self, delay: Duration) {
+        *self.state.delay.lock().unwrap() = delay;
+    }
+
+    /// Stops answering: connections are refused from now on.
+    pub async fn stop(&self) {
+        self.handle.stop(false).await;
+    }
+}
+
+async fn serve_jwks(state: web::Data<JwksState>) -> HttpResponse {
+    state.fetches.fetch_add(1, Ordering::SeqCst);
+    let delay = *state.delay.lock().unwrap();
+    if !delay.is_zero() {
+        actix_web::rt::time::sleep(delay).await;
+    }
+    let mut response = HttpResponse::Ok();
+    response.content_type("application/json");
+    if let Some(cc) = state.cache_control.lock().unwrap().clone() {
+        response.insert_header(("cache-control", cc));
+    }
+    response.body(state.body.lock().unwrap().clone())
+}
+
+/// The application under test, bound to port 0 on loopback.
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+}
+
+pub struct Issuers<'a> {
+    pub clerk: Option<&'a JwksServer>,
+    pub auth0: Option<&'a JwksServer>,
+    pub oidc: Option<&'a JwksServer>,
+    /// Extra TOML for every JWKS issuer (e.g. short cache times).
+    pub jwks_extra: &'a str,
+}
+
+impl Default for Issuers<'_> {
+    fn default() -> Self {
+        Issuers {
+            clerk: None,
+            auth0: None,
+            oidc: None,
+            jwks_extra: "",
+        }
+    }
+}
+
+pub const TEST_POLICY: &str = r#"
+version = 1
+default_roles = ["customer"]
+
+[roles.customer]
+capabilities = [
+  { channel = "announcements", operations = ["subscribe"] },
+  { channel = "orders:{clientId}:*", operations = ["subscribe", "presence", "history"] },
+]
+
+[roles.support]
+ttl = "15m"
+capabilities = [
+  { channel = "orders:*", operations = ["subscribe", "publish", "presence", "history"] },
+]
+
+[roles.org-admin]
+capabilities = [
+  { channel = "org:{claim:/o/id}:*", operations = ["publish", "subscribe"] },
+]
+"#;
+
+pub fn config_text(issuers: &Issuers<'_>, server_extra: &str) -> String {
+    let mut text = format!(
+        r#"
+        [server]
+        bind = "127.0.0.1:0"
+        workers = 1
+        cors_allowed_origins = ["{APP_ORIGIN}"]
+        rate_limit_per_second = 0
+        {server_extra}
+        [ably]
+        api_key = "{API_KEY}"
+        [log]
+        level = "warn"
+        "#
+    );
+    let extra = issuers.jwks_extra;
+    if let Some(jwks) = issuers.clerk {
+        text += &format!(
+            r#"
+            [[issuers]]
+            name = "clerk"
+            issuer = "{CLERK_ISS}"
+            jwks_url = "{url}"
+            authorized_parties = ["{APP_ORIGIN}"]
+            roles_claim = "/metadata/role"
+            {extra}
+            "#,
+            url = jwks.url()
+        );
+    }
+    if let Some(jwks) = issuers.auth0 {
+        text += &format!(
+            r#"
+            [[issuers]]
+            name = "auth0"
+            issuer = "{AUTH0_ISS}"
+            jwks_url = "{url}"
+            audiences = ["https://api.example.com"]
+            roles_claim = "/https:~1~1example.com~1roles"
+            {extra}
+            "#,
+            url = jwks.url()
+        );
+    }
+    if let Some(jwks) = issuers.oidc {
+        text += &format!(
+            r#"
+            [[issuers]]
+            name = "oidc"
+            issuer = "{OIDC_ISS}"
+            jwks_url = "{url}"
+            algorithms = ["ES256", "EdDSA", "PS256"]
+            roles_claim = "/roles"
+            {extra}
+            "#,
+            url = jwks.url()
+        );
+    }
+    text
+}
+
+impl TestApp {
+    pub async fn spawn(issuers: Issuers<'_>) -> TestApp {
+        TestApp::spawn_with(&config_text(&issuers, ""), TEST_POLICY).await
+    }
+
+    pub async fn spawn_with(config: &str, policy: &str) -> TestApp {
+        let settings = Settings::from_toml(config).unwrap();
+        let policy = Policy::parse(std::path::Path::new("policies/test.toml"), policy).unwrap();
+        let app = Application::build_with(settings, policy, clock::system()).unwrap();
+        let address = format!("http://127.0.0.1:{}", app.port());
+        actix_web::rt::spawn(app.run_until_stopped());
+        TestApp {
+            address,
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap(),
+        }
+    }
+
+    pub async fn get_token(&self, path: &str, bearer: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}{path}", self.address))
+            .bearer_auth(bearer)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}{path}", self.address))
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+/// Asserts an Ably-shaped error: status, code, reason, headers.
+pub async fn assert_error(response: reqwest::Response, status: u16, reason: &str) -> Value {
+    assert_eq!(response.status().as_u16(), status, "status for {reason}");
+    let headers = response.headers().clone();
+    assert_eq!(headers["content-type"], "application/json");
+    assert_eq!(headers["cache-control"], "no-store");
+    let code = (status as u32 * 100).to_string();
+    assert_eq!(headers["x-ably-errorcode"], code.as_str());
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["reason"], reason, "body: {body}");
+    assert_eq!(body["error"]["statusCode"], status);
+    assert_eq!(body["error"]["code"].to_string(), code);
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(!message.is_empty());
+    assert_eq!(headers["x-ably-errormessage"], message);
+    body
+}
+
+/// The TokenRequest mac, recomputed here with hmac + sha2 directly rather
+/// than through the crate's own function.
+pub fn independent_mac(request: &Value) -> String {
+    use hmac::{Hmac, Mac};
+    let text = format!(
+        "{}\n{}\n{}\n{}\n{}\n{}\n",
+        request["keyName"].as_str().unwrap(),
+        request["ttl"]
+            .as_u64()
+            .map(|t| t.to_string())
+            .unwrap_or_default(),
+        request["capability"].as_str().unwrap(),
+        request["clientId"].as_str().unwrap_or(""),
+        request["timestamp"].as_u64().unwrap(),
+        request["nonce"].as_str().unwrap(),
+    );
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(KEY_SECRET.as_bytes()).unwrap();
+    mac.update(text.as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+}
+
+/// Verifies an Ably JWT with jsonwebtoken's own decoder and returns its claims.
+pub fn independent_jwt_claims(token: &str) -> Value {
+    let header = jsonwebtoken::decode_header(token).unwrap();
+    assert_eq!(header.alg, Algorithm::HS256);
+    assert_eq!(header.kid.as_deref(), Some(KEY_NAME));
+    assert_eq!(header.typ.as_deref(), Some("JWT"));
+    let mut validation = jsonwebtoken::Validation::new(Algorithm::HS256);
+    validation.required_spec_claims = ["exp".to_string()].into();
+    jsonwebtoken::decode::<Value>(
+        token,
+        &jsonwebtoken::DecodingKey::from_secret(KEY_SECRET.as_bytes()),
+        &validation,
+    )
+    .unwrap()
+    .claims
+}

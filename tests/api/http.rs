@@ -1,0 +1,184 @@
+//! The HTTP surface: health, readiness, limits, CORS, unknown routes.
+
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+#[actix_web::test]
+async fn healthz_and_readyz_report_state() {
+    let key = TestKey::rsa("rsa1", "k1");
+    let jwks = JwksServer::start(&[&key]).await;
+    let app = TestApp::spawn(Issuers {
+        clerk: Some(&jwks),
+        ..Default::default()
+    })
+    .await;
+    let health = app.get("/healthz").await;
+    assert_eq!(health.status(), 200);
+    assert_eq!(health.headers()["cache-control"], "no-store");
+    assert_eq!(
+        health.json::<Value>().await.unwrap(),
+        json!({"status": "ok"})
+    );
+
+    let mut ready = None;
+    for _ in 0..100 {
+        let response = app.get("/readyz").await;
+        if response.status() == 200 {
+            ready = Some(response.json::<Value>().await.unwrap());
+            break;
+        }
+        actix_web::rt::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let ready = ready.expect("ready after the first JWKS fetch");
+    assert_eq!(ready["status"], "ready");
+    assert_eq!(ready["issuers"][0]["name"], "clerk");
+    assert_eq!(ready["issuers"][0]["keys"], 1);
+    assert_eq!(ready["issuers"][0]["ready"], true);
+}
+
+#[actix_web::test]
+async fn readyz_is_503_while_an_issuer_has_no_keys() {
+    let key = TestKey::rsa("rsa1", "k1");
+    let jwks = JwksServer::start(&[&key]).await;
+    jwks.publish_raw(json!({"keys": []}));
+    let app = TestApp::spawn(Issuers {
+        clerk: Some(&jwks),
+        ..Default::default()
+    })
+    .await;
+    let mut body = Value::Null;
+    for _ in 0..100 {
+        let response = app.get("/readyz").await;
+        assert_eq!(response.status(), 503);
+        body = response.json().await.unwrap();
+        if body["issuers"][0]["last_error"].is_string() {
+            break;
+        }
+        actix_web::rt::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no usable signing key"),
+        "{body}"
+    );
+}
+
+#[actix_web::test]
+async fn oversized_body_is_413_in_ablys_shape() {
+    let key = TestKey::rsa("rsa1", "k1");
+    let jwks = JwksServer::start(&[&key]).await;
+    let app = TestApp::spawn(Issuers {
+        clerk: Some(&jwks),
+        ..Default::default()
+    })
+    .await;
+    let session = key.sign(clerk_header(), &clerk_claims("user_1", None));
+    let response = app
+        .client
+        .post(format!("{}/api/ably-token", app.address))
+        .bearer_auth(&session)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("rnd={}", "1".repeat(20_000)))
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 413, "body_too_large").await;
+    let response = app
+        .client
+        .post(format!("{}/api/ably-token", app.address))
+        .bearer_auth(&session)
+        .header("content-type", "text/xml")
+        .body("<x/>")
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 400, "unsupported_content_type").await;
+}
+
+#[actix_web::test]
+async fn requests_over_the_rate_limit_get_429_but_probes_do_not() {
+    let key = TestKey::rsa("rsa1", "k1");
+    let jwks = JwksServer::start(&[&key]).await;
+    let config = config_text(
+        &Issuers {
+            clerk: Some(&jwks),
+            ..Default::default()
+        },
+        "",
+    )
+    .replace(
+        "rate_limit_per_second = 0",
+        "rate_limit_per_second = 1\nrate_limit_burst = 3",
+    );
+    let app = TestApp::spawn_with(&config, TEST_POLICY).await;
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        statuses.push(app.get("/api/ably-token").await.status().as_u16());
+    }
+    assert_eq!(&statuses[..3], &[401, 401, 401]);
+    assert_eq!(statuses[4], 429);
+    assert_error(app.get("/api/ably-token").await, 429, "rate_limited").await;
+    assert_eq!(app.get("/healthz").await.status(), 200);
+}
+
+#[actix_web::test]
+async fn cors_preflight_is_answered_only_for_configured_origins() {
+    let key = TestKey::rsa("rsa1", "k1");
+    let jwks = JwksServer::start(&[&key]).await;
+    let app = TestApp::spawn(Issuers {
+        clerk: Some(&jwks),
+        ..Default::default()
+    })
+    .await;
+    let preflight = |origin: &'static str| {
+        app.client
+            .request(
+                reqwest::Method::OPTIONS,
+                format!("{}/api/ably-token", app.address),
+            )
+            .header("origin", origin)
+            .header("access-control-request-method", "GET")
+            .header("access-control-request-headers", "authorization")
+            .send()
+    };
+    let allowed = preflight(APP_ORIGIN).await.unwrap();
+    assert_eq!(allowed.status(), 200);
+    assert_eq!(allowed.headers()["access-control-allow-origin"], APP_ORIGIN);
+    let allowed_headers = allowed.headers()["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .to_lowercase();
+    assert!(
+        allowed_headers.contains("authorization"),
+        "{allowed_headers}"
+    );
+    let denied = preflight("https://evil.example").await.unwrap();
+    assert!(denied
+        .headers()
+        .get("access-control-allow-origin")
+        .is_none());
+    assert_ne!(denied.status(), 200);
+}
+
+#[actix_web::test]
+async fn unknown_routes_and_methods_get_ably_shaped_errors() {
+    let key = TestKey::rsa("rsa1", "k1");
+    let jwks = JwksServer::start(&[&key]).await;
+    let app = TestApp::spawn(Issuers {
+        clerk: Some(&jwks),
+        ..Default::default()
+    })
+    .await;
+    assert_error(app.get("/api/ably-tokens").await, 404, "not_found").await;
+    let response = app
+        .client
+        .delete(format!("{}/api/ably-token", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 405, "method_not_allowed").await;
+    assert_error(app.get("/dev/session").await, 404, "not_found").await;
+}

@@ -1,0 +1,8 @@
+//! Integration tests: the real app on port 0, real JWKS servers on loopback.
+
+mod defences;
+mod denials;
+mod helpers;
+mod http;
+mod jwks;
+mod tokens;

@@ -1,0 +1,272 @@
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+fn capability(request: &Value) -> Value {
+    serde_json::from_str(request["capability"].as_str().unwrap()).unwrap()
+}
+
+#[actix_web::test]
+async fn clerk_session_gets_a_token_request_with_the_policy_capability() {
+    let key = TestKey::rsa("rsa1", "ins_2abcRSA");
+    let jwks = JwksServer::start(&[&key]).await;
+    let app = TestApp::spawn(Issuers {
+        clerk: Some(&jwks),
+        ..Default::default()
+    })
+    .await;
+    let session = key.sign(clerk_header(), &clerk_claims("user_2xYz", None));
+
+    let before = now_ms();
+    let response = app.get_token("/api/ably-token", &session).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    assert_eq!(response.headers()["cache-control"], "no-store");
+    let request: Value = response.json().await.unwrap();
+
+    assert_eq!(request["keyName"], KEY_NAME);
+    assert_eq!(request["clientId"], "user_2xYz");
+    assert_eq!(request["ttl"], 3_600_000);
+    assert_eq!(
+        request["capability"],
+        r#"{"announcements":["subscribe"],"orders:user_2xYz:*":["history","presence","subscribe"]}"#
+    );
+    let timestamp = request["timestamp"].as_u64().unwrap();
+    assert!(
+        timestamp >= before && timestamp <= now_ms(),
+        "timestamp {timestamp}"
+    );
+    assert!(request["nonce"].as_str().unwrap().len() >= 16);
+    assert_eq!(request["mac"], independent_mac(&request));
+    let fields: Vec<&String> = request.as_object().unwrap().keys().collect();
+    assert_eq!(fields.len(), 7, "fields: {fields:?}");
+}
+
+#[actix_web::test]
+async fn clerk_support_role_merges_with_the_default_role_and_caps_the_ttl() {
+    let key = TestKey::rsa("rsa1", "ins_2abcRSA");
+    let jwks = JwksServer::start(&[&key]).await;
+    let app = TestApp::spawn(Issuers {
+        clerk: Some(&jwks),
+        ..Default::default()
+    })
+    .await;
+    let session = key.sign(clerk_header(), &clerk_claims("user_agent", Some("support")));
+    let request: Value = app
+        .get_token("/api/ably-token", &session)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(request["ttl"], 900_000);
+    assert_eq!(
+        capability(&request),
+        json!({
+            "announcements": ["subscribe"],
+            "orders:*": ["history", "presence", "publish", "subscribe"],
+            "orders:user_agent:*": ["history", "presence", "subscribe"],
+        })
+    );
+    assert_eq!(request["mac"], independent_mac(&request));
+}
+
+#[actix_web::test]
+async fn auth0_session_gets_an_ably_jwt_that_verifies_independently() {
+    let key = TestKey::rsa("rsa2", "auth0-rsa");
+    let jwks = JwksServer::start(&[&key]).await;
+    let app = TestApp::spawn(Issuers {
+        auth0: Some(&jwks),
+        ..Default::default()
+    })
+    .await;
+    let session = key.sign(
+        json!({"typ": "JWT"}),
+        &auth0_claims("auth0|65f0c0ffee", &["support", "auditor"]),
+    );
+
+    let before = now();
+    let response = app.get_token("/api/ably-jwt", &session).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/jwt");
+    let token = response.text().await.unwrap();
+    let claims = independent_jwt_claims(&token);
+    let iat = claims["iat"].as_u64().unwrap();
+    assert!(iat >= before && iat <= now());
+    assert_eq!(claims["exp"].as_u64().unwrap(), iat + 900);
+    assert_eq!(claims["x-ably-clientId"], "auth0|65f0c0ffee");
+    assert_eq!(
+        claims["x-ably-capability"],
+        r#"{"announcements":["subscribe"],"orders:*":["history","presence","publish","subscribe"],"orders:auth0|65f0c0ffee:*":["history","presence","subscribe"]}"#
+    );
+    assert_eq!(claims.as_object().unwrap().len(), 4);
+}
+
+#[actix_web::test]
+async fn format_jwt_on_the_token_route_answers_a_jwt() {
+    let key = TestKey::rsa("rsa1", "k1");
+    let jwks = JwksServer::start(&[&key]).await;
+    let app = TestApp::spawn(Issuers {
+        clerk: Some(&jwks),
+        ..Default::default()
+    })
+    .await;
+    let session = key.sign(clerk_header(), &clerk_claims("user_1", None));
+    let response = app
+        .get_token("/api/ably-token?format=jwt&ttl=60000", &session)
+        .await;
+    assert_eq!(response.headers()["content-type"], "application/jwt");
+    let claims = independent_jwt_claims(&response.text().await.unwrap());
+    assert_eq!(
+        claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(),
+        60
+    );
+    assert_eq!(claims["x-ably-clientId"], "user_1");
+}
+
+#[actix_web::test]
+async fn ec_and_ed25519_signed_sessions_are_accepted() {
+    let ec = TestKey::ec("ec1", "ec-key");
+    let ed = TestKey::ed("ed1", "ed-key");
+    let jwks = JwksServer::start(&[&ec, &ed]).await;
+    let app = TestApp::spawn(Issuers {
+        oidc: Some(&jwks),
+        ..Default::default()
+    })
+    .await;
+    for (key, sub) in [(&ec, "ec-user"), (&ed, "ed-user")] {
+        let claims = json!({"iss": OIDC_ISS, "sub": sub, "exp": now() + 300, "iat": now(), "roles": ["org-admin"], "o": {"id": "org_7"}});
+        let session = key.sign(json!({"typ": "JWT"}), &claims);
+        let response = app.get_token("/api/ably-token", &session).await;
+        assert_eq!(response.status(), 200, "{sub}");
+        let request: Value = response.json().await.unwrap();
+        assert_eq!(request["clientId"], sub);
+        assert_eq!(
+            capability(&request),
+            json!({
+                "announcements": ["subscribe"],
+                "org:org_7:*": ["publish", "subscribe"],
+                format!("orders:{sub}:*"): ["history", "presence", "subscribe"],
+            })
+        );
+        assert_eq!(request["mac"], independent_mac(&request));
+    }
+}
+
+#[actix_web::test]
+async fn ably_js_post_form_parameters_narrow_the_grant() {
+    let key = TestKey::rsa("rsa1", "k1");
+    let jwks = JwksServer::start(&[&key]).await;
+    let app = TestApp::spawn(Issuers {
+        clerk: Some(&jwks),
+        ..Default::default()
+    })
+    .await;
+    let session = key.sign(clerk_header(), &clerk_claims("user_1", Some("support")));
+    // ably-js with authMethod "POST" sends its token params form-encoded, plus rnd.
+    let response = app
+        .client
+        .post(format!("{}/api/ably-token", app.address))
+        .bearer_auth(&session)
+        .form(&[
+            (
+                "capability",
+                r#"{"orders:42:status":["publish","subscribe"],"admin":["*"]}"#,
+            ),
+            ("clientId", "user_1"),
+            ("ttl", "600000"),
+            ("rnd", "8726451"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let request: Value = response.json().await.unwrap();
+    assert_eq!(
+        request["capability"],
+        r#"{"orders:42:status":["publish","subscribe"]}"#
+    );
+    assert_eq!(request["ttl"], 600_000);
+    assert_eq!(request["clientId"], "user_1");
+    assert_eq!(request["mac"], independent_mac(&request));
+}
+
+#[actix_web::test]
+async fn json_body_parameters_are_read_too_and_ttl_is_lowered_to_the_cap() {
+    let key = TestKey::rsa("rsa1", "k1");
+    let jwks = JwksServer::start(&[&key]).await;
+    let app = TestApp::spawn(Issuers {
+        clerk: Some(&jwks),
+        ..Default::default()
+    })
+    .await;
+    let session = key.sign(clerk_header(), &clerk_claims("user_1", None));
+    let response = app
+        .client
+        .post(format!("{}/api/ably-token", app.address))
+        .bearer_auth(&session)
+        .json(
+            &json!({"capability": {"orders:user_1:9": ["subscribe", "publish"]}, "ttl": 604800000}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let request: Value = response.json().await.unwrap();
+    assert_eq!(
+        request["capability"],
+        r#"{"orders:user_1:9":["subscribe"]}"#
+    );
+    assert_eq!(request["ttl"], 86_400_000);
+}
+
+#[actix_web::test]
+async fn session_cookie_is_read_and_the_authorization_header_wins() {
+    let key = TestKey::rsa("rsa1", "k1");
+    let jwks = JwksServer::start(&[&key]).await;
+    let app = TestApp::spawn(Issuers {
+        clerk: Some(&jwks),
+        ..Default::default()
+    })
+    .await;
+    let alice = key.sign(clerk_header(), &clerk_claims("alice", None));
+    let bob = key.sign(clerk_header(), &clerk_claims("bob", None));
+    let url = format!("{}/api/ably-token", app.address);
+
+    let cookie_only: Value = app
+        .client
+        .get(&url)
+        .header(
+            "cookie",
+            format!("theme=dark; __session={alice}; __client_uat=1700000000"),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(cookie_only["clientId"], "alice");
+
+    let both: Value = app
+        .client
+        .get(&url)
+        .bearer_auth(&bob)
+        .header("cookie", format!("__session={alice}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(both["clientId"], "bob");
+
+    let bad_header = app
+        .client
+        .get(&url)
+        .bearer_auth("not-a-jwt")
+        .header("cookie", format!("__session={alice}"))
+        .send()
+        .await
+        .unwrap();
+    assert_error(bad_header, 401, "session_token_malformed").await;
+}
