@@ -1,0 +1,228 @@
+//! The command line, run as a user would run it.
+
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+use crate::helpers::*;
+
+fn tokend(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ably-tokend"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("ABLY_API_KEY")
+        .output()
+        .unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn policy_check_accepts_the_shipped_policies() {
+    let out = tokend(&[
+        "policy",
+        "check",
+        "policies/default.toml",
+        "policies/support-chat.toml",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "ok: policies/default.toml (2 roles)\nok: policies/support-chat.toml (2 roles)\n"
+    );
+}
+
+#[test]
+fn policy_check_reports_file_line_and_field_and_exits_1() {
+    let dir = tempdir();
+    let bad = dir.join("bad.toml");
+    std::fs::write(
+        &bad,
+        "version = 1\n[roles.support]\ncapabilities = [\n  { channel = \"orders:**\", operations = [\"subscribe\"] },\n]\n",
+    )
+    .unwrap();
+    let out = tokend(&["policy", "check", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.starts_with(&format!(
+            "{}:4: roles.support.capabilities[0].channel: \"orders:**\" is not a valid channel pattern",
+            bad.display()
+        )),
+        "{err}"
+    );
+}
+
+#[test]
+fn policy_explain_shows_roles_rules_and_the_capability() {
+    let out = tokend(&[
+        "policy",
+        "explain",
+        "--policy",
+        "policies/default.toml",
+        "--roles-claim",
+        "/metadata/role",
+        "--claims",
+        r#"{"sub":"agent_7","metadata":{"role":"support"}}"#,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("result:        GRANTED"), "{text}");
+    assert!(
+        text.contains("orders:{clientId}:*  ->  orders:agent_7:*"),
+        "{text}"
+    );
+    assert!(text.contains("ttl:           15m"), "{text}");
+    assert!(text.contains(r#"capability:    {"announcements":["subscribe"],"orders:*":["history","presence","publish","subscribe"],"orders:agent_7:*":["history","presence","subscribe"]}"#), "{text}");
+}
+
+#[test]
+fn policy_explain_says_why_a_user_is_denied_and_exits_1() {
+    let out = tokend(&[
+        "policy",
+        "explain",
+        "--policy",
+        "policies/default.toml",
+        "--claims",
+        r#"{"sub":"a:*"}"#,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = stdout(&out);
+    assert!(text.contains("DENIED (template_value_rejected)"), "{text}");
+    assert!(text.contains("REJECTED"), "{text}");
+}
+
+#[test]
+fn token_request_signs_and_token_inspect_verifies() {
+    let out = tokend(&[
+        "token",
+        "request",
+        "--key",
+        API_KEY,
+        "--capability",
+        r#"{"chat:*":["subscribe"]}"#,
+        "--client-id",
+        "alice",
+        "--ttl",
+        "30m",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let request: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(request["ttl"], 1_800_000);
+    assert_eq!(request["clientId"], "alice");
+    assert_eq!(request["mac"], independent_mac(&request));
+    let text = request.to_string();
+
+    let ok = tokend(&["token", "inspect", &text, "--key", API_KEY]);
+    assert!(ok.status.success());
+    let shown = stdout(&ok);
+    assert!(shown.contains("kind:        Ably TokenRequest"), "{shown}");
+    assert!(shown.contains("chat:*: subscribe"), "{shown}");
+    assert!(shown.contains("ttl:         30m"), "{shown}");
+    assert!(shown.contains("verified:    yes"), "{shown}");
+
+    let bad = tokend(&["token", "inspect", &text, "--key", "appId.keyId:wrong"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(stdout(&bad).contains("verified:    NO: the mac does not match the key"));
+}
+
+#[test]
+fn token_inspect_decodes_an_ably_jwt_in_words() {
+    let out = tokend(&[
+        "token",
+        "request",
+        "--key",
+        API_KEY,
+        "--capability",
+        r#"{"*":["*"]}"#,
+        "--jwt",
+    ]);
+    let jwt = stdout(&out).trim().to_string();
+    let claims = independent_jwt_claims(&jwt);
+    assert_eq!(claims["x-ably-capability"], r#"{"*":["*"]}"#);
+    let shown = tokend(&["token", "inspect", &jwt, "--key", API_KEY]);
+    let text = stdout(&shown);
+    assert!(shown.status.success(), "{text}");
+    assert!(text.contains("kind:        Ably JWT"), "{text}");
+    assert!(
+        text.contains("(in 1h)") || text.contains("(in 59m"),
+        "{text}"
+    );
+    assert!(text.contains("verified:    yes"), "{text}");
+}
+
+#[test]
+fn token_inspect_verifies_an_upstream_jwt_against_a_jwks_file() {
+    let key = TestKey::rsa("rsa1", "k1");
+    let session = key.sign(clerk_header(), &clerk_claims("user_1", None));
+    let dir = tempdir();
+    let jwks = dir.join("jwks.json");
+    std::fs::write(&jwks, serde_json::json!({"keys": [key.jwk()]}).to_string()).unwrap();
+    let out = tokend(&[
+        "token",
+        "inspect",
+        &session,
+        "--jwks",
+        jwks.to_str().unwrap(),
+    ]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("session JWT"), "{text}");
+    assert!(text.contains(r#"sub:         "user_1""#), "{text}");
+    assert!(
+        text.contains("verified:    yes, signature verified with JWKS key"),
+        "{text}"
+    );
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    assert_eq!(tokend(&["policy", "explain"]).status.code(), Some(2));
+    assert_eq!(tokend(&["frobnicate"]).status.code(), Some(2));
+}
+
+#[test]
+fn serve_with_a_bad_config_names_the_field_and_hides_the_secret() {
+    let dir = tempdir();
+    let config = dir.join("bad.toml");
+    std::fs::write(
+        &config,
+        "[ably]\napi_key = \"appIdkeyId:hunter2-secret\"\n[[issuers]]\nname = \"x\"\nissuer = \"x\"\nsecret = \"0123456789abcdef0123456789abcdef\"\n",
+    )
+    .unwrap();
+    let out = tokend(&["serve", "--config", config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("ably.api_key:"), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
+    assert!(!stdout(&out).contains("hunter2"));
+}
+
+#[test]
+fn help_never_shows_a_secret_from_the_environment() {
+    let out = Command::new(env!("CARGO_BIN_EXE_ably-tokend"))
+        .args(["token", "request", "--help"])
+        .env("ABLY_API_KEY", "appId.keyId:hunter2-secret")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("hunter2"));
+}
+
+fn tempdir() -> std::path::PathBuf {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "ably-tokend-cli-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
