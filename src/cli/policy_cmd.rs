@@ -118,13 +118,13 @@ pub fn explain(args: ExplainArgs) -> Result<ExitCode, Failure> {
     }
     if !trace.rules.is_empty() {
         println!("rules:");
-        let width = trace.rules.iter().map(|r| r.0.len()).max().unwrap_or(0);
-        for (role, template, rendered, ops) in &trace.rules {
-            let outcome = match rendered {
-                Ok(pattern) => format!("{pattern} {ops:?}"),
+        let width = trace.rules.iter().map(|r| r.role.len()).max().unwrap_or(0);
+        for rule in &trace.rules {
+            let outcome = match &rule.outcome {
+                Ok(pattern) => format!("{pattern} {:?}", rule.operations),
                 Err(why) => format!("REJECTED: {why}"),
             };
-            println!("  {role:width$}  {template}  ->  {outcome}");
+            println!("  {:width$}  {}  ->  {outcome}", rule.role, rule.template);
         }
     }
     for (role, ttl) in &trace.ttl_caps {

@@ -17,7 +17,7 @@ use crate::upstream::UpstreamError;
 
 /// The session token: `Authorization: Bearer …` wins over the cookies, which
 /// are tried in the configured order.
-pub fn session_token<'r>(req: &'r HttpRequest, cookies: &[String]) -> Result<String, ApiError> {
+pub fn session_token(req: &HttpRequest, cookies: &[String]) -> Result<String, ApiError> {
     if let Some(value) = req.headers().get(header::AUTHORIZATION) {
         let value = value.as_bytes();
         if value.len() > 7 && value[..7].eq_ignore_ascii_case(b"bearer ") {

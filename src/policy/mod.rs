@@ -128,14 +128,23 @@ pub struct Decision {
     pub ttl: Duration,
 }
 
+/// One capability rule as applied to a request.
+#[derive(Debug, Clone)]
+pub struct RuleTrace {
+    pub role: String,
+    pub template: String,
+    /// The rendered pattern, or why a value was rejected.
+    pub outcome: Result<String, String>,
+    pub operations: Vec<&'static str>,
+}
+
 /// How a decision was reached, for `policy explain`.
 #[derive(Debug, Clone, Default)]
 pub struct Trace {
     pub claimed_roles: Vec<String>,
     pub default_roles: Vec<String>,
     pub undefined_roles: Vec<String>,
-    /// (role, template, rendered pattern or the rejection, operations)
-    pub rules: Vec<(String, String, Result<String, String>, Vec<&'static str>)>,
+    pub rules: Vec<RuleTrace>,
     pub granted: Option<Capability>,
     pub ttl_caps: Vec<(String, Duration)>,
 }
@@ -358,15 +367,15 @@ impl Policy {
             for grant in &role.grants {
                 let rendered = grant.template.render(&values);
                 if let Some(t) = trace.as_deref_mut() {
-                    t.rules.push((
-                        role.name.clone(),
-                        grant.template.as_str().to_string(),
-                        rendered
+                    t.rules.push(RuleTrace {
+                        role: role.name.clone(),
+                        template: grant.template.as_str().to_string(),
+                        outcome: rendered
                             .as_ref()
                             .map(|p| p.as_str().to_string())
                             .map_err(|e| describe(e.clone())),
-                        grant.ops.names(),
-                    ));
+                        operations: grant.ops.names(),
+                    });
                 }
                 match rendered {
                     Ok(pattern) => granted.grant(pattern, grant.ops),
@@ -380,7 +389,7 @@ impl Policy {
                 }
             }
         }
-        if let Some(t) = trace.as_deref_mut() {
+        if let Some(t) = trace {
             t.granted = Some(granted.clone());
             t.ttl_caps = applied
                 .iter()

@@ -258,9 +258,9 @@ fn check_claims(
     match claims.get("azp") {
         None => {}
         Some(Value::String(azp)) => {
-            if !issuer.authorized_parties.is_empty()
-                && !issuer.authorized_parties.iter().any(|p| p == azp)
-            {
+            let allowed = issuer.authorized_parties.is_empty()
+                || issuer.authorized_parties.iter().any(|p| p == azp);
+            if !allowed {
                 return Err(UpstreamError::AuthorizedPartyRejected);
             }
         }

@@ -263,23 +263,13 @@ pub struct TestApp {
     pub client: reqwest::Client,
 }
 
+#[derive(Default)]
 pub struct Issuers<'a> {
     pub clerk: Option<&'a JwksServer>,
     pub auth0: Option<&'a JwksServer>,
     pub oidc: Option<&'a JwksServer>,
     /// Extra TOML for every JWKS issuer (e.g. short cache times).
     pub jwks_extra: &'a str,
-}
-
-impl Default for Issuers<'_> {
-    fn default() -> Self {
-        Issuers {
-            clerk: None,
-            auth0: None,
-            oidc: None,
-            jwks_extra: "",
-        }
-    }
 }
 
 pub const TEST_POLICY: &str = r#"
