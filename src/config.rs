@@ -215,8 +215,10 @@ impl Default for RawServer {
             cors_allowed_origins: Vec::new(),
             session_cookies: vec!["__session".into()],
             max_body_bytes: 16 * 1024,
-            rate_limit_per_second: 50,
-            rate_limit_burst: 100,
+            // Behind a proxy every request shares one address, so this is a
+            // ceiling for the whole sidecar, not a per-user quota.
+            rate_limit_per_second: 1000,
+            rate_limit_burst: 2000,
             shutdown_timeout: "10s".into(),
             workers: 0,
         }

@@ -25,6 +25,8 @@ WARMUP=5s
 TOKENS=${TOKENS:-2000}
 OUT=${OUT:-target/bench-load.md}
 PEER_DIR=${PEER_DIR:-$ROOT/../shared/peers/node-token-route}
+# Recorded in the report before the defaults below fill these in.
+INVOCATION="ONLY=$ONLY DURATION=$DURATION TOKENS=$TOKENS${SKIP_BUILD:+ SKIP_BUILD=$SKIP_BUILD}${TOKEND_BIN:+ TOKEND_BIN=$TOKEND_BIN} bash benches/load/run.sh"
 if [[ -n ${TOKEND_BIN:-} ]]; then
   SKIP_BUILD=1
 else
@@ -34,13 +36,14 @@ fi
 THREADS=2
 CONNECTIONS=32
 API_KEY=appId.keyId:benchsecret
-INVOCATION="ONLY=$ONLY DURATION=$DURATION TOKENS=$TOKENS bash benches/load/run.sh"
 
 case $ONLY in both | peer | tokend) ;; *) echo "ONLY must be both, peer or tokend, not '$ONLY'" >&2; exit 2 ;; esac
 [[ $TOKENS =~ ^[0-9]+$ && $TOKENS -ge 4 ]] || { echo "TOKENS must be an integer >= 4 (one support user at least), not '$TOKENS'" >&2; exit 2; }
 
 log() { printf '[bench] %s\n' "$*" >&2; }
 die() { printf '[bench] FAILED: %s\n' "$*" >&2; exit 1; }
+# For failed installs and builds: the tool's own last words say more than our one line.
+die_with_log() { log "--- last lines of $2 ---"; tail -n 30 "$2" >&2; die "$1"; }
 want() { [[ $ONLY == both || $ONLY == "$1" ]]; }
 
 # wrk and timeout take "20s"/"1m"; bash arithmetic needs plain seconds for the outer time bound.
@@ -56,10 +59,15 @@ PIDS=()
 cleanup() {
   local status=$?
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  # A graceful shutdown may wait for connections to drain; bound it so the script always ends.
+  for pid in "${PIDS[@]}"; do
+    for ((i = 0; i < 50; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
   if ((status != 0)); then
     # The servers' own words are usually the fastest way to see why a run failed.
-    for f in "$TMP"/*.log; do
+    for f in "$TMP"/{jwks,peer,tokend}.log; do
       [[ -s $f ]] || continue
       log "--- last lines of $(basename "$f") ---"
       tail -n 20 "$f" >&2
@@ -106,13 +114,13 @@ if ! command -v wrk >/dev/null; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y wrk >"$TMP/apt.log" 2>&1 ||
     { DEBIAN_FRONTEND=noninteractive apt-get update >>"$TMP/apt.log" 2>&1 &&
       DEBIAN_FRONTEND=noninteractive apt-get install -y wrk >>"$TMP/apt.log" 2>&1; } ||
-    die "could not install wrk (see apt output above)"
+    die_with_log "could not install wrk" "$TMP/apt.log"
 fi
 command -v node >/dev/null || die "node is required (the JWKS server and the peer are Node programs)"
 
 log "npm ci in benches/load"
 (cd "$HERE" && timeout 300 npm ci --no-audit --no-fund >"$TMP/npm-bench.log" 2>&1) ||
-  die "npm ci in benches/load failed"
+  die_with_log "npm ci in benches/load failed" "$TMP/npm-bench.log"
 
 if want peer; then
   [[ -f $PEER_DIR/server.mjs ]] || die "peer not found at $PEER_DIR (set PEER_DIR)"
@@ -122,7 +130,7 @@ if want peer; then
   tar -C "$PEER_DIR" --exclude=node_modules -cf - . | tar -C "$TMP/peer" -xf -
   chmod -R u+w "$TMP/peer"
   (cd "$TMP/peer" && timeout 300 npm ci --no-audit --no-fund >"$TMP/npm-peer.log" 2>&1) ||
-    die "npm ci in the peer copy failed"
+    die_with_log "npm ci in the peer copy failed" "$TMP/npm-peer.log"
 fi
 
 if want tokend; then
@@ -130,8 +138,8 @@ if want tokend; then
     log "not building: measuring $TOKEND_BIN as it is"
   else
     log "cargo build --release --locked"
-    timeout 1800 cargo build --release --locked >"$TMP/cargo.log" 2>&1 ||
-      die "cargo build --release --locked failed"
+    cargo build --release --locked >"$TMP/cargo.log" 2>&1 ||
+      die_with_log "cargo build --release --locked failed" "$TMP/cargo.log"
   fi
   [[ -x $TOKEND_BIN ]] || die "$TOKEND_BIN does not exist (use ONLY=peer until the binary is built)"
 fi
@@ -155,12 +163,13 @@ read -r PEER_PORT TOKEND_PORT <<<"$PORTS"
 
 # ---------------------------------------------------------------------------------------------
 # 3. The servers under test.
-declare -A URL
+declare -A URL PID
 if want peer; then
   PORT=$PEER_PORT ABLY_API_KEY=$API_KEY JWKS_URL=$JWKS_URL ISSUER=$ISSUER ROLE_CLAIM=metadata \
     node "$TMP/peer/server.mjs" >"$TMP/peer.log" 2>&1 &
   PEER_PID=$!
   PIDS+=("$PEER_PID")
+  PID[peer]=$PEER_PID
   URL[peer]=http://127.0.0.1:$PEER_PORT/api/ably-token
   # The peer has no readiness route; any HTTP answer (its 404) means it is listening.
   wait_until "the peer" 100 "$PEER_PID" curl -s --max-time 1 -o /dev/null "http://127.0.0.1:$PEER_PORT/"
@@ -185,9 +194,13 @@ capabilities = [
   { channel = "orders:*", operations = ["subscribe", "publish", "presence", "history"] },
 ]
 EOF
+  # rate_limit_per_second = 0: the sidecar's per-address limit (50/s by default) would turn nearly
+  # all of wrk's traffic, which comes from one address, into 429s; the peer has no limiter, and
+  # behind a load balancer the limit is set per deployment anyway.
   cat >"$TMP/bench.toml" <<EOF
 [server]
 bind = "127.0.0.1:$TOKEND_PORT"
+rate_limit_per_second = 0
 
 [ably]
 api_key = "$API_KEY"
@@ -211,6 +224,7 @@ EOF
     "$TOKEND_BIN" serve --config "$TMP/bench.toml" >"$TMP/tokend.log" 2>&1 &
   TOKEND_PID=$!
   PIDS+=("$TOKEND_PID")
+  PID[tokend]=$TOKEND_PID
   URL[tokend]=http://127.0.0.1:$TOKEND_PORT/api/ably-token
   # /readyz turns 200 only once the policy is loaded and the JWKS fetched: a real readiness signal.
   wait_until "ably-tokend" 100 "$TOKEND_PID" curl -sf --max-time 1 -o /dev/null "http://127.0.0.1:$TOKEND_PORT/readyz"
@@ -232,7 +246,7 @@ for s in "${SERVERS[@]}"; do
     code=$(curl -s --max-time 5 -o "$body" -w '%{http_code}' \
       -H "Authorization: Bearer ${SAMPLE[$who]}" "${URL[$s]}") || code=000
     if [[ $code != 200 ]] || ! grep -q '"mac"' "$body"; then
-      die "${NAME[$s]} answered HTTP $code for a $who token, body: $(head -c 500 "$body" 2>/dev/null)"
+      die "${NAME[$s]} did not answer a $who token with 200 and a signed TokenRequest: HTTP $code, body: $(head -c 500 "$body" 2>/dev/null)"
     fi
   done
   log "${NAME[$s]}: sanity check passed (200 with a signed TokenRequest)"
@@ -258,35 +272,57 @@ if [[ $ONLY == both ]]; then
   log "both servers grant identical keyName, clientId, ttl and capability"
 fi
 
+# One value from tokens.lua's "BENCH k=v k=v ..." line.
+field_of() { awk -v k="$2" '{ for (i = 2; i <= NF; i++) { split($i, kv, "="); if (kv[1] == k) print kv[2] } }' <<<"$1"; }
+
+# CPU accounting, in clock ticks, to tell how much of the machine something other than wrk and
+# the server under test used during a run (a build in another terminal, say): on 2 cores that skews
+# the figures badly, and the report should say so rather than leave a mystery.
+busy_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
+# utime + stime of a process; of the shell's waited-for children (here: wrk) when given "children".
+proc_ticks() {
+  if [[ $1 == children ]]; then awk '{ print $16 + $17 }' "/proc/$$/stat"; else awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; fi
+}
+CLK_TCK=$(getconf CLK_TCK)
+
 # ---------------------------------------------------------------------------------------------
 # 5. Load. One server at a time, so they never compete for the 2 cores.
-declare -A RESULT WRK_CMD
+declare -A RESULT WRK_CMD SERVER_CPU OTHER_CPU
 FAILED=()
 WRK_BOUND=$(($(seconds "$DURATION") + 60))
 for s in "${SERVERS[@]}"; do
   wrk_args=(-t"$THREADS" -c"$CONNECTIONS" --latency -s benches/load/tokens.lua "${URL[$s]}" -- "$TOKENS_FILE" "$THREADS")
   log "${NAME[$s]}: warm-up $WARMUP (discarded)"
-  timeout 120 wrk -d"$WARMUP" "${wrk_args[@]}" >"$TMP/wrk-warmup-$s.txt" 2>&1 ||
+  timeout --foreground 120 wrk -d"$WARMUP" "${wrk_args[@]}" >"$TMP/wrk-warmup-$s.txt" 2>&1 ||
     die "wrk warm-up against ${NAME[$s]} failed: $(tail -n 5 "$TMP/wrk-warmup-$s.txt")"
   log "${NAME[$s]}: measuring $DURATION"
   WRK_CMD[$s]="wrk -d$DURATION ${wrk_args[*]}"
-  timeout "$WRK_BOUND" wrk -d"$DURATION" "${wrk_args[@]}" >"$TMP/wrk-$s.txt" 2>&1 ||
+  busy0=$(busy_ticks) server0=$(proc_ticks "${PID[$s]}") wrk0=$(proc_ticks children) t0=$(date +%s%N)
+  timeout --foreground "$WRK_BOUND" wrk -d"$DURATION" "${wrk_args[@]}" >"$TMP/wrk-$s.txt" 2>&1 ||
     die "wrk against ${NAME[$s]} failed: $(tail -n 5 "$TMP/wrk-$s.txt")"
+  busy1=$(busy_ticks) server1=$(proc_ticks "${PID[$s]}") wrk1=$(proc_ticks children) t1=$(date +%s%N)
+  # Percent of one core; the server's share is what it burned to serve the load.
+  SERVER_CPU[$s]=$(awk -v d=$((server1 - server0)) -v t=$((t1 - t0)) -v hz="$CLK_TCK" 'BEGIN { printf "%.0f", 100 * d / hz / (t / 1e9) }')
+  OTHER_CPU[$s]=$(awk -v d=$((busy1 - busy0 - (server1 - server0) - (wrk1 - wrk0))) -v t=$((t1 - t0)) -v hz="$CLK_TCK" 'BEGIN { v = 100 * d / hz / (t / 1e9); printf "%.0f", v < 0 ? 0 : v }')
   grep -v '^BENCH ' "$TMP/wrk-$s.txt" >&2
   line=$(grep '^BENCH ' "$TMP/wrk-$s.txt") || die "no BENCH line in wrk output for ${NAME[$s]}"
   RESULT[$s]=$line
   # Any non-2xx (counted by tokens.lua, 3xx included) or socket error makes the run untrustworthy.
-  read -r non2xx codes errs < <(awk '{
-      for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
-      print v["non2xx"], v["non2xx_codes"], v["connect_errors"] + v["read_errors"] + v["write_errors"] + v["timeouts"]
-    }' <<<"$line")
-  ((non2xx == 0)) || FAILED+=("${NAME[$s]}: $non2xx non-2xx responses ($codes)")
+  non2xx=$(field_of "$line" non2xx)
+  errs=0
+  for e in connect_errors read_errors write_errors timeouts; do errs=$((errs + $(field_of "$line" "$e"))); done
+  ((non2xx == 0)) || FAILED+=("${NAME[$s]}: $non2xx non-2xx responses (status:count $(field_of "$line" non2xx_codes))")
   ((errs == 0)) || FAILED+=("${NAME[$s]}: $errs socket errors or timeouts")
+  # wrk stops early and still prints normal-looking figures when it is interrupted (Ctrl-C).
+  ran_us=$(field_of "$line" duration_us)
+  ((ran_us >= $(seconds "$DURATION") * 900000)) ||
+    FAILED+=("${NAME[$s]}: wrk ran only $((ran_us / 1000000)) s of $DURATION (interrupted?)")
+  kill -0 "${PID[$s]}" 2>/dev/null || FAILED+=("${NAME[$s]}: the server died during the run")
 done
 
 # ---------------------------------------------------------------------------------------------
 # 6. Report: terminal table plus a markdown file with enough context to compare runs later.
-field() { awk -v k="$2" '{ for (i = 2; i <= NF; i++) { split($i, kv, "="); if (kv[1] == k) print kv[2] } }' <<<"${RESULT[$1]}"; }
+field() { field_of "${RESULT[$1]}" "$2"; }
 ms() { awk -v us="$1" 'BEGIN { printf "%.2f ms", us / 1000 }'; }
 
 CPU_MODEL=$(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
@@ -301,9 +337,12 @@ else
 fi
 
 rows=()
+NOISY=()
 for s in "${SERVERS[@]}"; do
-  rows+=("$(printf '| %s | %s | %s | %s | %s |' "${NAME[$s]}" "$(field "$s" rps)" \
-    "$(ms "$(field "$s" p50_us)")" "$(ms "$(field "$s" p99_us)")" "$(field "$s" non2xx)")")
+  rows+=("$(printf '| %s | %s | %s | %s | %s | %s %% | %s %% |' "${NAME[$s]}" "$(field "$s" rps)" \
+    "$(ms "$(field "$s" p50_us)")" "$(ms "$(field "$s" p99_us)")" "$(field "$s" non2xx)" \
+    "${SERVER_CPU[$s]}" "${OTHER_CPU[$s]}")")
+  ((OTHER_CPU[$s] < 15)) || NOISY+=("${NAME[$s]}: other processes used ${OTHER_CPU[$s]} % of a core during its run")
 done
 RATIO=
 if [[ $ONLY == both ]]; then
@@ -314,8 +353,8 @@ mkdir -p "$(dirname "$OUT")"
 {
   echo "# ably-tokend load benchmark"
   echo
-  echo "| server | requests/s | p50 | p99 | non-2xx |"
-  echo "|---|---:|---:|---:|---:|"
+  echo "| server | requests/s | p50 | p99 | non-2xx | server CPU | other CPU |"
+  echo "|---|---:|---:|---:|---:|---:|---:|"
   printf '%s\n' "${rows[@]}"
   echo
   [[ -n $RATIO ]] && echo "**ably-tokend / node-token-route, requests/s: ${RATIO}×**" && echo
@@ -324,6 +363,14 @@ mkdir -p "$(dirname "$OUT")"
     printf -- '- %s\n' "${FAILED[@]}"
     echo
   fi
+  if ((${#NOISY[@]})); then
+    echo "**Noisy machine** — the figures are skewed by other work:"
+    printf -- '- %s\n' "${NOISY[@]}"
+    echo
+  fi
+  echo "CPU columns are percent of one core during the measured run: the server under test, and"
+  echo "everything except it and wrk (should be near 0)."
+  echo
   echo "Each server: ${WARMUP} warm-up (discarded), then ${DURATION} measured; ${TOKENS} distinct RS256"
   echo "session tokens (every 4th with role support) cycled by both wrk threads from different offsets."
   echo
@@ -334,16 +381,23 @@ mkdir -p "$(dirname "$OUT")"
   echo "- CPU: $CPU_MODEL"
   echo "- wrk: $WRK_VERSION"
   echo "- node: $NODE_VERSION"
-  echo "- ably-tokend revision: $GIT_REV"
+  if want tokend; then
+    echo "- ably-tokend: $TOKEND_BIN, revision $GIT_REV"
+  fi
 } >"$OUT"
 
 echo
-printf '%-18s %12s %10s %10s %8s\n' server requests/s p50 p99 non-2xx
+printf '%-18s %12s %10s %10s %8s %11s %10s\n' server requests/s p50 p99 non-2xx server-CPU other-CPU
 for s in "${SERVERS[@]}"; do
-  printf '%-18s %12s %10s %10s %8s\n' "${NAME[$s]}" "$(field "$s" rps)" \
-    "$(ms "$(field "$s" p50_us)")" "$(ms "$(field "$s" p99_us)")" "$(field "$s" non2xx)"
+  printf '%-18s %12s %10s %10s %8s %10s%% %9s%%\n' "${NAME[$s]}" "$(field "$s" rps)" \
+    "$(ms "$(field "$s" p50_us)")" "$(ms "$(field "$s" p99_us)")" "$(field "$s" non2xx)" \
+    "${SERVER_CPU[$s]}" "${OTHER_CPU[$s]}"
 done
 [[ -n $RATIO ]] && echo "ratio ably-tokend/peer (requests/s): ${RATIO}x"
+if ((${#NOISY[@]})); then log "WARNING: $(printf '%s; ' "${NOISY[@]}")figures skewed"; fi
 echo "report written to $OUT"
 
-((${#FAILED[@]} == 0)) || die "$(printf '%s; ' "${FAILED[@]}")"
+if ((${#FAILED[@]})); then
+  msg=$(printf '%s; ' "${FAILED[@]}")
+  die "${msg%; }"
+fi

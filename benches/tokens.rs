@@ -1,0 +1,105 @@
+//! Criterion benchmarks for the per-request work: verifying the session JWT,
+//! applying the policy, and signing. Run with both crypto backends to compare:
+//!   cargo bench --bench tokens
+//!   cargo bench --bench tokens --no-default-features --features rust-crypto
+
+use std::hint::black_box;
+use std::path::Path;
+use std::time::Duration;
+
+use ably_tokend::capability::Capability;
+use ably_tokend::config::ClaimPointer;
+use ably_tokend::policy::{Asked, Policy, Request};
+use ably_tokend::signing::{new_nonce, sign_ably_jwt, sign_token_request, ApiKey, Grant};
+use ably_tokend::upstream::jwks::KeySet;
+use ably_tokend::upstream::jws;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use criterion::{criterion_group, criterion_main, Criterion};
+use jsonwebtoken::{Algorithm, EncodingKey};
+use serde_json::json;
+
+fn fixture(name: &str) -> String {
+    std::fs::read_to_string(format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+}
+
+fn session_token(alg: Algorithm, pem: &str) -> String {
+    let key = match alg {
+        Algorithm::ES256 => EncodingKey::from_ec_pem(pem.as_bytes()).unwrap(),
+        Algorithm::EdDSA => EncodingKey::from_ed_pem(pem.as_bytes()).unwrap(),
+        _ => EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap(),
+    };
+    let header = json!({"alg": format!("{alg:?}"), "kid": "k", "typ": "JWT"});
+    let claims = json!({"iss": "https://clerk.example.test", "sub": "user_2xYz", "exp": 4_000_000_000u64, "iat": 1_700_000_000, "sid": "sess_1", "metadata": {"role": "support"}});
+    let input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    );
+    let sig = jsonwebtoken::crypto::sign(input.as_bytes(), &key, alg).unwrap();
+    format!("{input}.{sig}")
+}
+
+fn verification(c: &mut Criterion) {
+    let backend = if cfg!(feature = "aws-lc") { "aws-lc" } else { "rust-crypto" };
+    for (name, alg, fixture_name) in [
+        ("RS256", Algorithm::RS256, "rsa1"),
+        ("ES256", Algorithm::ES256, "ec1"),
+        ("EdDSA", Algorithm::EdDSA, "ed1"),
+    ] {
+        let token = session_token(alg, &fixture(&format!("{fixture_name}.pem")));
+        let mut jwk: serde_json::Value = serde_json::from_str(&fixture(&format!("{fixture_name}.jwk.json"))).unwrap();
+        jwk["kid"] = json!("k");
+        let set = KeySet::parse(json!({"keys": [jwk]}).to_string().as_bytes()).unwrap();
+        c.bench_function(&format!("verify_session_jwt/{name}/{backend}"), |b| {
+            b.iter(|| {
+                let parsed = jws::parse(black_box(&token)).unwrap();
+                let key = set.find(parsed.kid.as_deref(), alg).unwrap();
+                let ok = jsonwebtoken::crypto::verify(parsed.signature, parsed.signing_input.as_bytes(), &key.key, alg)
+                    .unwrap();
+                assert!(ok);
+                parsed.claims
+            })
+        });
+    }
+}
+
+fn policy_and_signing(c: &mut Criterion) {
+    let policy = Policy::parse(Path::new("policies/default.toml"), &fixture("../../policies/default.toml")).unwrap();
+    let claims = json!({"sub": "user_2xYz", "metadata": {"role": "support"}});
+    let roles: ClaimPointer = "/metadata/role".parse().unwrap();
+    let sub: ClaimPointer = "/sub".parse().unwrap();
+    let asked = Asked::default();
+    let request = Request {
+        claims: &claims,
+        roles_claim: &roles,
+        client_id_claim: &sub,
+        asked: &asked,
+        default_ttl: Duration::from_secs(3600),
+        max_ttl: Duration::from_secs(86400),
+    };
+    c.bench_function("policy_evaluate/customer+support", |b| {
+        b.iter(|| policy.evaluate(black_box(&request)).unwrap())
+    });
+
+    let key: ApiKey = "appId.keyId:keySecret".parse().unwrap();
+    let capability = policy.evaluate(&request).unwrap().capability;
+    let grant = Grant {
+        capability: &capability,
+        client_id: Some("user_2xYz"),
+        ttl_ms: 3_600_000,
+        issued_ms: 1_700_000_000_000,
+    };
+    c.bench_function("sign/token_request (with OS nonce)", |b| {
+        b.iter(|| sign_token_request(&key, black_box(&grant), new_nonce()))
+    });
+    c.bench_function("sign/ably_jwt", |b| b.iter(|| sign_ably_jwt(&key, black_box(&grant))));
+    c.bench_function("capability/canonical_json", |b| {
+        b.iter(|| black_box(&capability).to_canonical_json())
+    });
+    let asked = Capability::parse_json(r#"{"orders:42:status":["publish","subscribe"],"admin":["*"]}"#).unwrap();
+    c.bench_function("capability/narrow", |b| b.iter(|| black_box(&asked).narrowed_by(&capability)));
+}
+
+criterion_group!(benches, verification, policy_and_signing);
+criterion_main!(benches);
