@@ -20,7 +20,11 @@ use jsonwebtoken::{Algorithm, EncodingKey};
 use serde_json::json;
 
 fn fixture(name: &str) -> String {
-    std::fs::read_to_string(format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+    std::fs::read_to_string(format!(
+        "{}/tests/fixtures/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
 }
 
 fn session_token(alg: Algorithm, pem: &str) -> String {
@@ -41,22 +45,32 @@ fn session_token(alg: Algorithm, pem: &str) -> String {
 }
 
 fn verification(c: &mut Criterion) {
-    let backend = if cfg!(feature = "aws-lc") { "aws-lc" } else { "rust-crypto" };
+    let backend = if cfg!(feature = "aws-lc") {
+        "aws-lc"
+    } else {
+        "rust-crypto"
+    };
     for (name, alg, fixture_name) in [
         ("RS256", Algorithm::RS256, "rsa1"),
         ("ES256", Algorithm::ES256, "ec1"),
         ("EdDSA", Algorithm::EdDSA, "ed1"),
     ] {
         let token = session_token(alg, &fixture(&format!("{fixture_name}.pem")));
-        let mut jwk: serde_json::Value = serde_json::from_str(&fixture(&format!("{fixture_name}.jwk.json"))).unwrap();
+        let mut jwk: serde_json::Value =
+            serde_json::from_str(&fixture(&format!("{fixture_name}.jwk.json"))).unwrap();
         jwk["kid"] = json!("k");
         let set = KeySet::parse(json!({"keys": [jwk]}).to_string().as_bytes()).unwrap();
         c.bench_function(&format!("verify_session_jwt/{name}/{backend}"), |b| {
             b.iter(|| {
                 let parsed = jws::parse(black_box(&token)).unwrap();
                 let key = set.find(parsed.kid.as_deref(), alg).unwrap();
-                let ok = jsonwebtoken::crypto::verify(parsed.signature, parsed.signing_input.as_bytes(), &key.key, alg)
-                    .unwrap();
+                let ok = jsonwebtoken::crypto::verify(
+                    parsed.signature,
+                    parsed.signing_input.as_bytes(),
+                    &key.key,
+                    alg,
+                )
+                .unwrap();
                 assert!(ok);
                 parsed.claims
             })
@@ -65,7 +79,11 @@ fn verification(c: &mut Criterion) {
 }
 
 fn policy_and_signing(c: &mut Criterion) {
-    let policy = Policy::parse(Path::new("policies/default.toml"), &fixture("../../policies/default.toml")).unwrap();
+    let policy = Policy::parse(
+        Path::new("policies/default.toml"),
+        &fixture("../../policies/default.toml"),
+    )
+    .unwrap();
     let claims = json!({"sub": "user_2xYz", "metadata": {"role": "support"}});
     let roles: ClaimPointer = "/metadata/role".parse().unwrap();
     let sub: ClaimPointer = "/sub".parse().unwrap();
@@ -93,12 +111,18 @@ fn policy_and_signing(c: &mut Criterion) {
     c.bench_function("sign/token_request (with OS nonce)", |b| {
         b.iter(|| sign_token_request(&key, black_box(&grant), new_nonce()))
     });
-    c.bench_function("sign/ably_jwt", |b| b.iter(|| sign_ably_jwt(&key, black_box(&grant))));
+    c.bench_function("sign/ably_jwt", |b| {
+        b.iter(|| sign_ably_jwt(&key, black_box(&grant)))
+    });
     c.bench_function("capability/canonical_json", |b| {
         b.iter(|| black_box(&capability).to_canonical_json())
     });
-    let asked = Capability::parse_json(r#"{"orders:42:status":["publish","subscribe"],"admin":["*"]}"#).unwrap();
-    c.bench_function("capability/narrow", |b| b.iter(|| black_box(&asked).narrowed_by(&capability)));
+    let asked =
+        Capability::parse_json(r#"{"orders:42:status":["publish","subscribe"],"admin":["*"]}"#)
+            .unwrap();
+    c.bench_function("capability/narrow", |b| {
+        b.iter(|| black_box(&asked).narrowed_by(&capability))
+    });
 }
 
 criterion_group!(benches, verification, policy_and_signing);
