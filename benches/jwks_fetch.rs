@@ -13,8 +13,10 @@ fn jwks_body() -> String {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
     let mut keys = Vec::new();
     for (name, kid) in [("rsa1", "a"), ("rsa2", "b")] {
-        let mut jwk: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(format!("{dir}/{name}.jwk.json")).unwrap()).unwrap();
+        let mut jwk: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(format!("{dir}/{name}.jwk.json")).unwrap(),
+        )
+        .unwrap();
         jwk["kid"] = kid.into();
         keys.push(jwk);
     }
@@ -32,7 +34,11 @@ fn fetch(c: &mut Criterion) {
                     "/jwks.json",
                     web::get().to(move || {
                         let body = body.clone();
-                        async move { HttpResponse::Ok().content_type("application/json").body(body) }
+                        async move {
+                            HttpResponse::Ok()
+                                .content_type("application/json")
+                                .body(body)
+                        }
                     }),
                 )
             })
@@ -52,7 +58,14 @@ fn fetch(c: &mut Criterion) {
     c.bench_function("jwks_fetch/reqwest", |b| {
         b.iter(|| {
             system.block_on(async {
-                let bytes = reqwest_client.get(&url).send().await.unwrap().bytes().await.unwrap();
+                let bytes = reqwest_client
+                    .get(&url)
+                    .send()
+                    .await
+                    .unwrap()
+                    .bytes()
+                    .await
+                    .unwrap();
                 black_box(KeySet::parse(&bytes).unwrap())
             })
         })
@@ -61,7 +74,14 @@ fn fetch(c: &mut Criterion) {
     c.bench_function("jwks_fetch/awc", |b| {
         b.iter(|| {
             system.block_on(async {
-                let bytes = awc_client.get(&url).send().await.unwrap().body().await.unwrap();
+                let bytes = awc_client
+                    .get(&url)
+                    .send()
+                    .await
+                    .unwrap()
+                    .body()
+                    .await
+                    .unwrap();
                 black_box(KeySet::parse(&bytes).unwrap())
             })
         })

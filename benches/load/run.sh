@@ -201,6 +201,10 @@ EOF
 [server]
 bind = "127.0.0.1:$TOKEND_PORT"
 rate_limit_per_second = 0
+${TOKEND_SERVER_EXTRA:-}
+
+[log]
+level = "${TOKEND_LOG_LEVEL:-info}"
 
 [ably]
 api_key = "$API_KEY"

@@ -20,7 +20,10 @@ fn init_logging(format: LogFormat, level: &str) {
     match format {
         LogFormat::Json => builder
             .json()
-            .with_current_span(true)
+            .flatten_event(true)
+            // The request line carries its own request id; span context would
+            // repeat it on every line at a measurable cost.
+            .with_current_span(false)
             .with_span_list(false)
             .init(),
         LogFormat::Pretty => builder.compact().init(),

@@ -76,14 +76,14 @@ impl ResponseError for ApiError {
 
 /// Builds an Ably-shaped error response; also used for errors raised outside
 /// handlers (readiness, actix's own extractor errors).
-pub fn error_response(status: StatusCode, reason: &str, message: &str) -> HttpResponse {
+pub fn error_response(status: StatusCode, reason: &'static str, message: &str) -> HttpResponse {
     error_response_with(status, reason, message, serde_json::Map::new())
 }
 
 /// As `error_response`, with more top-level fields beside `error`.
 pub fn error_response_with(
     status: StatusCode,
-    reason: &str,
+    reason: &'static str,
     message: &str,
     mut extra: serde_json::Map<String, serde_json::Value>,
 ) -> HttpResponse {
@@ -98,11 +98,13 @@ pub fn error_response_with(
         }),
     );
     let body = serde_json::Value::Object(extra);
-    HttpResponse::build(status)
+    let mut response = HttpResponse::build(status)
         .insert_header(("content-type", "application/json"))
         .insert_header(("x-ably-errorcode", code.to_string()))
         .insert_header(("x-ably-errormessage", header_safe(message)))
-        .body(body.to_string())
+        .body(body.to_string());
+    super::request_log::mark(&mut response, reason);
+    response
 }
 
 /// Header values must be visible ASCII; keep the message readable.

@@ -7,6 +7,7 @@ mod error;
 mod health;
 mod params;
 mod rate_limit;
+mod request_log;
 mod token;
 
 use std::net::TcpListener;
@@ -167,7 +168,7 @@ fn serve(listener: TcpListener, state: web::Data<AppState>) -> std::io::Result<S
             .wrap(from_fn(rate_limit::middleware))
             .wrap(cors)
             .wrap(DefaultHeaders::new().add((header::CACHE_CONTROL, "no-store")))
-            .wrap(TracingLogger::default())
+            .wrap(TracingLogger::<request_log::RequestLog>::new())
             .route("/api/ably-token", web::get().to(token::ably_token))
             .route("/api/ably-token", web::post().to(token::ably_token))
             .route("/api/ably-jwt", web::get().to(token::ably_jwt))

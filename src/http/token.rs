@@ -1,13 +1,12 @@
 //! `/api/ably-token` and `/api/ably-jwt`: verify the session, apply the
 //! policy, sign. Every outcome is logged once with a stable reason.
 
-use std::time::Instant;
-
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 
 use super::error::ApiError;
 use super::params::{session_token, token_params};
+use super::request_log::LogFields;
 use super::AppState;
 use crate::config::TokenFormat;
 use crate::policy::Request;
@@ -53,50 +52,44 @@ async fn handle(
     body: web::Payload,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    let started = Instant::now();
     let mut session: Option<Session> = None;
-    let result = issue(route, &req, body, &state, &mut session).await;
-    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let (sub, sid, jti) = session
-        .as_ref()
-        .map(|s| {
-            (
-                s.sub.as_deref().unwrap_or(""),
-                s.sid.as_deref(),
-                s.jti.as_deref(),
-            )
-        })
-        .unwrap_or(("", None, None));
-    match result {
-        Ok((response, roles)) => {
-            tracing::info!(
-                route = route.name(),
-                status = 200,
-                reason = "issued",
-                sub,
-                sid,
-                jti,
-                roles = %roles.join(","),
-                latency_ms,
-                "token issued"
-            );
-            response
-        }
+    let (mut response, fields) = match issue(route, &req, body, &state, &mut session).await {
+        Ok((response, roles)) => (
+            response,
+            LogFields {
+                reason: "issued",
+                roles: Some(roles.join(",")),
+                ..LogFields::default()
+            },
+        ),
         Err(error) => {
-            let response = actix_web::ResponseError::error_response(&error);
-            tracing::info!(
-                route = route.name(),
-                status = response.status().as_u16(),
-                reason = error.reason(),
-                sub,
-                sid,
-                jti,
-                latency_ms,
-                "token refused: {error}"
-            );
-            response
+            if let ApiError::Upstream(e) = &error {
+                tracing::debug!(
+                    route = route.name(),
+                    reason = e.reason(),
+                    "session refused: {e}"
+                );
+            }
+            (
+                actix_web::ResponseError::error_response(&error),
+                LogFields {
+                    reason: error.reason(),
+                    ..LogFields::default()
+                },
+            )
         }
-    }
+    };
+    let fields = match session {
+        Some(s) => LogFields {
+            sub: s.sub,
+            sid: s.sid,
+            jti: s.jti,
+            ..fields
+        },
+        None => fields,
+    };
+    fields.attach(&mut response);
+    response
 }
 
 async fn read_body(mut body: web::Payload, limit: usize) -> Result<Vec<u8>, ApiError> {
