@@ -348,6 +348,17 @@ impl Default for RawLog {
 }
 
 impl Settings {
+    /// The sidecar needs at least one issuer; the broker alone needs none.
+    pub fn require_issuers(&self) -> Result<(), ConfigError> {
+        if self.issuers.is_empty() {
+            return Err(invalid(
+                "issuers",
+                "no issuer is configured: add an [[issuers]] table (see README.md)",
+            ));
+        }
+        Ok(())
+    }
+
     /// Loads `path` (or `ably-tokend.toml` when present), then the environment.
     /// An explicitly named file must exist.
     pub fn load(path: Option<&Path>) -> Result<Settings, ConfigError> {
@@ -414,12 +425,6 @@ impl Settings {
     fn validate(raw: RawSettings) -> Result<Settings, ConfigError> {
         let server = validate_server(raw.server)?;
         let ably = validate_ably(raw.ably)?;
-        if raw.issuers.is_empty() {
-            return Err(invalid(
-                "issuers",
-                "no issuer is configured: add an [[issuers]] table (see README.md)",
-            ));
-        }
         let mut issuers = Vec::with_capacity(raw.issuers.len());
         for (i, issuer) in raw.issuers.into_iter().enumerate() {
             let validated = validate_issuer(i, issuer)?;

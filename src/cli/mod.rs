@@ -28,14 +28,28 @@ enum Command {
         #[arg(long, value_enum)]
         log_format: Option<LogFormatArg>,
     },
-    /// Zero-setup local stack on loopback: the sidecar with a generated API key
-    /// and a development issuer that mints session tokens.
+    /// Zero-setup local stack on loopback: the sidecar, the embedded broker and
+    /// a development issuer, sharing one generated API key.
     Dev {
+        /// The sidecar's port (0 picks a free one).
         #[arg(long, default_value_t = 8080)]
         port: u16,
+        /// The broker's port (0 picks a free one).
+        #[arg(long, default_value_t = 8081)]
+        broker_port: u16,
         /// Policy file (default: policies/default.toml, or the built-in example).
         #[arg(long)]
         policy: Option<PathBuf>,
+        /// Print one JSON line with the URLs and key once ready (logs go to stderr).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the embedded Ably broker alone, trusting the [ably] keys.
+    Broker {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long, value_enum)]
+        log_format: Option<LogFormatArg>,
     },
     /// Validate and explain policy files.
     #[command(subcommand)]
@@ -88,6 +102,15 @@ enum LogFormatArg {
     Pretty,
 }
 
+impl From<LogFormatArg> for crate::config::LogFormat {
+    fn from(arg: LogFormatArg) -> Self {
+        match arg {
+            LogFormatArg::Json => crate::config::LogFormat::Json,
+            LogFormatArg::Pretty => crate::config::LogFormat::Pretty,
+        }
+    }
+}
+
 /// A failure a person can act on: printed as one line on stderr, exit 1.
 pub struct Failure(pub String);
 
@@ -100,14 +123,18 @@ impl<E: std::fmt::Display> From<E> for Failure {
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve { config, log_format } => serve::serve(
-            config,
-            log_format.map(|f| match f {
-                LogFormatArg::Json => crate::config::LogFormat::Json,
-                LogFormatArg::Pretty => crate::config::LogFormat::Pretty,
-            }),
-        ),
-        Command::Dev { port, policy } => serve::dev(port, policy),
+        Command::Serve { config, log_format } => {
+            serve::serve(config, log_format.map(LogFormatArg::into))
+        }
+        Command::Broker { config, log_format } => {
+            serve::broker(config, log_format.map(LogFormatArg::into))
+        }
+        Command::Dev {
+            port,
+            broker_port,
+            policy,
+            json,
+        } => serve::dev(port, broker_port, policy, json),
         Command::Policy(PolicyCommand::Check { files }) => policy_cmd::check(&files),
         Command::Policy(PolicyCommand::Explain(args)) => policy_cmd::explain(args),
         Command::Token(TokenCommand::Inspect(args)) => inspect::inspect(args),

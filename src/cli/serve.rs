@@ -1,22 +1,40 @@
-//! `serve` and `dev`: start the service and log its life.
+//! `serve`, `broker` and `dev`: start the services and log their life.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use serde_json::json;
+
 use super::Failure;
+use crate::broker::{Broker, Limits};
+use crate::clock;
 use crate::config::{LogFormat, Settings};
 use crate::dev::DevIssuer;
 use crate::http::Application;
 use crate::policy::Policy;
 
-fn init_logging(format: LogFormat, level: &str) {
+#[derive(Clone, Copy)]
+enum Sink {
+    Stdout,
+    /// `dev --json` keeps stdout for its one machine-readable line.
+    Stderr,
+}
+
+fn init_logging(format: LogFormat, level: &str, sink: Sink) {
     let filter = std::env::var("RUST_LOG")
         .ok()
         .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
         .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(level));
+    let writer = move || -> Box<dyn std::io::Write> {
+        match sink {
+            Sink::Stdout => Box::new(std::io::stdout()),
+            Sink::Stderr => Box::new(std::io::stderr()),
+        }
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stdout);
+        .with_writer(writer);
     match format {
         LogFormat::Json => builder
             .json()
@@ -30,12 +48,19 @@ fn init_logging(format: LogFormat, level: &str) {
     }
 }
 
+fn load(config: Option<PathBuf>) -> Result<Settings, Failure> {
+    Settings::load(config.as_deref()).map_err(|e| Failure(format!("configuration: {e}")))
+}
+
 pub fn serve(config: Option<PathBuf>, log_format: Option<LogFormat>) -> Result<ExitCode, Failure> {
-    let settings =
-        Settings::load(config.as_deref()).map_err(|e| Failure(format!("configuration: {e}")))?;
+    let settings = load(config)?;
+    settings
+        .require_issuers()
+        .map_err(|e| Failure(format!("configuration: {e}")))?;
     init_logging(
         log_format.unwrap_or(settings.log.format),
         &settings.log.level,
+        Sink::Stdout,
     );
     let issuers: Vec<&str> = settings.issuers.iter().map(|i| i.name.as_str()).collect();
     tracing::info!(
@@ -54,9 +79,36 @@ pub fn serve(config: Option<PathBuf>, log_format: Option<LogFormat>) -> Result<E
     })
 }
 
+pub fn broker(config: Option<PathBuf>, log_format: Option<LogFormat>) -> Result<ExitCode, Failure> {
+    let settings = load(config)?;
+    init_logging(
+        log_format.unwrap_or(settings.log.format),
+        &settings.log.level,
+        Sink::Stdout,
+    );
+    tracing::info!(bind = %settings.broker.bind, key = settings.ably.signing_key().name(), "starting the embedded Ably broker");
+    actix_web::rt::System::new().block_on(async move {
+        let broker = Broker::build(
+            &settings.broker,
+            settings.ably.keys.clone(),
+            clock::system(),
+            Limits::default(),
+        )
+        .map_err(|e| Failure(format!("cannot listen on {}: {e}", settings.broker.bind)))?;
+        tracing::info!(port = broker.port(), "broker listening");
+        broker.run_until_stopped().await?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
 const EXAMPLE_POLICY: &str = include_str!("../../policies/default.toml");
 
-pub fn dev(port: u16, policy: Option<PathBuf>) -> Result<ExitCode, Failure> {
+pub fn dev(
+    port: u16,
+    broker_port: u16,
+    policy: Option<PathBuf>,
+    json_line: bool,
+) -> Result<ExitCode, Failure> {
     let (policy, shown) = match policy {
         Some(path) => (Policy::load(&path)?, path.display().to_string()),
         None => {
@@ -72,21 +124,53 @@ pub fn dev(port: u16, policy: Option<PathBuf>) -> Result<ExitCode, Failure> {
         }
     };
     let issuer = DevIssuer::generate();
-    let settings = issuer.settings(port, &policy.source.display().to_string());
-    init_logging(LogFormat::Pretty, "info");
-    let key_name = settings.ably.signing_key().name().to_string();
+    let mut settings = issuer.settings(port, &policy.source.display().to_string());
+    settings.broker.bind = SocketAddr::from(([127, 0, 0, 1], broker_port));
+    init_logging(
+        LogFormat::Pretty,
+        "info",
+        if json_line {
+            Sink::Stderr
+        } else {
+            Sink::Stdout
+        },
+    );
+    let key = settings.ably.signing_key().clone();
     actix_web::rt::System::new().block_on(async move {
+        let broker = Broker::build(&settings.broker, settings.ably.keys.clone(), clock::system(), Limits::default())
+            .map_err(|e| Failure(format!("cannot listen on {}: {e}", settings.broker.bind)))?;
         let app = Application::build_dev(settings, policy, issuer)?;
         let base = format!("http://127.0.0.1:{}", app.port());
-        println!(
-            "\nably-tokend dev stack (loopback only)\n\
-             \n  token endpoint   {base}/api/ably-token   (Ably JWT: {base}/api/ably-jwt)\
-             \n  session tokens   {base}/dev/session?sub=alice&roles=support\
-             \n  API key          {key_name} (generated for this run)\
-             \n  policy           {shown}\
-             \n\nTry:\n  curl -s -H \"Authorization: Bearer $(curl -s '{base}/dev/session?sub=alice')\" {base}/api/ably-token\n"
-        );
-        app.run_until_stopped().await?;
+        let broker_port = broker.port();
+        if json_line {
+            println!(
+                "{}",
+                json!({
+                    "sidecar": base,
+                    "broker": {"host": "127.0.0.1", "port": broker_port},
+                    "apiKey": key.expose_whole(),
+                    "sessionUrl": format!("{base}/dev/session"),
+                })
+            );
+        } else {
+            println!(
+                "\nably-tokend dev stack (loopback only)\n\
+                 \n  token endpoint   {base}/api/ably-token   (Ably JWT: {base}/api/ably-jwt)\
+                 \n  session tokens   {base}/dev/session?sub=alice&roles=support\
+                 \n  Ably broker      http://127.0.0.1:{broker_port} (REST and WebSocket)\
+                 \n  API key          {key_name} (generated for this run; the whole key is for\
+                 \n                   backends on this machine: {whole})\
+                 \n  policy           {shown}\
+                 \n\nTry:\n  curl -s -H \"Authorization: Bearer $(curl -s '{base}/dev/session?sub=alice')\" {base}/api/ably-token\
+                 \n\nably-js options:\n  {{ endpoint: \"127.0.0.1\", port: {broker_port}, tls: false, authUrl: \"{base}/api/ably-token\",\
+                 \n    authHeaders: {{ Authorization: \"Bearer <session token>\" }} }}\n",
+                key_name = key.name(),
+                whole = key.expose_whole(),
+            );
+        }
+        let (sidecar, broker) = futures_util::future::join(app.run_until_stopped(), broker.run_until_stopped()).await;
+        sidecar?;
+        broker?;
         Ok(ExitCode::SUCCESS)
     })
 }

@@ -37,7 +37,7 @@ pub fn hmac_sha256(secret: &[u8], parts: &[&[u8]]) -> [u8; 32] {
 }
 
 /// Constant-time equality for secrets and MACs.
-pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     use subtle::ConstantTimeEq;
     a.len() == b.len() && bool::from(a.ct_eq(b))
 }

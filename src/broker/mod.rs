@@ -1,0 +1,290 @@
+//! The embedded broker: enough of Ably's REST and realtime protocol for the
+//! unmodified `ably` npm client to work against it on loopback, enforcing the
+//! capabilities of the tokens it is given with the same code the sidecar
+//! uses to grant them. State lives in memory, bounded. A development and test
+//! tool: production traffic goes to Ably.
+
+pub mod auth;
+pub mod connection;
+pub mod hub;
+pub mod protocol;
+pub mod rest;
+
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::Server;
+use actix_web::http::header;
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+
+use crate::clock::SharedClock;
+use crate::config::BrokerSettings;
+use crate::signing::ApiKey;
+use auth::BrokerAuth;
+use connection::ConnectParams;
+use hub::{HistoryLimits, Hub};
+use protocol::{AblyError, Format};
+
+/// Limits that keep one client from exhausting the broker.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub max_channels_per_connection: usize,
+    /// Bytes of name, data, clientId and extras in one publish.
+    pub max_message_size: usize,
+    /// Largest WebSocket frame read.
+    pub max_frame_size: usize,
+    /// Frames queued for a connection before it is dropped as too slow.
+    pub outbox_frames: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 10_000,
+            max_channels_per_connection: 200,
+            max_message_size: 65_536,
+            max_frame_size: 256 * 1024,
+            outbox_frames: 1_000,
+        }
+    }
+}
+
+pub struct BrokerState {
+    pub hub: Hub,
+    pub auth: BrokerAuth,
+    pub limits: Limits,
+    connections: AtomicUsize,
+    /// Connections closed within the connection-state TTL, by key, so a
+    /// client that resumes (e.g. after renewing an expired token) keeps its
+    /// connection id. Message continuity is not kept: channels re-attach
+    /// without the RESUMED flag, which tells ably-js exactly that.
+    recent: std::sync::Mutex<std::collections::HashMap<String, Recent>>,
+}
+
+struct Recent {
+    id: String,
+    client_id: Option<String>,
+    closed_ms: u64,
+}
+
+/// Most remembered closed connections.
+const MAX_RECENT: usize = 10_000;
+
+/// Held while a connection counts against `max_connections`.
+pub struct Slot(Arc<BrokerState>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl BrokerState {
+    fn admit(self: &Arc<Self>) -> Option<Slot> {
+        let admitted = self
+            .connections
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < self.limits.max_connections).then_some(n + 1)
+            })
+            .is_ok();
+        admitted.then(|| Slot(self.clone()))
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+
+    fn remember_closed(&self, key: &str, id: &str, client_id: Option<&str>) {
+        let now = self.hub.now_ms();
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        if recent.len() >= MAX_RECENT {
+            recent.retain(|_, r| {
+                now.saturating_sub(r.closed_ms) < connection::CONNECTION_STATE_TTL_MS
+            });
+            if recent.len() >= MAX_RECENT {
+                return;
+            }
+        }
+        recent.insert(
+            key.to_string(),
+            Recent {
+                id: id.to_string(),
+                client_id: client_id.map(str::to_string),
+                closed_ms: now,
+            },
+        );
+    }
+
+    /// The id of a recently closed connection this client may resume.
+    fn resumable(&self, key: &str, client_id: Option<&str>) -> Option<String> {
+        let now = self.hub.now_ms();
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = recent.remove(key)?;
+        let fresh = now.saturating_sub(entry.closed_ms) < connection::CONNECTION_STATE_TTL_MS;
+        (fresh && entry.client_id.as_deref() == client_id).then_some(entry.id)
+    }
+}
+
+pub struct Broker {
+    port: u16,
+    server: Server,
+    state: Arc<BrokerState>,
+}
+
+impl Broker {
+    /// Binds the broker; `settings.bind` may use port 0.
+    pub fn build(
+        settings: &BrokerSettings,
+        keys: Vec<ApiKey>,
+        clock: SharedClock,
+        limits: Limits,
+    ) -> std::io::Result<Broker> {
+        let listener = TcpListener::bind(settings.bind)?;
+        let port = listener.local_addr()?.port();
+        let state = Arc::new(BrokerState {
+            hub: Hub::new(
+                HistoryLimits {
+                    max_messages: settings.history_max_messages,
+                    max_age: settings.history_max_age,
+                },
+                clock.clone(),
+            ),
+            auth: BrokerAuth::new(keys, clock),
+            limits,
+            connections: AtomicUsize::new(0),
+            recent: std::sync::Mutex::new(std::collections::HashMap::new()),
+        });
+        let data = web::Data::from(state.clone());
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                .app_data(web::PayloadConfig::new(rest::MAX_REST_BODY))
+                .wrap(actix_cors::Cors::permissive())
+                .route("/", web::get().to(websocket))
+                .route("/time", web::get().to(rest::time))
+                .route(
+                    "/keys/{key_name}/requestToken",
+                    web::post().to(rest::request_token),
+                )
+                .route(
+                    "/channels/{channel}/messages",
+                    web::post().to(rest::publish),
+                )
+                .route("/channels/{channel}/messages", web::get().to(rest::history))
+                .route(
+                    "/channels/{channel}/presence",
+                    web::get().to(rest::presence),
+                )
+                .default_service(web::to(rest::not_found))
+        })
+        .listen(listener)?
+        .shutdown_timeout(5)
+        .run();
+        Ok(Broker {
+            port,
+            server,
+            state,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn state(&self) -> Arc<BrokerState> {
+        self.state.clone()
+    }
+
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let state = self.state.clone();
+        let sweeper = actix_web::rt::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(10));
+            loop {
+                every.tick().await;
+                state.hub.sweep();
+            }
+        });
+        let result = self.server.await;
+        sweeper.abort();
+        result
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct ConnectQuery {
+    access_token: Option<String>,
+    #[serde(rename = "accessToken")]
+    access_token_camel: Option<String>,
+    key: Option<String>,
+    format: Option<String>,
+    echo: Option<String>,
+    heartbeats: Option<String>,
+    #[serde(rename = "clientId")]
+    client_id: Option<String>,
+    resume: Option<String>,
+    recover: Option<String>,
+}
+
+async fn websocket(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<BrokerState>,
+) -> actix_web::Result<HttpResponse> {
+    if req.headers().get(header::UPGRADE).is_none() {
+        return Ok(actix_web::ResponseError::error_response(&AblyError::new(
+            40000,
+            400,
+            "this is the broker's realtime endpoint: connect with a WebSocket",
+        )));
+    }
+    let query = web::Query::<ConnectQuery>::from_query(req.query_string())
+        .map(|q| q.into_inner())
+        .unwrap_or(ConnectQuery {
+            access_token: None,
+            access_token_camel: None,
+            key: None,
+            format: None,
+            echo: None,
+            heartbeats: None,
+            client_id: None,
+            resume: None,
+            recover: None,
+        });
+    let params = ConnectParams {
+        format: if query.format.as_deref() == Some("msgpack") {
+            Format::MsgPack
+        } else {
+            Format::Json
+        },
+        echo: query.echo.as_deref() != Some("false"),
+        heartbeats: query.heartbeats.as_deref() == Some("true"),
+        client_id: query.client_id.clone().filter(|c| !c.is_empty()),
+        resume: query.resume.or(query.recover).filter(|k| !k.is_empty()),
+    };
+    let loopback = req.peer_addr().is_some_and(|a| a.ip().is_loopback());
+    let credentials = match (query.access_token.or(query.access_token_camel), query.key) {
+        (Some(token), _) => state.auth.authenticate_token(&token).and_then(|c| {
+            connection::resolve_client_id(&c, params.client_id.as_deref(), false).map(|id| (c, id))
+        }),
+        (None, Some(_)) if !loopback => Err(AblyError::new(
+            40101,
+            401,
+            "API key auth is accepted only from loopback",
+        )),
+        (None, Some(key)) => state.auth.authenticate_key(&key).and_then(|c| {
+            connection::resolve_client_id(&c, params.client_id.as_deref(), true).map(|id| (c, id))
+        }),
+        (None, None) => Err(AblyError::new(
+            40101,
+            401,
+            "no credentials: connect with access_token or key",
+        )),
+    };
+    let (response, session, stream) = actix_ws::handle(&req, body)?;
+    let state = state.into_inner();
+    actix_web::rt::spawn(connection::run(session, stream, state, params, credentials));
+    Ok(response)
+}

@@ -1,0 +1,242 @@
+//! Ably's realtime protocol as the `ably` npm client 2.x speaks it
+//! (PROTOCOL.md §G): actions, flags, error objects, and frames in JSON
+//! (text) or msgpack (binary). Messages are kept as JSON values inside the
+//! broker; binary `data` from msgpack clients is carried as base64 with
+//! `base64` appended to its encoding, which every client decodes.
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use serde_json::{json, Map, Value};
+
+pub mod action {
+    pub const HEARTBEAT: u64 = 0;
+    pub const ACK: u64 = 1;
+    pub const NACK: u64 = 2;
+    pub const CONNECT: u64 = 3;
+    pub const CONNECTED: u64 = 4;
+    pub const DISCONNECT: u64 = 5;
+    pub const DISCONNECTED: u64 = 6;
+    pub const CLOSE: u64 = 7;
+    pub const CLOSED: u64 = 8;
+    pub const ERROR: u64 = 9;
+    pub const ATTACH: u64 = 10;
+    pub const ATTACHED: u64 = 11;
+    pub const DETACH: u64 = 12;
+    pub const DETACHED: u64 = 13;
+    pub const PRESENCE: u64 = 14;
+    pub const MESSAGE: u64 = 15;
+    pub const SYNC: u64 = 16;
+    pub const AUTH: u64 = 17;
+}
+
+pub mod flag {
+    pub const HAS_PRESENCE: u64 = 1 << 0;
+    pub const RESUMED: u64 = 1 << 2;
+    pub const PRESENCE: u64 = 1 << 16;
+    pub const PUBLISH: u64 = 1 << 17;
+    pub const SUBSCRIBE: u64 = 1 << 18;
+    pub const PRESENCE_SUBSCRIBE: u64 = 1 << 19;
+}
+
+pub mod presence_action {
+    pub const ABSENT: u64 = 0;
+    pub const PRESENT: u64 = 1;
+    pub const ENTER: u64 = 2;
+    pub const LEAVE: u64 = 3;
+    pub const UPDATE: u64 = 4;
+}
+
+/// An Ably error: what clients see as `ErrorInfo`. ably-js drops a whole
+/// frame whose `error` lacks any of `message`, `code`, `statusCode`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message} ({code})")]
+pub struct AblyError {
+    pub code: u32,
+    pub status: u16,
+    pub message: String,
+}
+
+impl AblyError {
+    pub fn new(code: u32, status: u16, message: impl Into<String>) -> AblyError {
+        AblyError {
+            code,
+            status,
+            message: message.into(),
+        }
+    }
+
+    pub fn to_value(&self) -> Value {
+        json!({"message": self.message, "code": self.code, "statusCode": self.status})
+    }
+
+    /// 40140–40149: the client renews its token and tries again.
+    pub fn is_token_error(&self) -> bool {
+        (40140..40150).contains(&self.code)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Json,
+    MsgPack,
+}
+
+/// An encoded frame, ready for the socket.
+#[derive(Debug, Clone)]
+pub enum Encoded {
+    Text(String),
+    Binary(Vec<u8>),
+}
+
+pub fn encode(value: &Value, format: Format) -> Encoded {
+    match format {
+        Format::Json => Encoded::Text(value.to_string()),
+        Format::MsgPack => Encoded::Binary(
+            rmp_serde::to_vec_named(value).expect("a JSON value always encodes as msgpack"),
+        ),
+    }
+}
+
+pub fn encode_bytes(value: &Value, format: Format) -> Vec<u8> {
+    match encode(value, format) {
+        Encoded::Text(t) => t.into_bytes(),
+        Encoded::Binary(b) => b,
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("the frame is not valid {0}")]
+    Syntax(&'static str),
+    #[error("a protocol message must be an object with a numeric action")]
+    NotAMessage,
+}
+
+/// Decodes one protocol message (or a REST body) in either format.
+pub fn decode(bytes: &[u8], format: Format) -> Result<Value, DecodeError> {
+    let value = match format {
+        Format::Json => serde_json::from_slice(bytes).map_err(|_| DecodeError::Syntax("JSON"))?,
+        Format::MsgPack => {
+            let mut reader = bytes;
+            let value = rmpv::decode::read_value(&mut reader)
+                .map_err(|_| DecodeError::Syntax("msgpack"))?;
+            if !reader.is_empty() {
+                return Err(DecodeError::Syntax("msgpack"));
+            }
+            msgpack_to_json(value).ok_or(DecodeError::Syntax("msgpack"))?
+        }
+    };
+    Ok(value)
+}
+
+/// The action of a decoded protocol message.
+pub fn action_of(value: &Value) -> Result<u64, DecodeError> {
+    value
+        .as_object()
+        .and_then(|m| m.get("action"))
+        .and_then(Value::as_u64)
+        .ok_or(DecodeError::NotAMessage)
+}
+
+fn msgpack_to_json(value: rmpv::Value) -> Option<Value> {
+    use rmpv::Value as M;
+    Some(match value {
+        M::Nil => Value::Null,
+        M::Boolean(b) => Value::Bool(b),
+        M::Integer(i) => {
+            if let Some(u) = i.as_u64() {
+                json!(u)
+            } else {
+                json!(i.as_i64()?)
+            }
+        }
+        M::F32(f) => json!(f),
+        M::F64(f) => json!(f),
+        M::String(s) => Value::String(s.into_str()?),
+        M::Binary(b) => Value::String(STANDARD.encode(b)),
+        M::Array(items) => Value::Array(
+            items
+                .into_iter()
+                .map(msgpack_to_json)
+                .collect::<Option<_>>()?,
+        ),
+        M::Map(entries) => {
+            let mut map = Map::new();
+            let mut binary_data = false;
+            for (k, v) in entries {
+                let key = match k {
+                    M::String(s) => s.into_str()?,
+                    _ => return None,
+                };
+                if key == "data" && matches!(v, M::Binary(_)) {
+                    binary_data = true;
+                }
+                map.insert(key, msgpack_to_json(v)?);
+            }
+            if binary_data {
+                // Binary data now travels as base64; say so in its encoding.
+                let encoding = match map.get("encoding").and_then(Value::as_str) {
+                    Some(e) if !e.is_empty() => format!("{e}/base64"),
+                    _ => "base64".to_string(),
+                };
+                map.insert("encoding".into(), Value::String(encoding));
+            }
+            Value::Object(map)
+        }
+        M::Ext(_, _) => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn msgpack_frames_are_maps_with_named_fields() {
+        let frame = json!({"action": action::ACK, "msgSerial": 3, "count": 1});
+        let Encoded::Binary(bytes) = encode(&frame, Format::MsgPack) else {
+            panic!("msgpack is binary")
+        };
+        // fixmap of 3 entries, first key "action".
+        assert_eq!(bytes[0], 0x83);
+        assert_eq!(decode(&bytes, Format::MsgPack).unwrap(), frame);
+    }
+
+    #[test]
+    fn binary_data_becomes_base64_with_its_encoding() {
+        let value = rmpv::Value::Map(vec![
+            ("name".into(), "n".into()),
+            ("data".into(), rmpv::Value::Binary(vec![1, 2, 3])),
+            ("encoding".into(), "cipher".into()),
+        ]);
+        let mut bytes = Vec::new();
+        rmpv::encode::write_value(&mut bytes, &value).unwrap();
+        let decoded = decode(&bytes, Format::MsgPack).unwrap();
+        assert_eq!(
+            decoded,
+            json!({"name": "n", "data": "AQID", "encoding": "cipher/base64"})
+        );
+    }
+
+    #[test]
+    fn malformed_frames_are_refused() {
+        assert_eq!(
+            decode(b"{nope", Format::Json),
+            Err(DecodeError::Syntax("JSON"))
+        );
+        assert_eq!(
+            // An array of two with one element: truncated.
+            decode(&[0x92, 0x01], Format::MsgPack),
+            Err(DecodeError::Syntax("msgpack"))
+        );
+        assert_eq!(
+            decode(&[0x01, 0x02], Format::MsgPack),
+            Err(DecodeError::Syntax("msgpack"))
+        );
+        assert_eq!(
+            action_of(&json!({"action": "attach"})),
+            Err(DecodeError::NotAMessage)
+        );
+        assert_eq!(action_of(&json!([1])), Err(DecodeError::NotAMessage));
+    }
+}

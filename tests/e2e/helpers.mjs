@@ -1,0 +1,576 @@
+// Shared scaffolding for the end-to-end suite: the real `ably-tokend dev` binary (sidecar, embedded
+// broker and development issuer sharing one generated API key), the real, unmodified `ably` npm
+// client pointed at it, and bounded waits so that no test can hang.
+//
+// Every wait here has a deadline. When one expires, the error names what was awaited and appends
+// what happened around it: the tail of the binary's stderr and the tail of each Ably client's own
+// log (at micro level, which includes the protocol frames it sent and received), so a failure
+// explains itself to whoever is working on the broker.
+
+import { spawn } from "node:child_process";
+import { once } from "node:events";
+import http from "node:http";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+
+import Ably from "ably";
+
+export { Ably };
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+
+/** The binary under test: `ABLY_TOKEND_BIN` (set by tests/e2e.rs), else the debug build. */
+export const BINARY = process.env.ABLY_TOKEND_BIN
+  ? path.resolve(process.env.ABLY_TOKEND_BIN)
+  : path.resolve(here, "../../target/debug/ably-tokend");
+
+/** Path of a fixture file (policies) under tests/e2e/fixtures. */
+export const fixture = (name) => path.join(here, "fixtures", name);
+
+export const READY_TIMEOUT_MS = 20_000;
+export const WAIT_MS = 10_000;
+export const CLOSE_MS = 5_000;
+export const EXIT_MS = 10_000;
+
+/** `E2E_VERBOSE=1` copies the binary's stderr and every client's log to this process's stderr. */
+const VERBOSE = process.env.E2E_VERBOSE === "1";
+
+const running = new Set(); // stacks started by this test file, for diagnostics and exit cleanup
+
+process.on("exit", () => {
+  for (const stack of running) {
+    try {
+      stack.proc.kill("SIGKILL");
+    } catch {
+      // already gone
+    }
+  }
+});
+
+// ---------------------------------------------------------------------------------------------
+// Bounded waiting and diagnostics
+
+class Tail {
+  constructor(limit) {
+    this.limit = limit;
+    this.lines = [];
+  }
+  push(line) {
+    this.lines.push(line);
+    if (this.lines.length > this.limit) this.lines.splice(0, this.lines.length - this.limit);
+  }
+  text(last = this.limit) {
+    return this.lines.slice(-last).join("\n");
+  }
+}
+
+/** What went on lately, appended to every timeout error. */
+export function diagnostics(clients = []) {
+  const parts = [];
+  for (const stack of running) {
+    parts.push(`--- ably-tokend stderr (last lines) ---\n${stack.stderr.text(40) || "(empty)"}`);
+  }
+  for (const client of clients) {
+    const e2e = client?.e2e;
+    if (!e2e) continue;
+    const state = client.connection ? ` state=${client.connection.state}` : "";
+    parts.push(`--- ably client ${e2e.label}${state} (last log lines) ---\n${e2e.log.text(40) || "(empty)"}`);
+  }
+  return parts.join("\n");
+}
+
+/** Resolve with `promise`, or reject after `ms` naming `what` and the recent diagnostics. */
+export async function within(promise, what, { ms = WAIT_MS, clients = [] } = {}) {
+  let timer;
+  const deadline = new Promise((_, reject) => {
+    timer = setTimeout(() => {
+      reject(new Error(`timed out after ${ms} ms waiting for ${what}\n${diagnostics(clients)}`));
+    }, ms);
+  });
+  try {
+    return await Promise.race([promise, deadline]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** Poll `predicate` every 25 ms until it is truthy; bounded. Returns its value. */
+export async function until(predicate, what, { ms = WAIT_MS, clients = [] } = {}) {
+  const end = Date.now() + ms;
+  for (;;) {
+    const value = await predicate();
+    if (value) return value;
+    if (Date.now() > end) {
+      throw new Error(`timed out after ${ms} ms waiting for ${what}\n${diagnostics(clients)}`);
+    }
+    await new Promise((resolve) => setTimeout(resolve, 25));
+  }
+}
+
+/** Resolve with what `promise` rejected with; fail if it resolves or takes longer than `ms`. */
+export async function rejection(promise, what, opts) {
+  const outcome = await within(
+    promise.then(
+      (value) => ({ ok: true, value }),
+      (error) => ({ ok: false, error }),
+    ),
+    what,
+    opts,
+  );
+  if (outcome.ok) {
+    throw new Error(`expected ${what} to be refused, but it succeeded with ${JSON.stringify(outcome.value)}`);
+  }
+  return outcome.error;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The binary
+
+/**
+ * Start `ably-tokend dev --port 0 --broker-port 0 --json [--policy FILE]` and wait (bounded) for
+ * its one JSON ready line on stdout.
+ */
+export async function startStack({ policy, args = [] } = {}) {
+  const argv = ["dev", "--port", "0", "--broker-port", "0", "--json"];
+  if (policy) argv.push("--policy", policy);
+  argv.push(...args);
+
+  const proc = spawn(BINARY, argv, {
+    cwd: path.resolve(here, "../.."),
+    stdio: ["ignore", "pipe", "pipe"],
+    env: { ...process.env, NO_COLOR: "1" },
+  });
+  const stack = {
+    proc,
+    argv,
+    stderr: new Tail(400),
+    stdout: new Tail(100),
+    clients: new Set(),
+    exited: null,
+  };
+  running.add(stack);
+  stack.exitPromise = new Promise((resolve) => {
+    proc.on("exit", (code, signal) => {
+      stack.exited = { code, signal };
+      resolve(stack.exited);
+    });
+  });
+
+  let stderrBuf = "";
+  proc.stderr.setEncoding("utf8");
+  proc.stderr.on("data", (chunk) => {
+    stderrBuf += chunk;
+    let nl;
+    while ((nl = stderrBuf.indexOf("\n")) >= 0) {
+      const line = stderrBuf.slice(0, nl);
+      stderrBuf = stderrBuf.slice(nl + 1);
+      stack.stderr.push(line);
+      if (VERBOSE) process.stderr.write(`[ably-tokend] ${line}\n`);
+    }
+  });
+
+  const ready = new Promise((resolve, reject) => {
+    let stdoutBuf = "";
+    proc.stdout.setEncoding("utf8");
+    proc.stdout.on("data", (chunk) => {
+      stdoutBuf += chunk;
+      let nl;
+      while ((nl = stdoutBuf.indexOf("\n")) >= 0) {
+        const line = stdoutBuf.slice(0, nl).trim();
+        stdoutBuf = stdoutBuf.slice(nl + 1);
+        stack.stdout.push(line);
+        if (!line.startsWith("{")) continue;
+        try {
+          resolve(JSON.parse(line));
+        } catch (error) {
+          reject(new Error(`the ready line is not JSON (${error.message}): ${line}`));
+        }
+      }
+    });
+    proc.on("error", (error) => reject(new Error(`cannot start ${BINARY}: ${error.message}`)));
+    proc.on("exit", (code, signal) =>
+      reject(
+        new Error(
+          `ably-tokend ${argv.join(" ")} exited (code ${code}, signal ${signal}) before printing its ready line\n` +
+            `stdout:\n${stack.stdout.text()}\nstderr:\n${stack.stderr.text()}`,
+        ),
+      ),
+    );
+  });
+
+  let info;
+  try {
+    info = await within(ready, `the JSON ready line of ${BINARY} ${argv.join(" ")}`, { ms: READY_TIMEOUT_MS });
+  } catch (error) {
+    await stopProcess(stack).catch(() => {});
+    throw error;
+  }
+  for (const field of ["sidecar", "broker", "apiKey", "sessionUrl"]) {
+    if (!info[field]) {
+      await stopProcess(stack).catch(() => {});
+      throw new Error(`the ready line lacks "${field}": ${JSON.stringify(info)}`);
+    }
+  }
+  if (typeof info.broker.port !== "number" || !info.broker.host) {
+    await stopProcess(stack).catch(() => {});
+    throw new Error(`the ready line's broker is not {host, port}: ${JSON.stringify(info.broker)}`);
+  }
+  Object.assign(stack, info, {
+    keyName: info.apiKey.split(":")[0],
+    stop: () => stopStack(stack),
+  });
+  return stack;
+}
+
+async function stopProcess(stack) {
+  running.delete(stack);
+  if (stack.exited) return stack.exited;
+  stack.proc.kill("SIGTERM");
+  const timer = setTimeout(() => stack.proc.kill("SIGKILL"), EXIT_MS);
+  try {
+    return await stack.exitPromise;
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/**
+ * Close every client made for this stack (each awaited, bounded), then SIGTERM the binary and
+ * await its exit. Returns how it exited; throws when it had to be killed.
+ */
+export async function stopStack(stack) {
+  if (!stack) return null; // start-up failed; nothing to stop
+  await Promise.all([...stack.clients].map((client) => closeClient(client).catch(() => {})));
+  stack.clients.clear();
+  const started = Date.now();
+  const exit = await stopProcess(stack);
+  if (exit.signal === "SIGKILL") {
+    throw new Error(
+      `ably-tokend did not exit within ${EXIT_MS} ms of SIGTERM and was killed\n${stack.stderr.text(40)}`,
+    );
+  }
+  return { ...exit, ms: Date.now() - started };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sessions and clients
+
+/** A session JWT for `sub` with `roles` from the development issuer. */
+export async function mintSession(stack, sub, roles = [], ttlSecs = 3600) {
+  const url = new URL(stack.sessionUrl);
+  url.searchParams.set("sub", sub);
+  if (roles.length) url.searchParams.set("roles", roles.join(","));
+  url.searchParams.set("ttl", String(ttlSecs));
+  const res = await within(fetch(url), `GET ${url}`);
+  const body = await res.text();
+  if (res.status !== 200) throw new Error(`GET ${url} answered ${res.status}: ${body}`);
+  return body.trim();
+}
+
+/** The sidecar route ably-js uses as authUrl: "token" → TokenRequest, "jwt" → Ably JWT. */
+export function authUrlFor(stack, mode = "token") {
+  if (mode === "token") return `${stack.sidecar}/api/ably-token`;
+  if (mode === "jwt") return `${stack.sidecar}/api/ably-jwt`;
+  throw new Error(`unknown auth mode ${mode}`);
+}
+
+const PROTOCOLS = { msgpack: true, json: false };
+/** The two wire formats the Node client speaks: msgpack (its default) and JSON. */
+export const protocols = Object.keys(PROTOCOLS);
+
+function logCapture(label) {
+  const log = new Tail(300);
+  return {
+    log,
+    logLevel: 4, // micro: includes every protocol message sent and received
+    logHandler: (msg) => {
+      log.push(`${new Date().toISOString().slice(11, 23)} ${msg}`);
+      if (VERBOSE) process.stderr.write(`[${label}] ${msg}\n`);
+    },
+  };
+}
+
+/** Options every client gets: the broker on loopback, plain ws/http, no Ably host ever contacted. */
+function brokerOptions(stack, protocol) {
+  if (!(protocol in PROTOCOLS)) throw new Error(`unknown protocol ${protocol}`);
+  return {
+    endpoint: stack.broker.host,
+    port: stack.broker.port,
+    tls: false,
+    fallbackHosts: [],
+    disableConnectivityCheck: true,
+    useBinaryProtocol: PROTOCOLS[protocol],
+  };
+}
+
+/**
+ * A Realtime client that authenticates as `sub` through the sidecar's authUrl, the way a browser
+ * does: `authUrl` + `authHeaders: { Authorization: "Bearer <session JWT>" }`.
+ *
+ * opts: sub, roles, mode ("token" | "jwt"), protocol ("msgpack" | "json"), authUrl (overrides the
+ * sidecar route, e.g. a counting proxy), authParams, session (a ready session JWT), options (extra
+ * client options).
+ */
+export async function realtime(stack, opts) {
+  const { sub, roles = [], mode = "token", protocol = "msgpack", authParams, options = {} } = opts;
+  const session = opts.session ?? (await mintSession(stack, sub, roles));
+  const label = `${sub}/${mode}/${protocol}`;
+  const capture = logCapture(label);
+  const client = new Ably.Realtime({
+    ...brokerOptions(stack, protocol),
+    authUrl: opts.authUrl ?? authUrlFor(stack, mode),
+    authHeaders: { Authorization: `Bearer ${session}` },
+    ...(authParams ? { authParams } : {}),
+    logLevel: capture.logLevel,
+    logHandler: capture.logHandler,
+    ...options,
+  });
+  client.e2e = { label, log: capture.log, sub, session };
+  stack.clients.add(client);
+  return client;
+}
+
+/** A REST client with the API key, as a backend publishes. */
+export function restWithKey(stack, { protocol = "msgpack", options = {} } = {}) {
+  const label = `rest-key/${protocol}`;
+  const capture = logCapture(label);
+  const client = new Ably.Rest({
+    ...brokerOptions(stack, protocol),
+    key: stack.apiKey,
+    logLevel: capture.logLevel,
+    logHandler: capture.logHandler,
+    ...options,
+  });
+  client.e2e = { label, log: capture.log };
+  return client;
+}
+
+/** A REST client authenticated as `sub` through the sidecar's authUrl. */
+export async function restAsUser(stack, { sub, roles = [], mode = "token", protocol = "msgpack", options = {} }) {
+  const session = await mintSession(stack, sub, roles);
+  const label = `rest-${sub}/${mode}/${protocol}`;
+  const capture = logCapture(label);
+  const client = new Ably.Rest({
+    ...brokerOptions(stack, protocol),
+    authUrl: authUrlFor(stack, mode),
+    authHeaders: { Authorization: `Bearer ${session}` },
+    logLevel: capture.logLevel,
+    logHandler: capture.logHandler,
+    ...options,
+  });
+  client.e2e = { label, log: capture.log, sub, session };
+  return client;
+}
+
+/** Close a Realtime client and wait (bounded) until it is closed. */
+export async function closeClient(client) {
+  const state = client.connection?.state;
+  if (!state || ["closed", "failed", "initialized"].includes(state)) {
+    if (state === "initialized") client.close();
+    return;
+  }
+  const closed = new Promise((resolve) => {
+    client.connection.once("closed", resolve);
+    client.connection.once("failed", resolve);
+  });
+  client.close();
+  await within(closed, `${client.e2e?.label ?? "client"} to close`, { ms: CLOSE_MS, clients: [client] });
+}
+
+// ---------------------------------------------------------------------------------------------
+// States
+
+/** Wait until the connection is `state`; fail early when it lands in `failed` instead. */
+export async function connectionState(client, state, ms = WAIT_MS) {
+  const connection = client.connection;
+  if (connection.state === state) return null;
+  const reached = new Promise((resolve, reject) => {
+    const listener = (change) => {
+      if (change.current === state) {
+        connection.off(listener);
+        resolve(change);
+      } else if (change.current === "failed" && state !== "failed") {
+        connection.off(listener);
+        reject(
+          new Error(
+            `${client.e2e?.label} connection went failed while waiting for ${state}: ` +
+              `${describeError(change.reason)}\n${diagnostics([client])}`,
+          ),
+        );
+      }
+    };
+    connection.on(listener);
+  });
+  return within(reached, `${client.e2e?.label} connection to be ${state} (it is ${connection.state})`, {
+    ms,
+    clients: [client],
+  });
+}
+
+export const connected = (client, ms) => connectionState(client, "connected", ms);
+
+/** Wait until the channel is `state`. */
+export async function channelState(channel, state, { ms = WAIT_MS, clients = [] } = {}) {
+  if (channel.state === state) return null;
+  const reached = new Promise((resolve) => {
+    const listener = (change) => {
+      if (change.current === state) {
+        channel.off(listener);
+        resolve(change);
+      }
+    };
+    channel.on(listener);
+  });
+  return within(reached, `channel ${channel.name} to be ${state} (it is ${channel.state})`, { ms, clients });
+}
+
+export function describeError(err) {
+  if (!err) return "(no error)";
+  return `${err.code ?? "?"}/${err.statusCode ?? "?"} ${err.message ?? String(err)}`;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Inboxes: everything a subscription observed, with bounded waits on it
+
+class Inbox {
+  constructor(what, clients) {
+    this.what = what;
+    this.clients = clients;
+    this.items = [];
+    this.waiters = new Set();
+  }
+  push(item) {
+    this.items.push(item);
+    for (const waiter of this.waiters) waiter();
+  }
+  /** Wait for the first observed item matching `predicate` (also those already observed). */
+  async waitFor(predicate, what, ms = WAIT_MS) {
+    return this.waitForAll([predicate], what, ms).then((found) => found[0]);
+  }
+  /** Wait until each predicate matches a distinct observed item; resolves with those items. */
+  async waitForAll(predicates, what, ms = WAIT_MS) {
+    const check = () => {
+      const used = new Set();
+      const found = [];
+      for (const predicate of predicates) {
+        const index = this.items.findIndex((item, i) => !used.has(i) && predicate(item));
+        if (index < 0) return null;
+        used.add(index);
+        found.push(this.items[index]);
+      }
+      return found;
+    };
+    const now = check();
+    if (now) return now;
+    let waiter;
+    const done = new Promise((resolve) => {
+      waiter = () => {
+        const found = check();
+        if (found) resolve(found);
+      };
+      this.waiters.add(waiter);
+    });
+    try {
+      return await within(
+        done,
+        `${what} on ${this.what}; observed so far: ${JSON.stringify(this.items.map(summarise))}`,
+        { ms, clients: this.clients },
+      );
+    } finally {
+      this.waiters.delete(waiter);
+    }
+  }
+}
+
+function summarise(item) {
+  const out = {};
+  for (const key of ["action", "name", "clientId", "connectionId", "data", "encoding"]) {
+    if (item[key] !== undefined) out[key] = Buffer.isBuffer(item[key]) ? `<${item[key].length} bytes>` : item[key];
+  }
+  return out;
+}
+
+/** Subscribe to messages on `channel` (this attaches it) and record what arrives. */
+export async function messageInbox(client, channel) {
+  const inbox = new Inbox(`messages of ${channel.name} seen by ${client.e2e?.label}`, [client]);
+  await within(channel.subscribe((message) => inbox.push(message)), `${client.e2e?.label} to subscribe to ${channel.name}`, {
+    clients: [client],
+  });
+  return inbox;
+}
+
+/** Subscribe to presence events on `channel` (this attaches it) and record what arrives. */
+export async function presenceInbox(client, channel) {
+  const inbox = new Inbox(`presence of ${channel.name} seen by ${client.e2e?.label}`, [client]);
+  await within(
+    channel.presence.subscribe((event) => inbox.push(event)),
+    `${client.e2e?.label} to subscribe to presence of ${channel.name}`,
+    { clients: [client] },
+  );
+  return inbox;
+}
+
+/** A channel name no other test uses, under `prefix` (e.g. "orders:alice"). */
+export function uniqueChannel(prefix) {
+  return `${prefix}:${Date.now().toString(36)}${Math.random().toString(36).slice(2, 8)}`;
+}
+
+/** Sorted summary of presence members: [{clientId, data}] by clientId. */
+export function memberSummary(members) {
+  return members
+    .map((m) => ({ clientId: m.clientId, data: m.data }))
+    .sort((a, b) => a.clientId.localeCompare(b.clientId));
+}
+
+// ---------------------------------------------------------------------------------------------
+// A counting authUrl
+
+/**
+ * An HTTP proxy on loopback in front of the sidecar's token routes that records every request the
+ * client makes to its authUrl (method, path and query), then forwards it unchanged. It lets a test
+ * prove that the client went back to its authUrl.
+ */
+export async function authProxy(stack) {
+  const hits = [];
+  const server = http.createServer(async (req, res) => {
+    const chunks = [];
+    for await (const chunk of req) chunks.push(chunk);
+    const url = new URL(req.url, stack.sidecar);
+    hits.push({ method: req.method, path: url.pathname, query: Object.fromEntries(url.searchParams), at: Date.now() });
+    const headers = {};
+    for (const name of ["authorization", "accept", "content-type", "cookie"]) {
+      if (req.headers[name]) headers[name] = req.headers[name];
+    }
+    try {
+      const upstream = await fetch(url, {
+        method: req.method,
+        headers,
+        body: chunks.length && req.method !== "GET" ? Buffer.concat(chunks) : undefined,
+        signal: AbortSignal.timeout(WAIT_MS),
+      });
+      const body = Buffer.from(await upstream.arrayBuffer());
+      const out = { "content-type": upstream.headers.get("content-type") ?? "application/octet-stream" };
+      for (const name of ["x-ably-errorcode", "x-ably-errormessage"]) {
+        const value = upstream.headers.get(name);
+        if (value) out[name] = value;
+      }
+      res.writeHead(upstream.status, out);
+      res.end(body);
+    } catch (error) {
+      res.writeHead(502, { "content-type": "text/plain" });
+      res.end(`proxy error: ${error.message}`);
+    }
+  });
+  server.listen(0, "127.0.0.1");
+  await within(once(server, "listening"), "the auth proxy to listen");
+  const { port } = server.address();
+  return {
+    hits,
+    url: (mode = "token") => `http://127.0.0.1:${port}${new URL(authUrlFor(stack, mode)).pathname}`,
+    close: () =>
+      new Promise((resolve) => {
+        server.closeAllConnections?.();
+        server.close(() => resolve());
+      }),
+  };
+}
