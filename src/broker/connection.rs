@@ -19,6 +19,7 @@ use crate::capability::{OpSet, Operation};
 
 pub const CONNECTION_STATE_TTL_MS: u64 = 120_000;
 pub const MAX_IDLE_INTERVAL_MS: u64 = 15_000;
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the client asked for in the WebSocket URL.
 #[derive(Debug, Clone)]
@@ -725,7 +726,11 @@ pub async fn run(
                 }
             }
             Some(frame) = rx.recv() => {
-                if conn.send(&frame).await.is_err() { break None; }
+                // A client that stops reading blocks the socket; past this it is dropped.
+                match tokio::time::timeout(SEND_TIMEOUT, conn.send(&frame)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) | Err(_) => break None,
+                }
             }
             _ = heartbeat.tick() => {
                 if conn.session.ping(b"").await.is_err() { break None; }

@@ -1,5 +1,6 @@
 //! Integration tests: the real app on port 0, real JWKS servers on loopback.
 
+mod broker;
 mod cli;
 mod defences;
 mod denials;

@@ -1,0 +1,347 @@
+//! Broker protocol edge cases that the ably client never triggers, over a
+//! real WebSocket and real HTTP against a broker on port 0.
+
+use std::time::Duration;
+
+use ably_tokend::broker::{Broker, Limits};
+use ably_tokend::capability::Capability;
+use ably_tokend::clock;
+use ably_tokend::config::BrokerSettings;
+use ably_tokend::signing::{sign_ably_jwt, ApiKey, Grant};
+use awc::ws::{Frame, Message};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+struct TestBroker {
+    port: u16,
+    key: ApiKey,
+}
+
+async fn broker(limits: Limits) -> TestBroker {
+    let key: ApiKey = API_KEY.parse().unwrap();
+    let settings = BrokerSettings {
+        bind: "127.0.0.1:0".parse().unwrap(),
+        history_max_messages: 100,
+        history_max_age: Duration::from_secs(120),
+    };
+    let broker = Broker::build(&settings, vec![key.clone()], clock::system(), limits).unwrap();
+    let port = broker.port();
+    actix_web::rt::spawn(broker.run_until_stopped());
+    TestBroker { port, key }
+}
+
+impl TestBroker {
+    fn jwt(
+        &self,
+        capability: &str,
+        client_id: Option<&str>,
+        ttl_ms: u64,
+        issued_ms: u64,
+    ) -> String {
+        let capability = Capability::parse_json(capability).unwrap();
+        sign_ably_jwt(
+            &self.key,
+            &Grant {
+                capability: &capability,
+                client_id,
+                ttl_ms,
+                issued_ms,
+            },
+        )
+    }
+
+    async fn connect(&self, query: &str) -> Socket {
+        let url = format!("ws://127.0.0.1:{}/?format=json&{query}", self.port);
+        let (_response, framed) = awc::Client::new().ws(url).connect().await.unwrap();
+        Socket { framed }
+    }
+
+    async fn connect_as(&self, capability: &str, client_id: Option<&str>) -> Socket {
+        let token = self.jwt(capability, client_id, 60_000, now_ms());
+        let mut socket = self.connect(&format!("access_token={token}")).await;
+        let connected = socket.next().await;
+        assert_eq!(connected["action"], 4, "{connected}");
+        socket
+    }
+}
+
+struct Socket {
+    framed: actix_codec::Framed<awc::BoxedSocket, awc::ws::Codec>,
+}
+
+impl Socket {
+    async fn send(&mut self, frame: Value) {
+        self.framed
+            .send(Message::Text(frame.to_string().into()))
+            .await
+            .unwrap();
+    }
+
+    async fn send_raw(&mut self, text: &str) {
+        self.framed
+            .send(Message::Text(text.to_string().into()))
+            .await
+            .unwrap();
+    }
+
+    /// The next protocol message, skipping pings; Null when the socket closes.
+    async fn next(&mut self) -> Value {
+        loop {
+            let frame = actix_web::rt::time::timeout(Duration::from_secs(5), self.framed.next())
+                .await
+                .expect("a frame within 5 s");
+            match frame {
+                Some(Ok(Frame::Text(bytes))) => return serde_json::from_slice(&bytes).unwrap(),
+                Some(Ok(Frame::Binary(bytes))) => return rmp_serde::from_slice(&bytes).unwrap(),
+                Some(Ok(Frame::Ping(_))) | Some(Ok(Frame::Pong(_))) => continue,
+                Some(Ok(Frame::Close(_))) | None | Some(Err(_)) => return Value::Null,
+                Some(Ok(other)) => panic!("unexpected frame {other:?}"),
+            }
+        }
+    }
+}
+
+#[actix_web::test]
+async fn a_malformed_frame_gets_an_error_and_the_socket_closes() {
+    let broker = broker(Limits::default()).await;
+    let mut socket = broker.connect_as(r#"{"*":["*"]}"#, Some("u")).await;
+    socket.send_raw("{not json").await;
+    let error = socket.next().await;
+    assert_eq!(error["action"], 9);
+    assert_eq!(error["error"]["code"], 40000);
+    assert_eq!(error["error"]["statusCode"], 400);
+    assert!(error["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("malformed"));
+    assert_eq!(socket.next().await, Value::Null);
+}
+
+#[actix_web::test]
+async fn unknown_actions_are_ignored_and_heartbeats_are_echoed() {
+    let broker = broker(Limits::default()).await;
+    let mut socket = broker.connect_as(r#"{"*":["*"]}"#, Some("u")).await;
+    socket.send(json!({"action": 99, "future": true})).await;
+    socket.send(json!({"action": 0, "id": "ping-1"})).await;
+    assert_eq!(socket.next().await, json!({"action": 0, "id": "ping-1"}));
+}
+
+#[actix_web::test]
+async fn frames_sent_before_connected_arrives_are_handled_after_it() {
+    let broker = broker(Limits::default()).await;
+    let token = broker.jwt(r#"{"room":["subscribe"]}"#, Some("u"), 60_000, now_ms());
+    let mut socket = broker.connect(&format!("access_token={token}")).await;
+    // Sent without waiting for CONNECTED.
+    socket.send(json!({"action": 10, "channel": "room"})).await;
+    let first = socket.next().await;
+    assert_eq!(first["action"], 4);
+    assert_eq!(first["connectionDetails"]["clientId"], "u");
+    assert_eq!(first["connectionDetails"]["maxMessageSize"], 65536);
+    let attached = socket.next().await;
+    assert_eq!(attached["action"], 11);
+    assert_eq!(attached["channel"], "room");
+    let subscribe_modes = (1 << 18) | (1 << 19);
+    assert_eq!(
+        attached["flags"], subscribe_modes,
+        "subscribe only: no publish or presence mode"
+    );
+}
+
+#[actix_web::test]
+async fn oversized_messages_are_nacked_with_40009() {
+    let broker = broker(Limits::default()).await;
+    let mut socket = broker.connect_as(r#"{"*":["*"]}"#, Some("u")).await;
+    let big = "x".repeat(70_000);
+    socket
+        .send(json!({"action": 15, "channel": "c", "msgSerial": 0, "messages": [{"name": "n", "data": big}]}))
+        .await;
+    let nack = socket.next().await;
+    assert_eq!(nack["action"], 2);
+    assert_eq!(nack["msgSerial"], 0);
+    assert_eq!(nack["count"], 1);
+    assert_eq!(nack["error"]["code"], 40009);
+    // The connection stays usable.
+    socket.send(json!({"action": 15, "channel": "c", "msgSerial": 1, "messages": [{"name": "n", "data": "small"}]})).await;
+    assert_eq!(
+        socket.next().await,
+        json!({"action": 1, "msgSerial": 1, "count": 1})
+    );
+}
+
+#[actix_web::test]
+async fn frames_over_the_frame_limit_close_the_connection_with_an_error() {
+    let broker = broker(Limits {
+        max_frame_size: 1024,
+        ..Limits::default()
+    })
+    .await;
+    let mut socket = broker.connect_as(r#"{"*":["*"]}"#, Some("u")).await;
+    socket
+        .send_raw(&format!("{{\"action\":0,\"id\":\"{}\"}}", "y".repeat(4096)))
+        .await;
+    let error = socket.next().await;
+    assert_eq!(error["action"], 9, "{error}");
+    assert_eq!(error["error"]["code"], 40000);
+    assert_eq!(socket.next().await, Value::Null);
+}
+
+#[actix_web::test]
+async fn an_attach_flood_is_cut_off_at_the_channel_limit() {
+    let broker = broker(Limits {
+        max_channels_per_connection: 5,
+        ..Limits::default()
+    })
+    .await;
+    let mut socket = broker.connect_as(r#"{"*":["subscribe"]}"#, Some("u")).await;
+    for i in 0..8 {
+        socket
+            .send(json!({"action": 10, "channel": format!("flood-{i}")}))
+            .await;
+    }
+    let mut attached = 0;
+    let mut refused = Vec::new();
+    for _ in 0..8 {
+        let frame = socket.next().await;
+        match frame["action"].as_u64() {
+            Some(11) => attached += 1,
+            Some(9) => refused.push(frame["error"]["code"].as_u64().unwrap()),
+            _ => panic!("unexpected {frame}"),
+        }
+    }
+    assert_eq!(attached, 5);
+    assert_eq!(refused, vec![90021, 90021, 90021]);
+}
+
+#[actix_web::test]
+async fn capabilities_are_enforced_with_40160() {
+    let broker = broker(Limits::default()).await;
+    let mut socket = broker
+        .connect_as(r#"{"room":["subscribe"]}"#, Some("u"))
+        .await;
+    socket
+        .send(json!({"action": 10, "channel": "secret"}))
+        .await;
+    let error = socket.next().await;
+    assert_eq!(error["action"], 9);
+    assert_eq!(error["channel"], "secret");
+    assert_eq!(
+        error["error"],
+        json!({"code": 40160, "statusCode": 401, "message": error["error"]["message"]})
+    );
+    socket
+        .send(json!({"action": 15, "channel": "room", "msgSerial": 0, "messages": [{"data": "x"}]}))
+        .await;
+    let nack = socket.next().await;
+    assert_eq!(
+        (nack["action"].as_u64(), nack["error"]["code"].as_u64()),
+        (Some(2), Some(40160))
+    );
+    socket
+        .send(json!({"action": 14, "channel": "room", "msgSerial": 1, "presence": [{"action": 2}]}))
+        .await;
+    let nack = socket.next().await;
+    assert_eq!(
+        (nack["action"].as_u64(), nack["error"]["code"].as_u64()),
+        (Some(2), Some(40160))
+    );
+}
+
+#[actix_web::test]
+async fn bad_and_expired_credentials_get_ablys_codes_as_frames() {
+    let broker = broker(Limits::default()).await;
+    let mut wrong_key = broker.connect("key=appId.keyId:wrong").await;
+    let error = wrong_key.next().await;
+    assert_eq!(
+        (error["action"].as_u64(), error["error"]["code"].as_u64()),
+        (Some(9), Some(40101))
+    );
+
+    let mut nothing = broker.connect("").await;
+    assert_eq!(nothing.next().await["error"]["code"], 40101);
+
+    let expired = broker.jwt(r#"{"*":["*"]}"#, Some("u"), 1_000, now_ms() - 10_000);
+    let mut socket = broker.connect(&format!("access_token={expired}")).await;
+    let disconnected = socket.next().await;
+    assert_eq!(
+        disconnected["action"], 6,
+        "token errors disconnect so the client renews"
+    );
+    assert_eq!(disconnected["error"]["code"], 40142);
+
+    let mut socket = broker.connect("access_token=not-a-token-we-issued").await;
+    assert_eq!(socket.next().await["error"]["code"], 40143);
+}
+
+#[actix_web::test]
+async fn a_token_that_expires_mid_connection_gets_disconnected_40142() {
+    let broker = broker(Limits::default()).await;
+    let token = broker.jwt(r#"{"*":["*"]}"#, Some("u"), 1_500, now_ms());
+    let mut socket = broker.connect(&format!("access_token={token}")).await;
+    assert_eq!(socket.next().await["action"], 4);
+    let disconnected = socket.next().await;
+    assert_eq!(disconnected["action"], 6);
+    assert_eq!(disconnected["error"]["code"], 40142);
+}
+
+#[actix_web::test]
+async fn msgpack_connections_get_binary_msgpack_frames() {
+    let broker = broker(Limits::default()).await;
+    let token = broker.jwt(r#"{"*":["*"]}"#, Some("u"), 60_000, now_ms());
+    let url = format!(
+        "ws://127.0.0.1:{}/?format=msgpack&access_token={token}",
+        broker.port
+    );
+    let (_response, mut framed) = awc::Client::new().ws(url).connect().await.unwrap();
+    let frame = framed.next().await.unwrap().unwrap();
+    let Frame::Binary(bytes) = frame else {
+        panic!("expected a binary frame, got {frame:?}")
+    };
+    let connected: Value = rmp_serde::from_slice(&bytes).unwrap();
+    assert_eq!(connected["action"], 4);
+    assert_eq!(connected["connectionDetails"]["clientId"], "u");
+}
+
+#[actix_web::test]
+async fn rest_errors_have_ablys_shape() {
+    let broker = broker(Limits::default()).await;
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{}", broker.port);
+    let time: Vec<u64> = client
+        .get(format!("{base}/time"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(time[0] >= now_ms() - 5_000);
+
+    let token = broker.jwt(r#"{"room":["subscribe"]}"#, Some("u"), 60_000, now_ms());
+    use base64::Engine;
+    let bearer = base64::engine::general_purpose::STANDARD.encode(&token);
+    let response = client
+        .get(format!("{base}/channels/room/messages"))
+        .header("authorization", format!("Bearer {bearer}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    assert_eq!(response.headers()["x-ably-errorcode"], "40160");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], 40160);
+    assert_eq!(body["error"]["statusCode"], 401);
+
+    let forged = json!({"keyName": KEY_NAME, "timestamp": now_ms(), "nonce": "0123456789abcdef0123", "mac": "AAAA", "capability": "{\"*\":[\"*\"]}"});
+    let response = client
+        .post(format!("{base}/keys/{KEY_NAME}/requestToken"))
+        .json(&forged)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], 40101);
+}
