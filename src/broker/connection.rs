@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, Notify};
 
 use super::auth::Credentials;
 use super::hub::{sync_frame, Outbox, PresenceChange};
-use super::protocol::{self, action, flag, AblyError, Encoded, Format};
+use super::protocol::{self, action, flag, AblyError, Encoded, Format, SharedFrame};
 use super::BrokerState;
 use crate::capability::{OpSet, Operation};
 
@@ -91,6 +91,13 @@ pub fn resolve_client_id(
 impl Connection {
     async fn send(&mut self, frame: &Value) -> Result<(), actix_ws::Closed> {
         match protocol::encode(frame, self.params.format) {
+            Encoded::Text(text) => self.session.text(text).await,
+            Encoded::Binary(bytes) => self.session.binary(bytes).await,
+        }
+    }
+
+    async fn send_shared(&mut self, frame: &SharedFrame) -> Result<(), actix_ws::Closed> {
+        match frame.encoded(self.params.format) {
             Encoded::Text(text) => self.session.text(text).await,
             Encoded::Binary(bytes) => self.session.binary(bytes).await,
         }
@@ -727,7 +734,7 @@ pub async fn run(
             }
             Some(frame) = rx.recv() => {
                 // A client that stops reading blocks the socket; past this it is dropped.
-                match tokio::time::timeout(SEND_TIMEOUT, conn.send(&frame)).await {
+                match tokio::time::timeout(SEND_TIMEOUT, conn.send_shared(&frame)).await {
                     Ok(Ok(())) => {}
                     Ok(Err(_)) | Err(_) => break None,
                 }

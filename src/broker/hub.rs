@@ -10,11 +10,11 @@ use std::time::Duration;
 use serde_json::{json, Map, Value};
 use tokio::sync::{mpsc, Notify};
 
-use super::protocol::{action, presence_action};
+use super::protocol::{action, presence_action, SharedFrame};
 use crate::clock::SharedClock;
 
 /// A frame queued for one connection; shared by every recipient.
-pub type Frame = Arc<Value>;
+pub type Frame = Arc<SharedFrame>;
 
 /// How a connection is reached: a bounded queue, and a signal raised when
 /// the queue overflows so the connection can be dropped rather than grow.
@@ -207,14 +207,14 @@ impl Hub {
             }
             items.push(v);
         }
-        let frame = Arc::new(json!({
+        let frame = Arc::new(SharedFrame::new(json!({
             "action": action::PRESENCE,
             "channel": channel,
             "id": format!("leave-{connection_id}-{now}"),
             "connectionId": connection_id,
             "timestamp": now,
             "presence": items,
-        }));
+        })));
         state.broadcast(&frame, None);
     }
 
@@ -226,7 +226,7 @@ impl Hub {
             .and_then(Value::as_array)
             .cloned()
             .unwrap_or_default();
-        let frame = Arc::new(frame);
+        let frame = Arc::new(SharedFrame::new(frame));
         let now = self.now_ms();
         let mut channels = self.lock();
         let state = channels.entry(channel.to_string()).or_default();
@@ -305,14 +305,14 @@ impl Hub {
         if items.is_empty() {
             return;
         }
-        let frame = Arc::new(json!({
+        let frame = Arc::new(SharedFrame::new(json!({
             "action": action::PRESENCE,
             "channel": channel,
             "id": id_base,
             "connectionId": connection_id,
             "timestamp": now,
             "presence": items,
-        }));
+        })));
         state.broadcast(&frame, None);
     }
 

@@ -88,6 +88,46 @@ pub enum Encoded {
     Binary(Vec<u8>),
 }
 
+/// A frame delivered to many connections: encoded at most once per format.
+#[derive(Debug)]
+pub struct SharedFrame {
+    value: Value,
+    json: std::sync::OnceLock<String>,
+    msgpack: std::sync::OnceLock<Vec<u8>>,
+}
+
+impl SharedFrame {
+    pub fn new(value: Value) -> SharedFrame {
+        SharedFrame {
+            value,
+            json: std::sync::OnceLock::new(),
+            msgpack: std::sync::OnceLock::new(),
+        }
+    }
+
+    pub fn encoded(&self, format: Format) -> Encoded {
+        match format {
+            Format::Json => Encoded::Text(self.json.get_or_init(|| self.value.to_string()).clone()),
+            Format::MsgPack => Encoded::Binary(
+                self.msgpack
+                    .get_or_init(|| {
+                        rmp_serde::to_vec_named(&self.value)
+                            .expect("a JSON value always encodes as msgpack")
+                    })
+                    .clone(),
+            ),
+        }
+    }
+}
+
+impl std::ops::Deref for SharedFrame {
+    type Target = Value;
+
+    fn deref(&self) -> &Value {
+        &self.value
+    }
+}
+
 pub fn encode(value: &Value, format: Format) -> Encoded {
     match format {
         Format::Json => Encoded::Text(value.to_string()),

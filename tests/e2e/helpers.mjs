@@ -299,6 +299,10 @@ function brokerOptions(stack, protocol) {
     tls: false,
     fallbackHosts: [],
     disableConnectivityCheck: true,
+    // When a socket is slow to open (4 s, e.g. on a loaded CI machine) ably-js
+    // also probes a WebSocket host that disableConnectivityCheck does not
+    // cover; point it at the broker so nothing leaves loopback.
+    wsConnectivityCheckUrl: `ws://${stack.broker.host}:${stack.broker.port}/`,
     useBinaryProtocol: PROTOCOLS[protocol],
   };
 }
