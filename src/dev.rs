@@ -59,7 +59,12 @@ impl DevIssuer {
     }
 
     /// Settings for the dev stack: loopback only, a fresh key, this issuer.
-    pub fn settings(&self, port: u16, policy_path: &str) -> Settings {
+    pub fn settings(
+        &self,
+        port: u16,
+        policy_path: &str,
+        cors_origins: &[String],
+    ) -> Result<Settings, crate::config::ConfigError> {
         let key = format!(
             "dev.{}:{}",
             random_text(6).replace(['-', '_'], "x"),
@@ -70,6 +75,7 @@ impl DevIssuer {
             [server]
             bind = "127.0.0.1:{port}"
             rate_limit_per_second = 0
+            cors_allowed_origins = {origins}
             [ably]
             api_key = "{key}"
             [[issuers]]
@@ -84,7 +90,8 @@ impl DevIssuer {
             format = "pretty"
             "#,
             secret = self.secret,
+            origins = serde_json::to_string(cors_origins).expect("strings serialise"),
         );
-        Settings::from_toml(&text).expect("the dev settings are valid")
+        Settings::from_toml(&text)
     }
 }

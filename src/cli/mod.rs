@@ -43,6 +43,9 @@ enum Command {
         /// Print one JSON line with the URLs and key once ready (logs go to stderr).
         #[arg(long)]
         json: bool,
+        /// An origin allowed to call the token endpoints cross-origin (repeatable).
+        #[arg(long = "cors-origin")]
+        cors_origins: Vec<String>,
     },
     /// Run the embedded Ably broker alone, trusting the [ably] keys.
     Broker {
@@ -134,7 +137,14 @@ pub fn run() -> ExitCode {
             broker_port,
             policy,
             json,
-        } => serve::dev(port, broker_port, policy, json),
+            cors_origins,
+        } => serve::dev(serve::DevOptions {
+            port,
+            broker_port,
+            policy,
+            json_line: json,
+            cors_origins,
+        }),
         Command::Policy(PolicyCommand::Check { files }) => policy_cmd::check(&files),
         Command::Policy(PolicyCommand::Explain(args)) => policy_cmd::explain(args),
         Command::Token(TokenCommand::Inspect(args)) => inspect::inspect(args),

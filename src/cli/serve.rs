@@ -103,12 +103,22 @@ pub fn broker(config: Option<PathBuf>, log_format: Option<LogFormat>) -> Result<
 
 const EXAMPLE_POLICY: &str = include_str!("../../policies/default.toml");
 
-pub fn dev(
-    port: u16,
-    broker_port: u16,
-    policy: Option<PathBuf>,
-    json_line: bool,
-) -> Result<ExitCode, Failure> {
+pub struct DevOptions {
+    pub port: u16,
+    pub broker_port: u16,
+    pub policy: Option<PathBuf>,
+    pub json_line: bool,
+    pub cors_origins: Vec<String>,
+}
+
+pub fn dev(options: DevOptions) -> Result<ExitCode, Failure> {
+    let DevOptions {
+        port,
+        broker_port,
+        policy,
+        json_line,
+        cors_origins,
+    } = options;
     let (policy, shown) = match policy {
         Some(path) => (Policy::load(&path)?, path.display().to_string()),
         None => {
@@ -124,7 +134,9 @@ pub fn dev(
         }
     };
     let issuer = DevIssuer::generate();
-    let mut settings = issuer.settings(port, &policy.source.display().to_string());
+    let mut settings = issuer
+        .settings(port, &policy.source.display().to_string(), &cors_origins)
+        .map_err(|e| Failure(format!("--cors-origin: {e}")))?;
     settings.broker.bind = SocketAddr::from(([127, 0, 0, 1], broker_port));
     init_logging(
         LogFormat::Pretty,
