@@ -85,12 +85,14 @@ impl DevIssuer {
             roles_claim = "/roles"
             [policy]
             path = {policy_path:?}
-            watch = false
+            watch = {watch}
             [log]
             format = "pretty"
             "#,
             secret = self.secret,
             origins = serde_json::to_string(cors_origins).expect("strings serialise"),
+            // Edits to the policy file apply while `dev` runs.
+            watch = std::path::Path::new(policy_path).exists(),
         );
         Settings::from_toml(&text)
     }

@@ -12,6 +12,7 @@ pub mod clock;
 pub mod config;
 pub mod dev;
 pub mod http;
+pub mod metrics;
 pub mod policy;
 pub mod signing;
 pub mod upstream;

@@ -86,13 +86,16 @@ impl Channel {
         self.subscribers.is_empty() && self.members.is_empty() && self.history.is_empty()
     }
 
-    fn broadcast(&self, frame: &Frame, from: Option<&str>) {
+    fn broadcast(&self, frame: &Frame, from: Option<&str>) -> u64 {
+        let mut sent = 0;
         for (id, subscriber) in &self.subscribers {
             if !subscriber.echo && Some(id.as_str()) == from {
                 continue;
             }
             subscriber.outbox.deliver(frame);
+            sent += 1;
         }
+        sent
     }
 }
 
@@ -136,6 +139,7 @@ pub struct Hub {
     channels: Mutex<HashMap<String, Channel>>,
     limits: HistoryLimits,
     seq: AtomicU64,
+    deliveries: AtomicU64,
     clock: SharedClock,
 }
 
@@ -145,6 +149,7 @@ impl Hub {
             channels: Mutex::new(HashMap::new()),
             limits,
             seq: AtomicU64::new(0),
+            deliveries: AtomicU64::new(0),
             clock,
         }
     }
@@ -159,6 +164,16 @@ impl Hub {
 
     pub fn channel_count(&self) -> usize {
         self.lock().len()
+    }
+
+    /// Messages published since start (their history sequence numbers).
+    pub fn messages_published(&self) -> u64 {
+        self.seq.load(Ordering::Relaxed)
+    }
+
+    /// Frames queued to subscribers since start.
+    pub fn deliveries(&self) -> u64 {
+        self.deliveries.load(Ordering::Relaxed)
     }
 
     pub fn subscribe(&self, channel: &str, connection_id: &str, outbox: Outbox, echo: bool) {
@@ -230,7 +245,8 @@ impl Hub {
         let now = self.now_ms();
         let mut channels = self.lock();
         let state = channels.entry(channel.to_string()).or_default();
-        state.broadcast(&frame, from);
+        let sent = state.broadcast(&frame, from);
+        self.deliveries.fetch_add(sent, Ordering::Relaxed);
         for message in messages {
             let seq = self.seq.fetch_add(1, Ordering::Relaxed);
             state.history.push_back(Stored {
@@ -313,7 +329,8 @@ impl Hub {
             "timestamp": now,
             "presence": items,
         })));
-        state.broadcast(&frame, None);
+        let sent = state.broadcast(&frame, None);
+        self.deliveries.fetch_add(sent, Ordering::Relaxed);
     }
 
     /// The current members as PRESENT entries, for SYNC and REST.

@@ -158,9 +158,12 @@ impl Broker {
             recent: std::sync::Mutex::new(std::collections::HashMap::new()),
         });
         let data = web::Data::from(state.clone());
+        let registry = web::Data::new(crate::metrics::broker_only(state.clone()));
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(data.clone())
+                .app_data(registry.clone())
+                .route("/metrics", web::get().to(metrics))
                 .app_data(web::PayloadConfig::new(rest::MAX_REST_BODY))
                 .wrap(actix_cors::Cors::permissive())
                 .route("/", web::get().to(websocket))
@@ -211,6 +214,14 @@ impl Broker {
         sweeper.abort();
         result
     }
+}
+
+async fn metrics(
+    registry: web::Data<std::sync::Mutex<prometheus_client::registry::Registry>>,
+) -> HttpResponse {
+    HttpResponse::Ok()
+        .insert_header(("content-type", "text/plain; version=0.0.4; charset=utf-8"))
+        .body(crate::metrics::render_registry(&registry))
 }
 
 #[derive(serde::Deserialize)]

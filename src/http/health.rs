@@ -15,8 +15,23 @@ pub async fn healthz() -> HttpResponse {
 }
 
 /// Ready once a policy is loaded and every JWKS issuer has usable keys.
-pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .insert_header(("content-type", "text/plain; version=0.0.4; charset=utf-8"))
+        .body(state.metrics.render())
+}
+
+/// The policy in force and, when a reload was refused, why.
+fn policy_detail(state: &AppState) -> serde_json::Value {
     let policy = state.policy();
+    json!({
+        "source": policy.source.display().to_string(),
+        "roles": policy.role_names().count(),
+        "reload_error": state.policy_error(),
+    })
+}
+
+pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let mut problems = Vec::new();
     let issuers: Vec<_> = state
         .verifier
@@ -43,10 +58,7 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         state.verifier.prefetch();
         let mut extra = serde_json::Map::new();
         extra.insert("status".into(), json!("not_ready"));
-        extra.insert(
-            "policy".into(),
-            json!({"source": policy.source.display().to_string()}),
-        );
+        extra.insert("policy".into(), policy_detail(&state));
         extra.insert("issuers".into(), json!(issuers));
         return error_response_with(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -60,7 +72,7 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         .body(
             json!({
                 "status": "ready",
-                "policy": {"source": policy.source.display().to_string()},
+                "policy": policy_detail(&state),
                 "issuers": issuers,
             })
             .to_string(),

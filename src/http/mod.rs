@@ -11,7 +11,8 @@ mod request_log;
 mod token;
 
 use std::net::TcpListener;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use actix_cors::Cors;
 use actix_web::dev::Server;
@@ -22,9 +23,11 @@ use tracing_actix_web::TracingLogger;
 
 pub use error::{error_response, ApiError};
 
+use crate::broker::BrokerState;
 use crate::clock::{self, SharedClock};
 use crate::config::Settings;
 use crate::dev::DevIssuer;
+use crate::metrics::{Metrics, PolicyGauges};
 use crate::policy::{Policy, PolicyError};
 use crate::upstream::Verifier;
 
@@ -39,22 +42,61 @@ const CORS_HEADERS: &[&str] = &[
 
 pub struct AppState {
     pub settings: Settings,
-    pub verifier: Verifier,
+    pub verifier: Arc<Verifier>,
     pub clock: SharedClock,
+    pub metrics: Metrics,
     /// Set only by `ably-tokend dev`: serves `/dev/session`.
     pub dev_issuer: Option<DevIssuer>,
     policy: RwLock<Arc<Policy>>,
+    policy_gauges: Arc<RwLock<PolicyGauges>>,
+    reload: Mutex<ReloadState>,
+}
+
+#[derive(Default)]
+struct ReloadState {
+    /// Fingerprint of the file content last tried, applied or refused, so a
+    /// broken file is reported once per change rather than on every poll.
+    fingerprint: Option<[u8; 32]>,
+    last_error: Option<String>,
+}
+
+/// What a reload did.
+#[derive(Debug)]
+pub enum ReloadOutcome {
+    Applied,
+    Unchanged,
+    Refused(PolicyError),
 }
 
 impl AppState {
-    pub fn new(settings: Settings, policy: Policy, clock: SharedClock) -> AppState {
-        let verifier = Verifier::new(&settings.issuers, clock.clone());
+    pub fn new(
+        settings: Settings,
+        policy: Policy,
+        clock: SharedClock,
+        broker: Option<Arc<BrokerState>>,
+    ) -> AppState {
+        let verifier = Arc::new(Verifier::new(&settings.issuers, clock.clone()));
+        let policy_gauges = Arc::new(RwLock::new(PolicyGauges {
+            healthy: true,
+            roles: policy.role_names().count(),
+            loaded_unix: clock.now_secs(),
+        }));
+        let metrics = Metrics::new(Some(verifier.clone()), policy_gauges.clone(), broker);
+        let fingerprint = std::fs::read(&policy.source)
+            .ok()
+            .map(|bytes| fingerprint(&bytes));
         AppState {
             settings,
             verifier,
             clock,
+            metrics,
             dev_issuer: None,
             policy: RwLock::new(Arc::new(policy)),
+            policy_gauges,
+            reload: Mutex::new(ReloadState {
+                fingerprint,
+                last_error: None,
+            }),
         }
     }
 
@@ -66,9 +108,75 @@ impl AppState {
             .clone()
     }
 
-    pub fn replace_policy(&self, policy: Policy) {
-        *self.policy.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(policy);
+    /// Why the last reload was refused, while the previous policy serves.
+    pub fn policy_error(&self) -> Option<String> {
+        self.reload
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .last_error
+            .clone()
     }
+
+    /// Re-reads the policy file: a valid new policy is swapped in whole; a
+    /// broken one is refused and the one in force keeps serving. With
+    /// `force`, an unchanged file is re-applied too (SIGHUP).
+    pub fn reload_policy(&self, force: bool) -> ReloadOutcome {
+        let path = self.policy().source.clone();
+        let mut reload = self.reload.lock().unwrap_or_else(|e| e.into_inner());
+        let bytes = std::fs::metadata(&path)
+            .ok()
+            .filter(|m| m.len() <= crate::policy::MAX_POLICY_BYTES)
+            .and_then(|_| std::fs::read(&path).ok());
+        let print = bytes.as_deref().map(fingerprint);
+        if !force && print.is_some() && print == reload.fingerprint {
+            return ReloadOutcome::Unchanged;
+        }
+        reload.fingerprint = print;
+        let outcome = match Policy::load(&path) {
+            Ok(policy) => {
+                let roles = policy.role_names().count();
+                *self.policy.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(policy);
+                let mut gauges = self
+                    .policy_gauges
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner());
+                *gauges = PolicyGauges {
+                    healthy: true,
+                    roles,
+                    loaded_unix: self.clock.now_secs(),
+                };
+                reload.last_error = None;
+                tracing::info!(file = %path.display(), roles, "policy reloaded");
+                ReloadOutcome::Applied
+            }
+            Err(error) => {
+                self.policy_gauges
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .healthy = false;
+                reload.last_error = Some(error.to_string());
+                tracing::error!(
+                    file = %error.file.display(),
+                    line = error.line,
+                    field = %error.path,
+                    reason = %error.reason,
+                    "policy reload refused; the previous policy keeps serving"
+                );
+                ReloadOutcome::Refused(error)
+            }
+        };
+        self.metrics.policy_reload(match outcome {
+            ReloadOutcome::Applied => "applied",
+            ReloadOutcome::Unchanged => "unchanged",
+            ReloadOutcome::Refused(_) => "refused",
+        });
+        outcome
+    }
+}
+
+fn fingerprint(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).into()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,7 +208,7 @@ impl Application {
         policy: Policy,
         clock: SharedClock,
     ) -> Result<Application, StartError> {
-        Application::start(AppState::new(settings, policy, clock))
+        Application::start(AppState::new(settings, policy, clock, None))
     }
 
     /// The `dev` stack: as `build`, plus the development issuer's `/dev/session`.
@@ -108,8 +216,9 @@ impl Application {
         settings: Settings,
         policy: Policy,
         issuer: DevIssuer,
+        broker: Arc<BrokerState>,
     ) -> Result<Application, StartError> {
-        let mut state = AppState::new(settings, policy, clock::system());
+        let mut state = AppState::new(settings, policy, clock::system(), Some(broker));
         state.dev_issuer = Some(issuer);
         Application::start(state)
     }
@@ -142,7 +251,19 @@ impl Application {
 
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         self.state.verifier.prefetch();
-        self.server.await
+        let watcher = self
+            .state
+            .settings
+            .policy
+            .watch
+            .then(|| actix_web::rt::spawn(watch_policy(self.state.clone())));
+        let sighup = actix_web::rt::spawn(reload_on_sighup(self.state.clone()));
+        let result = self.server.await;
+        if let Some(watcher) = watcher {
+            watcher.abort();
+        }
+        sighup.abort();
+        result
     }
 }
 
@@ -175,6 +296,7 @@ fn serve(listener: TcpListener, state: web::Data<AppState>) -> std::io::Result<S
             .route("/api/ably-jwt", web::post().to(token::ably_jwt))
             .route("/healthz", web::get().to(health::healthz))
             .route("/readyz", web::get().to(health::readyz))
+            .route("/metrics", web::get().to(health::metrics))
             .configure(|cfg| {
                 if state.dev_issuer.is_some() {
                     cfg.route("/dev/session", web::get().to(dev_session::mint));
@@ -191,7 +313,13 @@ fn serve(listener: TcpListener, state: web::Data<AppState>) -> std::io::Result<S
 }
 
 async fn not_found(req: HttpRequest) -> actix_web::HttpResponse {
-    let known = ["/api/ably-token", "/api/ably-jwt", "/healthz", "/readyz"];
+    let known = [
+        "/api/ably-token",
+        "/api/ably-jwt",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    ];
     if known.contains(&req.path()) {
         return error_response(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -202,4 +330,48 @@ async fn not_found(req: HttpRequest) -> actix_web::HttpResponse {
     actix_web::ResponseError::error_response(&ApiError::NotFound(
         req.path().chars().take(200).collect(),
     ))
+}
+
+/// How often the policy file is checked for changes.
+const WATCH_INTERVAL: Duration = Duration::from_secs(1);
+/// A change must hold this long before it is applied: editors and
+/// Kubernetes ConfigMap updates write in more than one step.
+const DEBOUNCE: Duration = Duration::from_millis(300);
+
+/// Polls the policy file. Polling the path (rather than subscribing to inode
+/// events) follows Kubernetes' ConfigMap updates, which swap a symlink.
+async fn watch_policy(state: web::Data<AppState>) {
+    let mut seen = read_fingerprint(&state);
+    loop {
+        actix_web::rt::time::sleep(WATCH_INTERVAL).await;
+        let now = read_fingerprint(&state);
+        if now == seen {
+            continue;
+        }
+        actix_web::rt::time::sleep(DEBOUNCE).await;
+        let settled = read_fingerprint(&state);
+        if settled != now {
+            continue;
+        }
+        seen = settled;
+        state.reload_policy(false);
+    }
+}
+
+fn read_fingerprint(state: &AppState) -> Option<[u8; 32]> {
+    std::fs::read(&state.policy().source)
+        .ok()
+        .map(|b| fingerprint(&b))
+}
+
+async fn reload_on_sighup(state: web::Data<AppState>) {
+    let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+    else {
+        tracing::warn!("cannot listen for SIGHUP; policy reload on signal is off");
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading the policy");
+        state.reload_policy(true);
+    }
 }

@@ -3,11 +3,13 @@
 //! `sid`/`jti`, roles and latency. Never a token, key or secret: handlers put
 //! only these fields into the response's extensions.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::{Error, HttpMessage, HttpResponse};
+use actix_web::{web, Error, HttpMessage, HttpResponse};
+
+use super::AppState;
 use tracing::Span;
 use tracing_actix_web::{RequestId, RootSpanBuilder};
 
@@ -85,6 +87,12 @@ impl RootSpanBuilder for RequestLog {
             .map(|f| f.reason)
             .unwrap_or(if status < 400 { "ok" } else { "error" });
         let route = request.path();
+        if let Some(state) = request.app_data::<web::Data<AppState>>() {
+            let latency = Duration::from_secs_f64(latency_ms / 1000.0);
+            state
+                .metrics
+                .observe_request(route, status, reason, latency);
+        }
         macro_rules! line {
             ($level:ident) => {
                 tracing::$level!(

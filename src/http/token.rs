@@ -150,5 +150,13 @@ async fn issue(
             .insert_header(("content-type", "application/jwt"))
             .body(sign_ably_jwt(key, &grant)),
     };
+    state.metrics.roles_ignored(decision.ignored_roles);
+    state.metrics.token_issued(
+        &decision.roles,
+        match format {
+            TokenFormat::TokenRequest => "token_request",
+            TokenFormat::Jwt => "jwt",
+        },
+    );
     Ok((response, decision.roles))
 }

@@ -123,6 +123,8 @@ pub struct Request<'a> {
 pub struct Decision {
     /// Roles that are defined in the policy and applied, in policy order.
     pub roles: Vec<String>,
+    /// How many roles the token named that the policy does not define.
+    pub ignored_roles: usize,
     pub capability: Capability,
     pub client_id: String,
     pub ttl: Duration,
@@ -433,6 +435,7 @@ impl Policy {
         let ttl = request.asked.ttl.unwrap_or(request.default_ttl).min(cap);
         Ok(Decision {
             roles: applied.iter().map(|r| r.name.clone()).collect(),
+            ignored_roles: undefined.len(),
             capability,
             client_id,
             ttl,
