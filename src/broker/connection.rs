@@ -698,6 +698,7 @@ pub async fn run(
     let expiry = tokio::time::sleep(Duration::from_secs(365 * 24 * 3600));
     tokio::pin!(expiry);
     let mut expires_ms = None;
+    let mut stopping = state.stopping();
     let end: Option<AblyError> = loop {
         if conn.credentials.expires_ms != expires_ms {
             expires_ms = conn.credentials.expires_ms;
@@ -747,6 +748,11 @@ pub async fn run(
             }
             _ = &mut expiry, if expires_ms.is_some() => {
                 let error = AblyError::new(40142, 401, "token expired");
+                let _ = conn.send(&json!({"action": action::DISCONNECTED, "error": error.to_value()})).await;
+                break None;
+            }
+            _ = stopping.wait_for(|stop| *stop) => {
+                let error = AblyError::new(80003, 503, "the broker is shutting down; reconnect later");
                 let _ = conn.send(&json!({"action": action::DISCONNECTED, "error": error.to_value()})).await;
                 break None;
             }

@@ -62,6 +62,9 @@ pub struct BrokerState {
     /// connection id. Message continuity is not kept: channels re-attach
     /// without the RESUMED flag, which tells ably-js exactly that.
     recent: std::sync::Mutex<std::collections::HashMap<String, Recent>>,
+    /// Flips to true when the broker stops: every connection then sends
+    /// DISCONNECTED and closes, so clients reconnect elsewhere or later.
+    stopping: tokio::sync::watch::Sender<bool>,
 }
 
 struct Recent {
@@ -95,6 +98,15 @@ impl BrokerState {
 
     pub fn connection_count(&self) -> usize {
         self.connections.load(Ordering::SeqCst)
+    }
+
+    /// Tells every connection to say DISCONNECTED and close.
+    pub fn disconnect_all(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    pub fn stopping(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.stopping.subscribe()
     }
 
     fn remember_closed(&self, key: &str, id: &str, client_id: Option<&str>) {
@@ -156,6 +168,7 @@ impl Broker {
             limits,
             connections: AtomicUsize::new(0),
             recent: std::sync::Mutex::new(std::collections::HashMap::new()),
+            stopping: tokio::sync::watch::Sender::new(false),
         });
         let data = web::Data::from(state.clone());
         let registry = web::Data::new(crate::metrics::broker_only(state.clone()));
@@ -202,6 +215,23 @@ impl Broker {
     }
 
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        // actix stops accepting on SIGTERM/SIGINT and waits for open
+        // responses, which WebSockets are: tell them to finish first.
+        let signalled = self.state.clone();
+        let signals = actix_web::rt::spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut term), Ok(mut int)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) else {
+                return;
+            };
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            signalled.disconnect_all();
+        });
         let state = self.state.clone();
         let sweeper = actix_web::rt::spawn(async move {
             let mut every = tokio::time::interval(Duration::from_secs(10));
@@ -211,7 +241,9 @@ impl Broker {
             }
         });
         let result = self.server.await;
+        self.state.disconnect_all();
         sweeper.abort();
+        signals.abort();
         result
     }
 }

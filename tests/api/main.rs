@@ -7,4 +7,5 @@ mod denials;
 mod helpers;
 mod http;
 mod jwks;
+mod operations;
 mod tokens;
