@@ -8,4 +8,5 @@ mod helpers;
 mod http;
 mod jwks;
 mod operations;
+mod process;
 mod tokens;
