@@ -64,7 +64,7 @@ async fn serve(jwks: &JwksServer, policy: &std::path::Path, extra: &str) -> Runn
         ),
     )
     .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_ably-tokend"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ably-tokend"))
         .args(["serve", "--config", config.to_str().unwrap()])
         .env_remove("ABLY_API_KEY")
         .env_remove("RUST_LOG")
@@ -80,6 +80,8 @@ async fn serve(jwks: &JwksServer, policy: &std::path::Path, extra: &str) -> Runn
         }
         actix_web::rt::time::sleep(Duration::from_millis(25)).await;
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("ably-tokend serve did not start");
 }
 
