@@ -71,6 +71,11 @@ enum PolicyCommand {
     },
     /// Show which roles and rules apply to a set of claims, and the result.
     Explain(policy_cmd::ExplainArgs),
+    /// Run the policy tests (*.tests.toml) in a directory.
+    Test {
+        #[arg(default_value = "policies")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -147,6 +152,7 @@ pub fn run() -> ExitCode {
         }),
         Command::Policy(PolicyCommand::Check { files }) => policy_cmd::check(&files),
         Command::Policy(PolicyCommand::Explain(args)) => policy_cmd::explain(args),
+        Command::Policy(PolicyCommand::Test { dir }) => policy_cmd::test(&dir),
         Command::Token(TokenCommand::Inspect(args)) => inspect::inspect(args),
         Command::Token(TokenCommand::Request(args)) => request(args),
     };

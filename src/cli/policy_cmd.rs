@@ -14,6 +14,13 @@ use crate::policy::{Asked, Policy, Request};
 pub fn check(files: &[PathBuf]) -> Result<ExitCode, Failure> {
     let mut failed = false;
     for file in files {
+        if file.to_string_lossy().ends_with(".tests.toml") {
+            println!(
+                "skipped: {} is a policy test file (run `ably-tokend policy test`)",
+                file.display()
+            );
+            continue;
+        }
         match Policy::load(file) {
             Ok(policy) => println!(
                 "ok: {} ({} roles)",
@@ -27,6 +34,49 @@ pub fn check(files: &[PathBuf]) -> Result<ExitCode, Failure> {
         }
     }
     Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+pub fn test(dir: &std::path::Path) -> Result<ExitCode, Failure> {
+    let files =
+        crate::policy::cases::find(dir).map_err(|e| Failure(format!("{}: {e}", dir.display())))?;
+    if files.is_empty() {
+        return Err(Failure(format!(
+            "{}: no policy test files (*.tests.toml) found",
+            dir.display()
+        )));
+    }
+    let (mut passed, mut failed) = (0, 0);
+    for file in files {
+        let result = crate::policy::cases::run_file(&file);
+        println!(
+            "{} (policy {})",
+            result.file.display(),
+            result.policy.display()
+        );
+        if let Some(error) = result.error {
+            println!("  FAIL  {error}");
+            failed += 1;
+            continue;
+        }
+        for case in result.cases {
+            match case.failure {
+                None => {
+                    println!("  ok    {}", case.name);
+                    passed += 1;
+                }
+                Some(why) => {
+                    println!("  FAIL  {}: {why}", case.name);
+                    failed += 1;
+                }
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    Ok(if failed > 0 {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS

@@ -2,6 +2,7 @@
 //! operations. A file is compiled once into a `Policy` that answers requests
 //! without re-parsing; every load error names the file, line and field path.
 
+pub mod cases;
 mod file;
 pub mod template;
 

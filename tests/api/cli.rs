@@ -60,6 +60,68 @@ fn policy_check_reports_file_line_and_field_and_exits_1() {
 }
 
 #[test]
+fn policy_test_runs_the_shipped_policy_tests() {
+    let out = tokend(&["policy", "test", "policies"]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}{}", stderr(&out));
+    assert!(
+        text.contains("  ok    a sub of * cannot widen orders:{clientId}:*"),
+        "{text}"
+    );
+    assert!(
+        text.lines().last().unwrap().ends_with(" passed, 0 failed"),
+        "{text}"
+    );
+    let passed: usize = text
+        .lines()
+        .last()
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(passed >= 12, "{text}");
+}
+
+#[test]
+fn policy_test_reports_each_failure_and_exits_1() {
+    let dir = tempdir();
+    std::fs::copy("policies/default.toml", dir.join("default.toml")).unwrap();
+    std::fs::write(
+        dir.join("default.tests.toml"),
+        r#"
+        policy = "default.toml"
+        [[case]]
+        name = "right"
+        claims = { sub = "u1" }
+        client_id = "u1"
+        [[case]]
+        name = "wrong capability"
+        claims = { sub = "u1" }
+        capability = { "orders:*" = ["publish"] }
+        [[case]]
+        name = "wrong denial"
+        claims = { sub = "*" }
+        denied = "no_role"
+        "#,
+    )
+    .unwrap();
+    let out = tokend(&["policy", "test", dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = stdout(&out);
+    assert!(text.contains("  ok    right"), "{text}");
+    assert!(text.contains(r#"  FAIL  wrong capability: capability: expected {"orders:*":["publish"]}, got {"announcements":["subscribe"],"orders:u1:*":["history","presence","subscribe"]}"#), "{text}");
+    assert!(
+        text.contains(
+            r#"  FAIL  wrong denial: expected denial "no_role", got "template_value_rejected""#
+        ),
+        "{text}"
+    );
+    assert!(text.ends_with("1 passed, 2 failed\n"), "{text}");
+}
+
+#[test]
 fn policy_explain_shows_roles_rules_and_the_capability() {
     let out = tokend(&[
         "policy",
