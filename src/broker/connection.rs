@@ -313,27 +313,42 @@ impl Connection {
         }
     }
 
+    /// The msgSerial and channel of a MESSAGE or PRESENCE frame, once the
+    /// capability allows `op` there; otherwise the NACK is sent here. None
+    /// means the frame has been answered (or has no serial to answer).
+    async fn target(
+        &mut self,
+        frame: &Value,
+        channel: Option<String>,
+        op: Operation,
+    ) -> Result<Option<(u64, String)>, actix_ws::Closed> {
+        let Some(serial) = frame.get("msgSerial").and_then(Value::as_u64) else {
+            return Ok(None);
+        };
+        let Some(channel) = channel else {
+            self.nack(
+                serial,
+                AblyError::new(40000, 400, "the frame needs a channel"),
+            )
+            .await?;
+            return Ok(None);
+        };
+        if !self.ops(&channel).allows(op) {
+            let why = format!("channel {channel:?}: the token's capability does not permit {op}");
+            self.nack(serial, AblyError::new(40160, 401, why)).await?;
+            return Ok(None);
+        }
+        Ok(Some((serial, channel)))
+    }
+
     async fn publish(
         &mut self,
         frame: &Value,
         channel: Option<String>,
     ) -> Result<(), actix_ws::Closed> {
-        let Some(serial) = frame.get("msgSerial").and_then(Value::as_u64) else {
+        let Some((serial, channel)) = self.target(frame, channel, Operation::Publish).await? else {
             return Ok(());
         };
-        let Some(channel) = channel else {
-            return self
-                .nack(
-                    serial,
-                    AblyError::new(40000, 400, "MESSAGE needs a channel"),
-                )
-                .await;
-        };
-        if !self.ops(&channel).allows(Operation::Publish) {
-            return self
-                .nack(serial, AblyError::new(40160, 401, format!("channel {channel:?}: the token's capability does not permit publishing")))
-                .await;
-        }
         let items = match frame.get("messages").and_then(Value::as_array) {
             Some(items) if !items.is_empty() && items.len() <= 1000 => items,
             _ => {
@@ -393,31 +408,10 @@ impl Connection {
         frame: &Value,
         channel: Option<String>,
     ) -> Result<(), actix_ws::Closed> {
-        let Some(serial) = frame.get("msgSerial").and_then(Value::as_u64) else {
+        let Some((serial, channel)) = self.target(frame, channel, Operation::Presence).await?
+        else {
             return Ok(());
         };
-        let Some(channel) = channel else {
-            return self
-                .nack(
-                    serial,
-                    AblyError::new(40000, 400, "PRESENCE needs a channel"),
-                )
-                .await;
-        };
-        if !self.ops(&channel).allows(Operation::Presence) {
-            return self
-                .nack(
-                    serial,
-                    AblyError::new(
-                        40160,
-                        401,
-                        format!(
-                            "channel {channel:?}: the token's capability does not permit presence"
-                        ),
-                    ),
-                )
-                .await;
-        }
         let Some(items) = frame
             .get("presence")
             .and_then(Value::as_array)

@@ -2,17 +2,6 @@ use serde_json::json;
 
 use crate::helpers::*;
 
-async fn clerk_app() -> (TestKey, JwksServer, TestApp) {
-    let key = TestKey::rsa("rsa1", "k1");
-    let jwks = JwksServer::start(&[&key]).await;
-    let app = TestApp::spawn(Issuers {
-        clerk: Some(&jwks),
-        ..Default::default()
-    })
-    .await;
-    (key, jwks, app)
-}
-
 #[actix_web::test]
 async fn missing_session_token_is_401_and_says_how_to_send_one() {
     let (_key, _jwks, app) = clerk_app().await;

@@ -448,3 +448,15 @@ pub fn independent_jwt_claims(token: &str) -> Value {
     .unwrap()
     .claims
 }
+
+/// The common setup: one RSA key, its JWKS server, and the app trusting it as Clerk.
+pub async fn clerk_app() -> (TestKey, JwksServer, TestApp) {
+    let key = TestKey::rsa("rsa1", "k1");
+    let jwks = JwksServer::start(&[&key]).await;
+    let app = TestApp::spawn(Issuers {
+        clerk: Some(&jwks),
+        ..Default::default()
+    })
+    .await;
+    (key, jwks, app)
+}

@@ -6,13 +6,7 @@ use crate::helpers::*;
 
 #[actix_web::test]
 async fn healthz_and_readyz_report_state() {
-    let key = TestKey::rsa("rsa1", "k1");
-    let jwks = JwksServer::start(&[&key]).await;
-    let app = TestApp::spawn(Issuers {
-        clerk: Some(&jwks),
-        ..Default::default()
-    })
-    .await;
+    let (_key, _jwks, app) = clerk_app().await;
     let health = app.get("/healthz").await;
     assert_eq!(health.status(), 200);
     assert_eq!(health.headers()["cache-control"], "no-store");
@@ -68,13 +62,7 @@ async fn readyz_is_503_while_an_issuer_has_no_keys() {
 
 #[actix_web::test]
 async fn oversized_body_is_413_in_ablys_shape() {
-    let key = TestKey::rsa("rsa1", "k1");
-    let jwks = JwksServer::start(&[&key]).await;
-    let app = TestApp::spawn(Issuers {
-        clerk: Some(&jwks),
-        ..Default::default()
-    })
-    .await;
+    let (key, _jwks, app) = clerk_app().await;
     let session = key.sign(clerk_header(), &clerk_claims("user_1", None));
     let response = app
         .client
@@ -126,13 +114,7 @@ async fn requests_over_the_rate_limit_get_429_but_probes_do_not() {
 
 #[actix_web::test]
 async fn cors_preflight_is_answered_only_for_configured_origins() {
-    let key = TestKey::rsa("rsa1", "k1");
-    let jwks = JwksServer::start(&[&key]).await;
-    let app = TestApp::spawn(Issuers {
-        clerk: Some(&jwks),
-        ..Default::default()
-    })
-    .await;
+    let (_key, _jwks, app) = clerk_app().await;
     let preflight = |origin: &'static str| {
         app.client
             .request(
@@ -165,13 +147,7 @@ async fn cors_preflight_is_answered_only_for_configured_origins() {
 
 #[actix_web::test]
 async fn unknown_routes_and_methods_get_ably_shaped_errors() {
-    let key = TestKey::rsa("rsa1", "k1");
-    let jwks = JwksServer::start(&[&key]).await;
-    let app = TestApp::spawn(Issuers {
-        clerk: Some(&jwks),
-        ..Default::default()
-    })
-    .await;
+    let (_key, _jwks, app) = clerk_app().await;
     assert_error(app.get("/api/ably-tokens").await, 404, "not_found").await;
     let response = app
         .client

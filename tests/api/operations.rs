@@ -99,13 +99,7 @@ where
 
 #[actix_web::test]
 async fn metrics_report_requests_tokens_jwks_and_policy() {
-    let key = TestKey::rsa("rsa1", "k1");
-    let jwks = JwksServer::start(&[&key]).await;
-    let app = TestApp::spawn(Issuers {
-        clerk: Some(&jwks),
-        ..Default::default()
-    })
-    .await;
+    let (key, _jwks, app) = clerk_app().await;
     let session = key.sign(clerk_header(), &clerk_claims("user_1", Some("support")));
     assert_eq!(
         app.get_token("/api/ably-token", &session).await.status(),

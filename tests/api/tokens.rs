@@ -103,13 +103,7 @@ async fn auth0_session_gets_an_ably_jwt_that_verifies_independently() {
 
 #[actix_web::test]
 async fn format_jwt_on_the_token_route_answers_a_jwt() {
-    let key = TestKey::rsa("rsa1", "k1");
-    let jwks = JwksServer::start(&[&key]).await;
-    let app = TestApp::spawn(Issuers {
-        clerk: Some(&jwks),
-        ..Default::default()
-    })
-    .await;
+    let (key, _jwks, app) = clerk_app().await;
     let session = key.sign(clerk_header(), &clerk_claims("user_1", None));
     let response = app
         .get_token("/api/ably-token?format=jwt&ttl=60000", &session)
@@ -154,13 +148,7 @@ async fn ec_and_ed25519_signed_sessions_are_accepted() {
 
 #[actix_web::test]
 async fn ably_js_post_form_parameters_narrow_the_grant() {
-    let key = TestKey::rsa("rsa1", "k1");
-    let jwks = JwksServer::start(&[&key]).await;
-    let app = TestApp::spawn(Issuers {
-        clerk: Some(&jwks),
-        ..Default::default()
-    })
-    .await;
+    let (key, _jwks, app) = clerk_app().await;
     let session = key.sign(clerk_header(), &clerk_claims("user_1", Some("support")));
     // ably-js with authMethod "POST" sends its token params form-encoded, plus rnd.
     let response = app
@@ -192,13 +180,7 @@ async fn ably_js_post_form_parameters_narrow_the_grant() {
 
 #[actix_web::test]
 async fn json_body_parameters_are_read_too_and_ttl_is_lowered_to_the_cap() {
-    let key = TestKey::rsa("rsa1", "k1");
-    let jwks = JwksServer::start(&[&key]).await;
-    let app = TestApp::spawn(Issuers {
-        clerk: Some(&jwks),
-        ..Default::default()
-    })
-    .await;
+    let (key, _jwks, app) = clerk_app().await;
     let session = key.sign(clerk_header(), &clerk_claims("user_1", None));
     let response = app
         .client
@@ -221,13 +203,7 @@ async fn json_body_parameters_are_read_too_and_ttl_is_lowered_to_the_cap() {
 
 #[actix_web::test]
 async fn session_cookie_is_read_and_the_authorization_header_wins() {
-    let key = TestKey::rsa("rsa1", "k1");
-    let jwks = JwksServer::start(&[&key]).await;
-    let app = TestApp::spawn(Issuers {
-        clerk: Some(&jwks),
-        ..Default::default()
-    })
-    .await;
+    let (key, _jwks, app) = clerk_app().await;
     let alice = key.sign(clerk_header(), &clerk_claims("alice", None));
     let bob = key.sign(clerk_header(), &clerk_claims("bob", None));
     let url = format!("{}/api/ably-token", app.address);
