@@ -145,6 +145,9 @@ export async function startStack({ policy, args = [] } = {}) {
     argv,
     stderr: new Tail(400),
     stdout: new Tail(100),
+    // Everything the binary logged (bounded), and what must never appear in it.
+    log: { text: "", limit: 8 * 1024 * 1024 },
+    secrets: new Set(),
     clients: new Set(),
     exited: null,
   };
@@ -160,6 +163,7 @@ export async function startStack({ policy, args = [] } = {}) {
   proc.stderr.setEncoding("utf8");
   proc.stderr.on("data", (chunk) => {
     stderrBuf += chunk;
+    if (stack.log.text.length < stack.log.limit) stack.log.text += chunk;
     let nl;
     while ((nl = stderrBuf.indexOf("\n")) >= 0) {
       const line = stderrBuf.slice(0, nl);
@@ -219,6 +223,7 @@ export async function startStack({ policy, args = [] } = {}) {
     keyName: info.apiKey.split(":")[0],
     stop: () => stopStack(stack),
   });
+  stack.secrets.add(info.apiKey.slice(info.apiKey.indexOf(":") + 1));
   return stack;
 }
 
@@ -249,7 +254,25 @@ export async function stopStack(stack) {
       `ably-tokend did not exit within ${EXIT_MS} ms of SIGTERM and was killed\n${stack.stderr.text(40)}`,
     );
   }
+  assertNoSecretsLogged(stack);
   return { ...exit, ms: Date.now() - started };
+}
+
+/**
+ * The binary's whole log for this stack must hold neither the API key's secret nor any session
+ * token minted for it (nor such a token's signature): across the suite, that is every log line
+ * of the end-to-end run.
+ */
+export function assertNoSecretsLogged(stack) {
+  if (stack.secrets.size > 1 && !/ably_tokend::request/.test(stack.log.text)) {
+    throw new Error("no request log lines were captured from ably-tokend: the secret check would prove nothing");
+  }
+  const leaked = [...stack.secrets].filter((secret) => secret && stack.log.text.includes(secret));
+  if (leaked.length) {
+    throw new Error(
+      `ably-tokend logged ${leaked.length} secret(s) or token(s), e.g. one starting ${leaked[0].slice(0, 8)}…`,
+    );
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -264,7 +287,10 @@ export async function mintSession(stack, sub, roles = [], ttlSecs = 3600) {
   const res = await within(fetch(url), `GET ${url}`);
   const body = await res.text();
   if (res.status !== 200) throw new Error(`GET ${url} answered ${res.status}: ${body}`);
-  return body.trim();
+  const token = body.trim();
+  stack.secrets.add(token);
+  stack.secrets.add(token.split(".")[2]);
+  return token;
 }
 
 /** The sidecar route ably-js uses as authUrl: "token" → TokenRequest, "jwt" → Ably JWT. */
