@@ -279,7 +279,10 @@ fn serve(listener: TcpListener, state: web::Data<AppState>) -> std::io::Result<S
             .allowed_methods([Method::GET, Method::POST])
             .allowed_headers(CORS_HEADERS.iter().copied())
             .expose_headers(["x-ably-errorcode", "x-ably-errormessage"])
-            .max_age(600);
+            .max_age(600)
+            // ably-js marks an authUrl request credentialed when authHeaders
+            // carry `authorization`: the listed origins are trusted with it.
+            .supports_credentials();
         for origin in &origins {
             cors = cors.allowed_origin(origin);
         }
