@@ -716,7 +716,16 @@ fn validate_issuer(i: usize, raw: RawIssuer) -> Result<IssuerSettings, ConfigErr
         audiences: raw.audiences,
         authorized_parties: raw.authorized_parties,
         algorithms,
-        leeway: parse_duration(&at("leeway"), &raw.leeway)?,
+        leeway: {
+            let leeway = parse_duration(&at("leeway"), &raw.leeway)?;
+            if leeway > Duration::from_secs(300) {
+                return Err(invalid(
+                    at("leeway"),
+                    "must be at most 5m: clock skew larger than that is a broken clock",
+                ));
+            }
+            leeway
+        },
         roles_claim: raw
             .roles_claim
             .parse()

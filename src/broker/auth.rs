@@ -273,7 +273,7 @@ impl BrokerAuth {
             key_name: key.name().to_string(),
             client_id: claims.client_id.filter(|c| !c.is_empty()),
             capability,
-            expires_ms: Some(claims.exp * 1000),
+            expires_ms: Some(claims.exp.saturating_mul(1000)),
         })
     }
 

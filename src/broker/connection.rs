@@ -20,6 +20,7 @@ use crate::capability::{OpSet, Operation};
 pub const CONNECTION_STATE_TTL_MS: u64 = 120_000;
 pub const MAX_IDLE_INTERVAL_MS: u64 = 15_000;
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+const YEAR_MS: u64 = 365 * 24 * 3600 * 1000;
 
 /// What the client asked for in the WebSocket URL.
 #[derive(Debug, Clone)]
@@ -700,7 +701,8 @@ pub async fn run(
                 let left = at.saturating_sub(state.hub.now_ms());
                 expiry
                     .as_mut()
-                    .reset(tokio::time::Instant::now() + Duration::from_millis(left));
+                    // A JWT may name any exp; a year out is as good as never.
+                    .reset(tokio::time::Instant::now() + Duration::from_millis(left.min(YEAR_MS)));
             }
         }
         tokio::select! {

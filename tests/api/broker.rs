@@ -345,3 +345,21 @@ async fn rest_errors_have_ablys_shape() {
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], 40101);
 }
+
+#[actix_web::test]
+async fn a_jwt_with_an_absurd_expiry_does_not_break_the_connection() {
+    let broker = broker(Limits::default()).await;
+    let token = broker.jwt(
+        r#"{"*":["*"]}"#,
+        Some("u"),
+        u64::MAX - 1_000_000_000_000,
+        now_ms(),
+    );
+    let mut socket = broker.connect(&format!("access_token={token}")).await;
+    assert_eq!(socket.next().await["action"], 4);
+    socket.send(json!({"action": 0, "id": "still-here"})).await;
+    assert_eq!(
+        socket.next().await,
+        json!({"action": 0, "id": "still-here"})
+    );
+}
