@@ -144,6 +144,9 @@ pub fn encode_bytes(value: &Value, format: Format) -> Vec<u8> {
     }
 }
 
+/// Deepest msgpack nesting accepted (serde_json stops JSON at 128).
+const MAX_DEPTH: usize = 64;
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
     #[error("the frame is not valid {0}")]
@@ -158,7 +161,9 @@ pub fn decode(bytes: &[u8], format: Format) -> Result<Value, DecodeError> {
         Format::Json => serde_json::from_slice(bytes).map_err(|_| DecodeError::Syntax("JSON"))?,
         Format::MsgPack => {
             let mut reader = bytes;
-            let value = rmpv::decode::read_value(&mut reader)
+            // Protocol messages nest a few levels; the bound keeps a hostile
+            // frame from recursing deep in the decoder and the converter.
+            let value = rmpv::decode::read_value_with_max_depth(&mut reader, MAX_DEPTH)
                 .map_err(|_| DecodeError::Syntax("msgpack"))?;
             if !reader.is_empty() {
                 return Err(DecodeError::Syntax("msgpack"));
@@ -271,6 +276,13 @@ mod tests {
         );
         assert_eq!(
             decode(&[0x01, 0x02], Format::MsgPack),
+            Err(DecodeError::Syntax("msgpack"))
+        );
+        // 100 nested arrays: deeper than any protocol message.
+        let mut deep = vec![0x91u8; 100];
+        deep.push(0x01);
+        assert_eq!(
+            decode(&deep, Format::MsgPack),
             Err(DecodeError::Syntax("msgpack"))
         );
         assert_eq!(
