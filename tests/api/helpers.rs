@@ -332,6 +332,7 @@ pub fn config_text(issuers: &Issuers<'_>, server_extra: &str) -> String {
             issuer = "{AUTH0_ISS}"
             jwks_url = "{url}"
             audiences = ["https://api.example.com"]
+            algorithms = ["RS256", "ES256"]
             roles_claim = "/https:~1~1example.com~1roles"
             {extra}
             "#,

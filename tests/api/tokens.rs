@@ -246,3 +246,31 @@ async fn session_cookie_is_read_and_the_authorization_header_wins() {
         .unwrap();
     assert_error(bad_header, 401, "session_token_malformed").await;
 }
+
+#[actix_web::test]
+async fn auth0_session_signed_with_an_ec_key_is_accepted() {
+    let rsa = TestKey::rsa("rsa2", "auth0-rsa");
+    let ec = TestKey::ec("ec1", "auth0-ec");
+    let jwks = JwksServer::start(&[&rsa, &ec]).await;
+    let app = TestApp::spawn(Issuers {
+        auth0: Some(&jwks),
+        ..Default::default()
+    })
+    .await;
+    let session = ec.sign(
+        json!({"typ": "JWT"}),
+        &auth0_claims("auth0|ec-user", &["support"]),
+    );
+    let response = app.get_token("/api/ably-token", &session).await;
+    assert_eq!(response.status(), 200);
+    let request: Value = response.json().await.unwrap();
+    assert_eq!(request["clientId"], "auth0|ec-user");
+    assert_eq!(request["ttl"], 900_000);
+    assert_eq!(request["mac"], independent_mac(&request));
+    // The same EC key may not be used as if it were the RSA one.
+    let mut header = json!({"typ": "JWT", "alg": "RS256"});
+    header["kid"] = json!("auth0-ec");
+    let confused = ec.sign(header, &auth0_claims("auth0|ec-user", &["support"]));
+    let response = app.get_token("/api/ably-token", &confused).await;
+    assert_error(response, 401, "signing_key_unknown").await;
+}
