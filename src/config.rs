@@ -473,16 +473,21 @@ impl Settings {
     }
 }
 
-/// The config crate quotes offending values in some messages; a value may be
-/// a secret, so keep only the part before any quoted value.
+/// The config and toml crates quote offending values, and a TOML syntax
+/// error quotes the whole source line; a value may be a secret. Keep the
+/// location and the reason, never the quoted text.
 fn scrub(message: String) -> String {
-    match message.find("string \"") {
-        Some(i) => format!("{}<value hidden>{}", &message[..i], {
-            let rest = &message[i + 8..];
-            rest.find('"').map(|j| &rest[j + 1..]).unwrap_or("")
-        }),
-        None => message,
-    }
+    let kept: Vec<String> = message
+        .lines()
+        // Source snippets: "2 | api_key = ...", "  |", "  | ^^^".
+        .filter(|line| !line.contains('|'))
+        .map(|line| match line.find('"') {
+            Some(i) => format!("{}<value hidden>", &line[..i]),
+            None => line.to_string(),
+        })
+        .filter(|line| !line.trim().is_empty())
+        .collect();
+    kept.join(": ")
 }
 
 fn parse_bind(field: &str, text: &str) -> Result<SocketAddr, ConfigError> {
@@ -809,6 +814,19 @@ mod tests {
         assert!(!format!("{s:?}").contains("topsecretvalue"));
         let e = err(&MINIMAL.replace("[ably]", "[ably]\ntoken_format = 7"));
         assert!(!e.contains("topsecretvalue"), "{e}");
+    }
+
+    #[test]
+    fn a_syntax_error_names_the_line_but_never_quotes_it() {
+        for broken in [
+            "[ably]\napi_key = \"appId.keyId:TOPSECRETVALUE\n",
+            "[ably]\napi_key = \"appId.keyId:TOPSECRETVALUE\" x\n",
+            "[ably]\napi_key = \"appId.keyId:TOPSECRETVALUE\"\napi_key = \"appId.keyId:TOPSECRETVALUE\"\n",
+        ] {
+            let e = err(broken);
+            assert!(!e.contains("TOPSECRET"), "{e}");
+            assert!(e.contains("line 2") || e.contains("line 3"), "{e}");
+        }
     }
 
     #[test]
