@@ -19,7 +19,6 @@ use crate::capability::{OpSet, Operation};
 
 pub const CONNECTION_STATE_TTL_MS: u64 = 120_000;
 pub const MAX_IDLE_INTERVAL_MS: u64 = 15_000;
-const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 const YEAR_MS: u64 = 365 * 24 * 3600 * 1000;
 
 /// What the client asked for in the WebSocket URL.
@@ -45,6 +44,24 @@ pub fn random_id(len: usize) -> String {
         .iter()
         .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
         .collect()
+}
+
+/// Every write has a deadline: a client that stops reading fills the
+/// socket, and the connection is then dropped instead of holding its slot.
+async fn write(
+    session: &mut actix_ws::Session,
+    encoded: Encoded,
+    deadline: Duration,
+) -> Result<(), actix_ws::Closed> {
+    let sent = match encoded {
+        Encoded::Text(text) => tokio::time::timeout(deadline, session.text(text)).await,
+        Encoded::Binary(bytes) => tokio::time::timeout(deadline, session.binary(bytes)).await,
+    };
+    sent.unwrap_or(Err(actix_ws::Closed))
+}
+
+async fn close(session: actix_ws::Session) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), session.close(None)).await;
 }
 
 enum Flow {
@@ -91,17 +108,13 @@ pub fn resolve_client_id(
 
 impl Connection {
     async fn send(&mut self, frame: &Value) -> Result<(), actix_ws::Closed> {
-        match protocol::encode(frame, self.params.format) {
-            Encoded::Text(text) => self.session.text(text).await,
-            Encoded::Binary(bytes) => self.session.binary(bytes).await,
-        }
+        let encoded = protocol::encode(frame, self.params.format);
+        write(&mut self.session, encoded, self.state.limits.send_timeout).await
     }
 
     async fn send_shared(&mut self, frame: &SharedFrame) -> Result<(), actix_ws::Closed> {
-        match frame.encoded(self.params.format) {
-            Encoded::Text(text) => self.session.text(text).await,
-            Encoded::Binary(bytes) => self.session.binary(bytes).await,
-        }
+        let encoded = frame.encoded(self.params.format);
+        write(&mut self.session, encoded, self.state.limits.send_timeout).await
     }
 
     fn connected_frame(&self) -> Value {
@@ -190,10 +203,9 @@ impl Connection {
             action::PRESENCE => self.presence(&frame, channel).await?,
             action::SYNC => {
                 if let Some(channel) = channel {
-                    if self
-                        .attached
-                        .get(&channel)
-                        .is_some_and(|ops| ops.allows(Operation::Subscribe))
+                    // The capability in force now, not the one at attach time.
+                    if self.attached.contains_key(&channel)
+                        && self.ops(&channel).allows(Operation::Subscribe)
                     {
                         let members = self.state.hub.members(&channel);
                         self.send(&sync_frame(&channel, members, &random_id(8)))
@@ -243,7 +255,12 @@ impl Connection {
                 .await;
         }
         let already = self.attached.contains_key(channel);
-        if !already && self.attached.len() >= self.state.limits.max_channels_per_connection {
+        let limits = &self.state.limits;
+        let over = self.attached.len() + self.presence_channels.len()
+            >= limits.max_channels_per_connection
+            || (!self.state.hub.holds(channel)
+                && self.state.hub.channel_count() >= limits.max_channels);
+        if !already && !self.presence_channels.contains(channel) && over {
             return self
                 .channel_error(
                     channel,
@@ -263,6 +280,8 @@ impl Connection {
             self.state
                 .hub
                 .subscribe(channel, &self.id, self.outbox.clone(), self.params.echo);
+        } else {
+            self.state.hub.drop_subscriber(channel, &self.id);
         }
         self.attached.insert(channel.to_string(), ops);
         let mut flags = 0;
@@ -304,7 +323,11 @@ impl Connection {
             (Some(Value::String(_)), Some(_)) => {
                 Err(mismatch("the message's clientId is not the connection's"))
             }
-            (Some(Value::String(asked)), None) if self.credentials.expires_ms.is_none() => {
+            // API keys and wildcard (`*`) tokens may speak for any client id.
+            (Some(Value::String(asked)), None)
+                if self.credentials.expires_ms.is_none()
+                    || self.credentials.client_id.as_deref() == Some("*") =>
+            {
                 Ok(Some(asked.clone()))
             }
             (Some(Value::String(_)), None) => {
@@ -324,7 +347,14 @@ impl Connection {
         op: Operation,
     ) -> Result<Option<(u64, String)>, actix_ws::Closed> {
         let Some(serial) = frame.get("msgSerial").and_then(Value::as_u64) else {
-            return Ok(None);
+            // Without a serial nothing can be acknowledged: the client would wait forever.
+            self.fatal(AblyError::new(
+                40000,
+                400,
+                "MESSAGE and PRESENCE need a numeric msgSerial",
+            ))
+            .await?;
+            return Err(actix_ws::Closed);
         };
         let Some(channel) = channel else {
             self.nack(
@@ -334,6 +364,27 @@ impl Connection {
             .await?;
             return Ok(None);
         };
+        if let Err(why) = valid_channel_name(&channel) {
+            self.nack(serial, AblyError::new(40010, 400, why)).await?;
+            return Ok(None);
+        }
+        let limits = &self.state.limits;
+        let new_here =
+            !self.attached.contains_key(&channel) && !self.presence_channels.contains(&channel);
+        let too_many_here = op == Operation::Presence
+            && new_here
+            && self.attached.len() + self.presence_channels.len()
+                >= limits.max_channels_per_connection;
+        let too_many_overall = !self.state.hub.holds(&channel)
+            && self.state.hub.channel_count() >= limits.max_channels;
+        if too_many_here || too_many_overall {
+            let why = format!(
+                "channel limit reached ({} per connection, {} in the broker)",
+                limits.max_channels_per_connection, limits.max_channels
+            );
+            self.nack(serial, AblyError::new(90021, 400, why)).await?;
+            return Ok(None);
+        }
         if !self.ops(&channel).allows(op) {
             let why = format!("channel {channel:?}: the token's capability does not permit {op}");
             self.nack(serial, AblyError::new(40160, 401, why)).await?;
@@ -484,6 +535,62 @@ impl Connection {
         self.ack(serial).await
     }
 
+    /// After re-authentication: every channel gets exactly what the new
+    /// capability allows. Channels it no longer permits fail with 40160;
+    /// delivery stops where `subscribe` went, members leave where `presence`
+    /// went, and delivery starts where `subscribe` arrived.
+    async fn apply_capability(&mut self) -> Result<(), actix_ws::Closed> {
+        let channels: HashSet<String> = self
+            .attached
+            .keys()
+            .chain(self.presence_channels.iter())
+            .cloned()
+            .collect();
+        for channel in channels {
+            let ops = self.ops(&channel);
+            let may_attach = [
+                Operation::Subscribe,
+                Operation::Publish,
+                Operation::Presence,
+            ]
+            .iter()
+            .any(|op| ops.allows(*op));
+            if !may_attach {
+                let was_attached = self.attached.remove(&channel).is_some();
+                self.presence_channels.remove(&channel);
+                self.state.hub.unsubscribe(&channel, &self.id);
+                if was_attached {
+                    let error =
+                        AblyError::new(40160, 401, "the new token does not permit this channel");
+                    self.channel_error(&channel, error).await?;
+                }
+                continue;
+            }
+            if let Some(before) = self.attached.get(&channel).copied() {
+                match (
+                    before.allows(Operation::Subscribe),
+                    ops.allows(Operation::Subscribe),
+                ) {
+                    (true, false) => self.state.hub.drop_subscriber(&channel, &self.id),
+                    (false, true) => self.state.hub.subscribe(
+                        &channel,
+                        &self.id,
+                        self.outbox.clone(),
+                        self.params.echo,
+                    ),
+                    _ => {}
+                }
+                self.attached.insert(channel.clone(), ops);
+            }
+            // After delivery stopped: a client that lost `subscribe` does not
+            // hear its own member leave.
+            if !ops.allows(Operation::Presence) && self.presence_channels.remove(&channel) {
+                self.state.hub.leave(&channel, &self.id);
+            }
+        }
+        Ok(())
+    }
+
     async fn reauthenticate(&mut self, frame: &Value) -> Result<Flow, actix_ws::Closed> {
         let token = frame
             .get("auth")
@@ -504,30 +611,7 @@ impl Connection {
         match result {
             Ok(credentials) => {
                 self.credentials = credentials;
-                let revoked: Vec<String> = self
-                    .attached
-                    .keys()
-                    .filter(|ch| {
-                        let ops = self.credentials.capability.ops_for_channel(ch);
-                        ![
-                            Operation::Subscribe,
-                            Operation::Publish,
-                            Operation::Presence,
-                        ]
-                        .iter()
-                        .any(|op| ops.allows(*op))
-                    })
-                    .cloned()
-                    .collect();
-                for channel in revoked {
-                    self.attached.remove(&channel);
-                    self.state.hub.unsubscribe(&channel, &self.id);
-                    self.channel_error(
-                        &channel,
-                        AblyError::new(40160, 401, "the new token does not permit this channel"),
-                    )
-                    .await?;
-                }
+                self.apply_capability().await?;
                 let connected = self.connected_frame();
                 self.send(&connected).await?;
                 Ok(Flow::Continue)
@@ -586,7 +670,8 @@ pub fn message_size(item: &Value) -> usize {
         Some(Value::String(s)) => s.len(),
         Some(other) => other.to_string().len(),
     };
-    text(item.get("name"))
+    text(item.get("id"))
+        + text(item.get("name"))
         + text(item.get("data"))
         + text(item.get("clientId"))
         + text(item.get("extras"))
@@ -616,13 +701,11 @@ pub async fn run(
     credentials: Result<(Credentials, Option<String>), AblyError>,
 ) {
     let format = params.format;
+    let deadline = state.limits.send_timeout;
     let send_now = |session: &mut actix_ws::Session, frame: Value| {
         let mut session = session.clone();
         async move {
-            let _ = match protocol::encode(&frame, format) {
-                Encoded::Text(text) => session.text(text).await,
-                Encoded::Binary(bytes) => session.binary(bytes).await,
-            };
+            let _ = write(&mut session, protocol::encode(&frame, format), deadline).await;
         }
     };
     let (credentials, client_id) = match credentials {
@@ -639,7 +722,7 @@ pub async fn run(
                 json!({"action": act, "error": error.to_value()}),
             )
             .await;
-            let _ = session.close(None).await;
+            close(session).await;
             return;
         }
     };
@@ -650,7 +733,7 @@ pub async fn run(
             json!({"action": action::ERROR, "error": error.to_value()}),
         )
         .await;
-        let _ = session.close(None).await;
+        close(session).await;
         return;
     };
     let (tx, mut rx) = mpsc::channel(state.limits.outbox_frames);
@@ -684,7 +767,8 @@ pub async fn run(
     let connected = conn.connected_frame();
     let mut stream = stream
         .max_frame_size(state.limits.max_frame_size)
-        .aggregate_continuations();
+        .aggregate_continuations()
+        .max_continuation_size(state.limits.max_frame_size);
     if conn.send(&connected).await.is_err() {
         return;
     }
@@ -711,7 +795,7 @@ pub async fn run(
                     Some(Ok(AggregatedMessage::Text(text))) => (text.into_bytes(), Format::Json),
                     Some(Ok(AggregatedMessage::Binary(bytes))) => (bytes, Format::MsgPack),
                     Some(Ok(AggregatedMessage::Ping(payload))) => {
-                        if conn.session.pong(&payload).await.is_err() { break None; }
+                        if !matches!(tokio::time::timeout(state.limits.send_timeout, conn.session.pong(&payload)).await, Ok(Ok(()))) { break None; }
                         continue;
                     }
                     Some(Ok(AggregatedMessage::Pong(_))) => continue,
@@ -730,14 +814,10 @@ pub async fn run(
                 }
             }
             Some(frame) = rx.recv() => {
-                // A client that stops reading blocks the socket; past this it is dropped.
-                match tokio::time::timeout(SEND_TIMEOUT, conn.send_shared(&frame)).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) | Err(_) => break None,
-                }
+                if conn.send_shared(&frame).await.is_err() { break None; }
             }
             _ = heartbeat.tick() => {
-                if conn.session.ping(b"").await.is_err() { break None; }
+                if !matches!(tokio::time::timeout(state.limits.send_timeout, conn.session.ping(b"")).await, Ok(Ok(()))) { break None; }
                 if conn.params.heartbeats && conn.send(&json!({"action": action::HEARTBEAT})).await.is_err() {
                     break None;
                 }
@@ -770,5 +850,5 @@ pub async fn run(
     }
     state.remember_closed(&conn.key, &conn.id, conn.client_id.as_deref());
     tracing::debug!(connection = %conn.id, "realtime connection closed");
-    let _ = session.close(None).await;
+    close(session).await;
 }

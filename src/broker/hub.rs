@@ -187,10 +187,34 @@ impl Hub {
     /// Removes the connection from a channel: it stops receiving, and its
     /// members leave (as Ably does on detach).
     pub fn unsubscribe(&self, channel: &str, connection_id: &str) {
+        self.update(channel, |hub, state| {
+            state.subscribers.remove(connection_id);
+            hub.leave_all(channel, state, connection_id);
+        });
+    }
+
+    /// Stops delivering to the connection, keeping its presence.
+    pub fn drop_subscriber(&self, channel: &str, connection_id: &str) {
+        self.update(channel, |_, state| {
+            state.subscribers.remove(connection_id);
+        });
+    }
+
+    /// Makes the connection's members leave, keeping its subscription.
+    pub fn leave(&self, channel: &str, connection_id: &str) {
+        self.update(channel, |hub, state| {
+            hub.leave_all(channel, state, connection_id)
+        });
+    }
+
+    pub fn holds(&self, channel: &str) -> bool {
+        self.lock().contains_key(channel)
+    }
+
+    fn update(&self, channel: &str, change: impl FnOnce(&Hub, &mut Channel)) {
         let mut channels = self.lock();
         if let Some(state) = channels.get_mut(channel) {
-            state.subscribers.remove(connection_id);
-            self.leave_all(channel, state, connection_id);
+            change(self, state);
             if state.is_forgettable() {
                 channels.remove(channel);
             }

@@ -31,6 +31,8 @@ use protocol::{AblyError, Format};
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub max_connections: usize,
+    /// Channels the broker holds state for, across all connections.
+    pub max_channels: usize,
     pub max_channels_per_connection: usize,
     /// Bytes of name, data, clientId and extras in one publish.
     pub max_message_size: usize,
@@ -38,16 +40,20 @@ pub struct Limits {
     pub max_frame_size: usize,
     /// Frames queued for a connection before it is dropped as too slow.
     pub outbox_frames: usize,
+    /// How long one write may wait on a client that does not read.
+    pub send_timeout: Duration,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_connections: 10_000,
+            max_channels: 100_000,
             max_channels_per_connection: 200,
             max_message_size: 65_536,
             max_frame_size: 256 * 1024,
             outbox_frames: 1_000,
+            send_timeout: Duration::from_secs(10),
         }
     }
 }

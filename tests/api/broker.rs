@@ -363,3 +363,150 @@ async fn a_jwt_with_an_absurd_expiry_does_not_break_the_connection() {
         json!({"action": 0, "id": "still-here"})
     );
 }
+
+/// Asserts that nothing but pings arrives for `ms`.
+async fn silent_for(socket: &mut Socket, ms: u64) {
+    let quiet = actix_web::rt::time::timeout(Duration::from_millis(ms), socket.framed.next()).await;
+    match quiet {
+        Err(_) => {}
+        Ok(Some(Ok(Frame::Ping(_)))) => {}
+        Ok(other) => panic!("expected silence, got {other:?}"),
+    }
+}
+
+#[actix_web::test]
+async fn a_narrower_token_in_band_stops_delivery_and_presence() {
+    let broker = broker(Limits::default()).await;
+    let mut alice = broker
+        .connect_as(
+            r#"{"room":["subscribe","publish","presence"]}"#,
+            Some("alice"),
+        )
+        .await;
+    let mut bob = broker
+        .connect_as(r#"{"room":["publish","presence"]}"#, Some("bob"))
+        .await;
+    alice.send(json!({"action": 10, "channel": "room"})).await;
+    assert_eq!(alice.next().await["action"], 11);
+    alice.send(json!({"action": 14, "channel": "room", "msgSerial": 0, "presence": [{"action": 2, "data": "hi"}]})).await;
+    // ACK, then her own presence event.
+    let mut seen = vec![
+        alice.next().await["action"].as_u64(),
+        alice.next().await["action"].as_u64(),
+    ];
+    seen.sort();
+    assert_eq!(seen, vec![Some(1), Some(14)]);
+
+    let narrower = broker.jwt(r#"{"room":["publish"]}"#, Some("alice"), 60_000, now_ms());
+    alice
+        .send(json!({"action": 17, "auth": {"accessToken": narrower}}))
+        .await;
+    assert_eq!(
+        alice.next().await["action"],
+        4,
+        "re-auth answered with CONNECTED"
+    );
+
+    bob.send(
+        json!({"action": 15, "channel": "room", "msgSerial": 0, "messages": [{"data": "after"}]}),
+    )
+    .await;
+    assert_eq!(bob.next().await["action"], 1);
+    silent_for(&mut alice, 500).await;
+    // Her member left with the presence capability.
+    let rest = reqwest::Client::new()
+        .get(format!(
+            "http://127.0.0.1:{}/channels/room/presence",
+            broker.port
+        ))
+        .basic_auth(KEY_NAME, Some(KEY_SECRET))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rest.json::<Value>().await.unwrap(), json!([]));
+    // A SYNC request is refused now too: nothing comes back.
+    alice.send(json!({"action": 16, "channel": "room"})).await;
+    silent_for(&mut alice, 300).await;
+}
+
+#[actix_web::test]
+async fn presence_and_publish_cannot_get_around_the_channel_limits() {
+    let broker = broker(Limits {
+        max_channels_per_connection: 3,
+        ..Limits::default()
+    })
+    .await;
+    let mut socket = broker
+        .connect_as(r#"{"*":["presence","publish"]}"#, Some("u"))
+        .await;
+    let mut codes = Vec::new();
+    for i in 0..5u64 {
+        socket
+            .send(json!({"action": 14, "channel": format!("p-{i}"), "msgSerial": i, "presence": [{"action": 2}]}))
+            .await;
+        let reply = socket.next().await;
+        codes.push(if reply["action"] == 1 {
+            0
+        } else {
+            reply["error"]["code"].as_u64().unwrap()
+        });
+    }
+    assert_eq!(codes, vec![0, 0, 0, 90021, 90021]);
+    socket
+        .send(json!({"action": 15, "channel": "", "msgSerial": 5, "messages": [{"data": "x"}]}))
+        .await;
+    let nack = socket.next().await;
+    assert_eq!(
+        (nack["action"].as_u64(), nack["error"]["code"].as_u64()),
+        (Some(2), Some(40010))
+    );
+    socket
+        .send(json!({"action": 15, "channel": "c", "messages": [{"data": "no serial"}]}))
+        .await;
+    let error = socket.next().await;
+    assert_eq!(
+        (error["action"].as_u64(), error["error"]["code"].as_u64()),
+        (Some(9), Some(40000))
+    );
+}
+
+#[actix_web::test]
+async fn a_client_that_stops_reading_is_dropped() {
+    let broker = broker(Limits {
+        outbox_frames: 8,
+        send_timeout: Duration::from_millis(300),
+        ..Limits::default()
+    })
+    .await;
+    // The reader attaches, then never reads again.
+    let mut reader = broker.connect_as(r#"{"*":["subscribe"]}"#, Some("r")).await;
+    reader.send(json!({"action": 10, "channel": "flood"})).await;
+    assert_eq!(reader.next().await["action"], 11);
+    let mut writer = broker.connect_as(r#"{"*":["publish"]}"#, Some("w")).await;
+    let big = "z".repeat(60_000);
+    for serial in 0..200u64 {
+        writer
+            .send(json!({"action": 15, "channel": "flood", "msgSerial": serial, "messages": [{"data": big}]}))
+            .await;
+        let _ack = writer.next().await;
+    }
+    let metrics = format!("http://127.0.0.1:{}/metrics", broker.port);
+    let mut connections = String::new();
+    for _ in 0..100 {
+        let text = reqwest::get(&metrics).await.unwrap().text().await.unwrap();
+        connections = text
+            .lines()
+            .find(|l| l.starts_with("ably_tokend_broker_connections "))
+            .unwrap()
+            .to_string();
+        if connections == "ably_tokend_broker_connections 1" {
+            break;
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        connections, "ably_tokend_broker_connections 1",
+        "only the writer is left"
+    );
+    drop(reader);
+}
