@@ -665,12 +665,44 @@ fn validate_issuer(i: usize, raw: RawIssuer) -> Result<IssuerSettings, ConfigErr
                 stale_for: parse_duration(&at("jwks_stale_for"), &raw.jwks_stale_for)?,
                 timeout: parse_duration(&at("jwks_timeout"), &raw.jwks_timeout)?,
             };
-            if jwks.timeout.is_zero() {
-                return Err(invalid(at("jwks_timeout"), "must be more than 0"));
-            }
-            if jwks.cache_ttl < Duration::from_secs(1) {
-                return Err(invalid(at("jwks_cache_ttl"), "must be at least 1s"));
-            }
+            let bounded =
+                |field: &str, value: Duration, min: Duration, max: Duration, words: &str| {
+                    if value < min || value > max {
+                        Err(invalid(at(field), format!("must be {words}")))
+                    } else {
+                        Ok(())
+                    }
+                };
+            let s = Duration::from_secs;
+            bounded(
+                "jwks_timeout",
+                jwks.timeout,
+                Duration::from_millis(1),
+                s(60),
+                "more than 0 and at most 60s",
+            )?;
+            bounded(
+                "jwks_cache_ttl",
+                jwks.cache_ttl,
+                s(1),
+                s(86_400),
+                "between 1s and 24h",
+            )?;
+            // A cooldown of 0 would let forged kids trigger one fetch each.
+            bounded(
+                "jwks_refetch_cooldown",
+                jwks.refetch_cooldown,
+                s(1),
+                s(3_600),
+                "between 1s and 1h",
+            )?;
+            bounded(
+                "jwks_stale_for",
+                jwks.stale_for,
+                s(0),
+                s(30 * 86_400),
+                "at most 30d",
+            )?;
             KeySource::Jwks(jwks)
         }
         (None, Some(secret)) => {
@@ -803,6 +835,18 @@ mod tests {
         assert!(e.starts_with("issuers[0].algorithms[0]:"), "{e}");
         let e = err(&format!("{MINIMAL}roles_claim = \"metadata.role\""));
         assert!(e.starts_with("issuers[0].roles_claim:"), "{e}");
+    }
+
+    #[test]
+    fn jwks_timings_are_bounded() {
+        let e = err(&format!("{MINIMAL}jwks_refetch_cooldown = \"0s\""));
+        assert!(e.starts_with("issuers[0].jwks_refetch_cooldown:"), "{e}");
+        let e = err(&format!("{MINIMAL}jwks_stale_for = \"500000000y\""));
+        assert!(e.starts_with("issuers[0].jwks_stale_for:"), "{e}");
+        let e = err(&format!("{MINIMAL}jwks_timeout = \"10m\""));
+        assert!(e.starts_with("issuers[0].jwks_timeout:"), "{e}");
+        let e = err(&format!("{MINIMAL}leeway = \"1h\""));
+        assert!(e.starts_with("issuers[0].leeway:"), "{e}");
     }
 
     #[test]

@@ -181,8 +181,15 @@ fn ttl(value: &Value) -> Result<Option<Duration>, ApiError> {
 }
 
 fn format(value: &Value) -> Result<Option<TokenFormat>, ApiError> {
+    if value.is_null() {
+        return Ok(None);
+    }
     match value.as_str() {
-        None | Some("") => Ok(None),
+        Some("") => Ok(None),
+        None => Err(ApiError::bad_request(
+            "invalid_format",
+            "format must be the string \"jwt\" or \"token_request\"",
+        )),
         Some("jwt") => Ok(Some(TokenFormat::Jwt)),
         Some("token_request" | "tokenrequest" | "token-request") => {
             Ok(Some(TokenFormat::TokenRequest))

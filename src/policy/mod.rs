@@ -213,11 +213,12 @@ impl Policy {
                 Some(ttl) => {
                     let d = parse_duration(&format!("{role_path}.ttl"), ttl.get_ref())
                         .map_err(|e| at(ttl.span(), String::new(), e.to_string()))?;
-                    if d.is_zero() {
+                    if d < Duration::from_secs(1) {
                         return Err(at(
                             ttl.span(),
                             format!("{role_path}.ttl"),
-                            "must be more than 0".into(),
+                            "must be at least 1s (Ably counts token lifetimes in milliseconds)"
+                                .into(),
                         ));
                     }
                     Some(d)

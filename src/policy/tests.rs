@@ -188,6 +188,11 @@ fn load_errors_give_line_and_field_path() {
     assert!(e.starts_with("policies/test.toml:1: version:"), "{e}");
     let e = load_error("version = 1\n[roles.a]\nttl = \"soon\"\ncapabilities = [{ channel = \"x\", operations = [\"subscribe\"] }]\n");
     assert!(e.starts_with("policies/test.toml:3: roles.a.ttl:"), "{e}");
+    let e = load_error("version = 1\n[roles.a]\nttl = \"1ms\"\ncapabilities = [{ channel = \"x\", operations = [\"subscribe\"] }]\n");
+    assert!(
+        e.starts_with("policies/test.toml:3: roles.a.ttl: must be at least 1s"),
+        "{e}"
+    );
     let e = load_error("version = 1\n[roles.a]\ncapabilites = []\n");
     assert!(e.contains("capabilites"), "{e}");
     let e = load_error("version = 1\n[roles.a]\ncapabilities = [{ channel = \"o:{user}\", operations = [\"subscribe\"] }]\n");

@@ -104,7 +104,19 @@ impl Verifier {
         let client = reqwest::Client::builder()
             .user_agent(concat!("ably-tokend/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(std::time::Duration::from_secs(5))
-            .redirect(reqwest::redirect::Policy::limited(3))
+            .redirect(reqwest::redirect::Policy::custom(|attempt| {
+                // A redirect must never downgrade https to http: whoever sits on
+                // the plain-text path could then hand us signing keys.
+                let downgrade = attempt.url().scheme() != "https"
+                    && attempt.previous().iter().any(|u| u.scheme() == "https");
+                if downgrade {
+                    attempt.error("the JWKS endpoint redirected from https to plain http")
+                } else if attempt.previous().len() > 3 {
+                    attempt.error("the JWKS endpoint redirected more than 3 times")
+                } else {
+                    attempt.follow()
+                }
+            }))
             .build()
             .expect("the HTTP client builds with static settings");
         let by_iss = issuers
