@@ -1,7 +1,7 @@
 //! `GET /dev/session?sub=alice&roles=support`: a session token from the
 //! development issuer, served only by `ably-tokend dev` (loopback).
 
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 
 use super::error::ApiError;
@@ -16,10 +16,14 @@ pub struct SessionQuery {
     ttl: Option<u64>,
 }
 
-pub async fn mint(
-    query: web::Query<SessionQuery>,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
+pub async fn mint(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    // Parsed here rather than by an extractor, so a bad query gets Ably's error shape.
+    let query = web::Query::<SessionQuery>::from_query(req.query_string()).map_err(|_| {
+        ApiError::bad_request(
+            "invalid_query",
+            "use /dev/session?sub=NAME&roles=a,b&ttl=SECONDS (ttl a whole number)",
+        )
+    })?;
     let issuer = state
         .dev_issuer
         .as_ref()

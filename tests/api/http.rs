@@ -158,3 +158,63 @@ async fn unknown_routes_and_methods_get_ably_shaped_errors() {
     assert_error(response, 405, "method_not_allowed").await;
     assert_error(app.get("/dev/session").await, 404, "not_found").await;
 }
+
+#[actix_web::test]
+async fn the_dev_stack_mints_sessions_the_sidecar_accepts() {
+    use ably_tokend::broker::{Broker, Limits};
+    use ably_tokend::dev::DevIssuer;
+    use ably_tokend::http::Application;
+    let issuer = DevIssuer::generate();
+    let mut settings = issuer.settings(0, "policies/default.toml", &[]).unwrap();
+    settings.broker.bind = "127.0.0.1:0".parse().unwrap();
+    settings.policy.watch = false;
+    let broker = Broker::build(
+        &settings.broker,
+        settings.ably.keys.clone(),
+        ably_tokend::clock::system(),
+        Limits::default(),
+    )
+    .unwrap();
+    let policy = ably_tokend::policy::Policy::load(std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/policies/default.toml"
+    )))
+    .unwrap();
+    let app = Application::build_dev(settings, policy, issuer, broker.state()).unwrap();
+    let base = format!("http://127.0.0.1:{}", app.port());
+    actix_web::rt::spawn(app.run_until_stopped());
+    let client = reqwest::Client::new();
+
+    let minted = client
+        .get(format!("{base}/dev/session?sub=alice&roles=support"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(minted.status(), 200);
+    assert!(minted.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    let session = minted.text().await.unwrap();
+    let request: Value = client
+        .get(format!("{base}/api/ably-token"))
+        .bearer_auth(&session)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(request["clientId"], "alice");
+    assert_eq!(
+        request["ttl"], 900_000,
+        "the support role's 15m cap applies"
+    );
+
+    let bad = client
+        .get(format!("{base}/dev/session?ttl=-1"))
+        .send()
+        .await
+        .unwrap();
+    assert_error(bad, 400, "invalid_query").await;
+}
