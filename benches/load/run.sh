@@ -220,7 +220,7 @@ roles_claim = "/metadata/role"
 path = "$TMP/bench-policy.toml"
 watch = false
 EOF
-  # A developer's own ABLY_TOKEND_* / ABLY_API_KEY would override the file (DESIGN.md §3) and
+  # A developer's own ABLY_TOKEND_* / ABLY_API_KEY would override the file (README.md, "Configuration") and
   # silently change what is measured, so the server gets exactly the bench settings.
   unset_vars=()
   while read -r name; do unset_vars+=(-u "$name"); done < <(compgen -e | grep '^ABLY_TOKEND_' || true)

@@ -1,4 +1,4 @@
-//! The command line (DESIGN §2). Exit codes: 0 ok, 1 invalid input or
+//! The command line (README.md, "Command line"). Exit codes: 0 ok, 1 invalid input or
 //! denied, 2 usage error (clap's own).
 
 mod inspect;

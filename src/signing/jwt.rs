@@ -4,7 +4,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{constant_time_eq, hmac_sha256, ApiKey, Grant, KeySecret};
 
-/// The claims of an Ably JWT (PROTOCOL §C). Times are in seconds.
+/// The claims of an Ably JWT (Ably docs, "Token authentication: Ably JWT";
+/// the `x-ably-` prefix is reserved). Times are in seconds.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct AblyJwtClaims {
     pub iat: u64,

@@ -1,6 +1,8 @@
-//! Signing with the Ably API key secret: TokenRequests (PROTOCOL §B) and Ably
-//! JWTs (PROTOCOL §C). Both are pure functions of their inputs; time and the
-//! nonce are passed in so the output can be checked byte for byte.
+//! Signing with the Ably API key secret: TokenRequests (Ably's "REST API Token
+//! Request Spec", ably.com/docs/api/token-request-spec) and Ably JWTs (Ably's
+//! "Ably JWT" token format: HS256, `kid` = key name, `x-ably-*` claims). Both
+//! are pure functions of their inputs; time and the nonce are passed in so the
+//! output can be checked byte for byte.
 
 mod jwt;
 mod key;
