@@ -1,8 +1,8 @@
-//! Wall-clock time, injected so expiry and leeway are tested without sleeping.
+//! Time, injected so expiry, leeway and cache ages are tested without sleeping.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub trait Clock: Send + Sync + 'static {
     /// Milliseconds since the Unix epoch.
@@ -11,6 +11,11 @@ pub trait Clock: Send + Sync + 'static {
     fn now_secs(&self) -> u64 {
         self.now_ms() / 1000
     }
+
+    /// Time since a fixed, arbitrary origin, for measuring intervals (cache ages,
+    /// cooldowns). Unlike [`Clock::now_ms`] it never goes back when the wall
+    /// clock is set, so an NTP step cannot make stale keys look fresh.
+    fn monotonic(&self) -> Duration;
 }
 
 pub type SharedClock = Arc<dyn Clock>;
@@ -25,13 +30,20 @@ impl Clock for SystemClock {
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0)
     }
+
+    fn monotonic(&self) -> Duration {
+        // tokio's Instant, as the JWKS cache used before it took a clock.
+        static ORIGIN: OnceLock<tokio::time::Instant> = OnceLock::new();
+        ORIGIN.get_or_init(tokio::time::Instant::now).elapsed()
+    }
 }
 
 pub fn system() -> SharedClock {
     Arc::new(SystemClock)
 }
 
-/// A clock that stands still until told to move.
+/// A clock that stands still until told to move. Its monotonic reading moves
+/// with it, so advancing it ages caches too.
 #[derive(Debug, Default)]
 pub struct ManualClock(AtomicU64);
 
@@ -45,12 +57,20 @@ impl ManualClock {
     }
 
     pub fn advance_secs(&self, secs: u64) {
-        self.0.fetch_add(secs * 1000, Ordering::SeqCst);
+        self.advance(Duration::from_secs(secs));
+    }
+
+    pub fn advance(&self, by: Duration) {
+        self.0.fetch_add(by.as_millis() as u64, Ordering::SeqCst);
     }
 }
 
 impl Clock for ManualClock {
     fn now_ms(&self) -> u64 {
         self.0.load(Ordering::SeqCst)
+    }
+
+    fn monotonic(&self) -> Duration {
+        Duration::from_millis(self.now_ms())
     }
 }

@@ -3,16 +3,25 @@
 //! when the endpoint fails they keep answering up to `stale_for` past expiry.
 //! An unknown `kid` triggers at most one refetch per cooldown, and concurrent
 //! fetches collapse into one.
+//!
+//! Every freshness, cooldown, backoff and stale-bound decision reads the
+//! injected clock's monotonic time ([`crate::clock::Clock::monotonic`]), so
+//! tests age the cache by advancing a `ManualClock` instead of sleeping. Only
+//! the HTTP timeout of a fetch runs on real time.
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use jsonwebtoken::Algorithm;
-use tokio::time::Instant;
 
 use super::jwks::{KeySet, VerifyKey, MAX_JWKS_BYTES};
 use super::UpstreamError;
+use crate::clock::SharedClock;
 use crate::config::JwksSettings;
+
+/// A reading of [`crate::clock::Clock::monotonic`]: comparable with other
+/// readings of the same clock, meaningless on its own.
+type Moment = Duration;
 
 /// Shortest wait between two failed fetches, whatever asks for them.
 const FAILED_FETCH_BACKOFF: Duration = Duration::from_secs(1);
@@ -37,17 +46,17 @@ pub struct CacheStatus {
 #[derive(Default)]
 struct State {
     keys: Option<Arc<KeySet>>,
-    fetched_at: Option<Instant>,
-    fresh_until: Option<Instant>,
+    fetched_at: Option<Moment>,
+    fresh_until: Option<Moment>,
     /// Completed attempts, successful or not: a caller that saw N before
     /// queueing for the fetch lock knows a fetch finished meanwhile if it
     /// finds more. Counted at the end so an in-flight fetch is waited for.
     attempts: u64,
     failures: u64,
-    last_attempt: Option<Instant>,
+    last_attempt: Option<Moment>,
     last_attempt_failed: bool,
     last_error: Option<String>,
-    last_unknown_kid_fetch: Option<Instant>,
+    last_unknown_kid_fetch: Option<Moment>,
     refreshing: bool,
 }
 
@@ -55,6 +64,7 @@ pub struct JwksCache {
     issuer: String,
     settings: JwksSettings,
     client: reqwest::Client,
+    clock: SharedClock,
     state: RwLock<State>,
     fetch_lock: tokio::sync::Mutex<()>,
 }
@@ -67,14 +77,24 @@ enum Why {
 }
 
 impl JwksCache {
-    pub fn new(issuer: &str, settings: JwksSettings, client: reqwest::Client) -> Arc<JwksCache> {
+    pub fn new(
+        issuer: &str,
+        settings: JwksSettings,
+        client: reqwest::Client,
+        clock: SharedClock,
+    ) -> Arc<JwksCache> {
         Arc::new(JwksCache {
             issuer: issuer.to_string(),
             settings,
             client,
+            clock,
             state: RwLock::new(State::default()),
             fetch_lock: tokio::sync::Mutex::new(()),
         })
+    }
+
+    fn now(&self) -> Moment {
+        self.clock.monotonic()
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
@@ -86,7 +106,7 @@ impl JwksCache {
     }
 
     /// Keys still usable at `now`: fetched, and not past the stale bound.
-    fn usable(&self, state: &State, now: Instant) -> Option<Arc<KeySet>> {
+    fn usable(&self, state: &State, now: Moment) -> Option<Arc<KeySet>> {
         let keys = state.keys.as_ref()?;
         let fresh_until = state.fresh_until?;
         (now <= fresh_until + self.settings.stale_for).then(|| keys.clone())
@@ -98,7 +118,7 @@ impl JwksCache {
         kid: Option<&str>,
         alg: Algorithm,
     ) -> Result<VerifyKey, UpstreamError> {
-        let now = Instant::now();
+        let now = self.now();
         let (keys, attempts, stale) = {
             let state = self.read();
             let keys = self.usable(&state, now);
@@ -114,7 +134,7 @@ impl JwksCache {
             }
             None => {
                 self.fetch_once(attempts, Why::Missing).await;
-                self.usable(&self.read(), Instant::now())
+                self.usable(&self.read(), self.now())
                     .ok_or_else(|| self.unavailable())?
             }
         };
@@ -126,7 +146,7 @@ impl JwksCache {
             let state = self.read();
             let cooled = state
                 .last_unknown_kid_fetch
-                .is_none_or(|t| now.duration_since(t) >= self.settings.refetch_cooldown);
+                .is_none_or(|t| now.saturating_sub(t) >= self.settings.refetch_cooldown);
             if !cooled {
                 return Err(UpstreamError::KeyUnknown);
             }
@@ -134,7 +154,7 @@ impl JwksCache {
         };
         self.fetch_once(attempts, Why::UnknownKid).await;
         let keys = self
-            .usable(&self.read(), Instant::now())
+            .usable(&self.read(), self.now())
             .ok_or_else(|| self.unavailable())?;
         keys.find(kid, alg)
             .cloned()
@@ -150,7 +170,7 @@ impl JwksCache {
     fn refresh_in_background(self: &Arc<Self>) {
         {
             let mut state = self.write();
-            if state.refreshing || self.backing_off(&state, Instant::now()) {
+            if state.refreshing || self.backing_off(&state, self.now()) {
                 return;
             }
             state.refreshing = true;
@@ -163,17 +183,17 @@ impl JwksCache {
         });
     }
 
-    fn backing_off(&self, state: &State, now: Instant) -> bool {
+    fn backing_off(&self, state: &State, now: Moment) -> bool {
         state.last_attempt_failed
             && state
                 .last_attempt
-                .is_some_and(|t| now.duration_since(t) < FAILED_FETCH_BACKOFF)
+                .is_some_and(|t| now.saturating_sub(t) < FAILED_FETCH_BACKOFF)
     }
 
     /// Fetches unless another fetch happened since the caller saw `seen_attempts`.
     async fn fetch_once(&self, seen_attempts: u64, why: Why) {
         let _guard = self.fetch_lock.lock().await;
-        let now = Instant::now();
+        let now = self.now();
         {
             let mut state = self.write();
             if state.attempts != seen_attempts || self.backing_off(&state, now) {
@@ -182,7 +202,7 @@ impl JwksCache {
             if why == Why::UnknownKid {
                 if state
                     .last_unknown_kid_fetch
-                    .is_some_and(|t| now.duration_since(t) < self.settings.refetch_cooldown)
+                    .is_some_and(|t| now.saturating_sub(t) < self.settings.refetch_cooldown)
                 {
                     return;
                 }
@@ -205,7 +225,7 @@ impl JwksCache {
                     ),
                     None => self.settings.cache_ttl,
                 };
-                let done = Instant::now();
+                let done = self.now();
                 tracing::info!(issuer = %self.issuer, keys = keys.keys.len(), ttl_secs = ttl.as_secs(), "JWKS fetched");
                 state.keys = Some(Arc::new(keys));
                 state.fetched_at = Some(done);
@@ -264,14 +284,14 @@ impl JwksCache {
     /// Starts a fetch if there are no usable keys and none is under way; for
     /// start-up and readiness probes, which must not wait on the network.
     pub fn prefetch(self: &Arc<Self>) {
-        let needs = self.usable(&self.read(), Instant::now()).is_none();
+        let needs = self.usable(&self.read(), self.now()).is_none();
         if needs {
             self.refresh_in_background();
         }
     }
 
     pub fn status(&self) -> CacheStatus {
-        let now = Instant::now();
+        let now = self.now();
         let state = self.read();
         let usable = self.usable(&state, now);
         let readiness = match (&usable, &state.last_error) {
@@ -290,7 +310,7 @@ impl JwksCache {
         };
         CacheStatus {
             key_count: usable.as_ref().map_or(0, |k| k.keys.len()),
-            age: state.fetched_at.map(|t| now.duration_since(t)),
+            age: state.fetched_at.map(|t| now.saturating_sub(t)),
             fetches: state.attempts,
             failures: state.failures,
             last_error: state.last_error.clone(),
@@ -328,6 +348,115 @@ fn parse_max_age(header: &str) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::ManualClock;
+
+    const TTL: Duration = Duration::from_secs(60);
+    const COOLDOWN: Duration = Duration::from_secs(30);
+    const STALE_FOR: Duration = Duration::from_secs(120);
+
+    /// A cache holding the rsa1 fixture key (kid "k1") as fetched at the
+    /// clock's current reading. Its URL refuses connections, so every fetch
+    /// fails at once and only the clock decides what is fresh or stale.
+    fn cache_with_keys() -> (Arc<JwksCache>, Arc<ManualClock>) {
+        let clock = ManualClock::at_ms(1_700_000_000_000);
+        let settings = JwksSettings {
+            url: "http://127.0.0.1:1/.well-known/jwks.json".parse().unwrap(),
+            cache_ttl: TTL,
+            refetch_cooldown: COOLDOWN,
+            stale_for: STALE_FOR,
+            timeout: Duration::from_secs(1),
+        };
+        let cache = JwksCache::new("test", settings, reqwest::Client::new(), clock.clone());
+        let mut jwk: serde_json::Value =
+            serde_json::from_str(include_str!("../../tests/fixtures/rsa1.jwk.json")).unwrap();
+        jwk["kid"] = "k1".into();
+        let body = serde_json::json!({ "keys": [jwk] }).to_string();
+        let keys = KeySet::parse(body.as_bytes()).unwrap();
+        {
+            let now = cache.now();
+            let mut state = cache.write();
+            state.keys = Some(Arc::new(keys));
+            state.fetched_at = Some(now);
+            state.fresh_until = Some(now + TTL);
+        }
+        (cache, clock)
+    }
+
+    #[test]
+    fn cached_keys_age_with_the_injected_clock_up_to_the_stale_bound() {
+        let (cache, clock) = cache_with_keys();
+        assert_eq!(cache.status().readiness, Readiness::Ready);
+        assert_eq!(cache.status().age, Some(Duration::ZERO));
+
+        clock.advance(TTL + STALE_FOR);
+        let status = cache.status();
+        assert_eq!(status.readiness, Readiness::Ready, "usable up to the bound");
+        assert_eq!(status.age, Some(TTL + STALE_FOR));
+        assert_eq!(status.key_count, 1);
+
+        clock.advance(Duration::from_millis(1));
+        let status = cache.status();
+        assert_eq!(status.key_count, 0);
+        assert!(
+            matches!(&status.readiness, Readiness::NotReady(why) if why.contains("jwks_stale_for")),
+            "{:?}",
+            status.readiness
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unknown_kid_refetches_once_per_cooldown_of_the_injected_clock() {
+        let (cache, clock) = cache_with_keys();
+        let find = |kid: &'static str| {
+            let cache = cache.clone();
+            async move { cache.find(Some(kid), Algorithm::RS256).await }
+        };
+        assert!(find("k1").await.is_ok());
+        assert_eq!(
+            cache.status().fetches,
+            0,
+            "fresh keys answer without a fetch"
+        );
+
+        assert!(matches!(
+            find("rotated").await,
+            Err(UpstreamError::KeyUnknown)
+        ));
+        assert_eq!(cache.status().fetches, 1, "an unknown kid refetches");
+        assert_eq!(cache.status().failures, 1);
+
+        clock.advance(COOLDOWN - Duration::from_millis(1));
+        assert!(matches!(
+            find("rotated").await,
+            Err(UpstreamError::KeyUnknown)
+        ));
+        assert_eq!(cache.status().fetches, 1, "not again within the cooldown");
+
+        clock.advance(Duration::from_millis(1));
+        assert!(matches!(
+            find("rotated").await,
+            Err(UpstreamError::KeyUnknown)
+        ));
+        assert_eq!(
+            cache.status().fetches,
+            2,
+            "again once the cooldown has passed"
+        );
+        // The failed fetches never cost the cached keys.
+        assert!(find("k1").await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn past_the_stale_bound_a_failed_fetch_leaves_no_keys() {
+        let (cache, clock) = cache_with_keys();
+        clock.advance(TTL + STALE_FOR + Duration::from_secs(1));
+        let error = cache.find(Some("k1"), Algorithm::RS256).await.unwrap_err();
+        assert!(
+            matches!(&error, UpstreamError::KeysUnavailable { issuer } if issuer == "test"),
+            "{error:?}"
+        );
+        assert_eq!(cache.status().failures, 1);
+    }
 
     #[test]
     fn max_age_is_read_from_cache_control() {

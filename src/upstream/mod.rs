@@ -126,7 +126,12 @@ impl Verifier {
                     KeySource::Jwks(jwks) => {
                         let mut jwks = jwks.clone();
                         jwks.timeout = jwks.timeout.max(std::time::Duration::from_millis(1));
-                        Keys::Jwks(JwksCache::new(&settings.name, jwks, client.clone()))
+                        Keys::Jwks(JwksCache::new(
+                            &settings.name,
+                            jwks,
+                            client.clone(),
+                            clock.clone(),
+                        ))
                     }
                     KeySource::Secret(secret) => {
                         Keys::Secret(DecodingKey::from_secret(secret.expose()))

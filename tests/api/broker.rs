@@ -8,8 +8,8 @@ use ably_tokend::capability::Capability;
 use ably_tokend::clock;
 use ably_tokend::config::BrokerSettings;
 use ably_tokend::signing::{sign_ably_jwt, ApiKey, Grant};
-use awc::ws::{Frame, Message};
-use futures_util::{SinkExt, StreamExt};
+use awc::ws::Frame;
+use futures_util::StreamExt;
 use serde_json::{json, Value};
 
 use crate::helpers::*;
@@ -53,9 +53,11 @@ impl TestBroker {
     }
 
     async fn connect(&self, query: &str) -> Socket {
-        let url = format!("ws://127.0.0.1:{}/?format=json&{query}", self.port);
-        let (_response, framed) = awc::Client::new().ws(url).connect().await.unwrap();
-        Socket { framed }
+        Socket::connect(&format!(
+            "ws://127.0.0.1:{}/?format=json&{query}",
+            self.port
+        ))
+        .await
     }
 
     async fn connect_as(&self, capability: &str, client_id: Option<&str>) -> Socket {
@@ -64,42 +66,6 @@ impl TestBroker {
         let connected = socket.next().await;
         assert_eq!(connected["action"], 4, "{connected}");
         socket
-    }
-}
-
-struct Socket {
-    framed: actix_codec::Framed<awc::BoxedSocket, awc::ws::Codec>,
-}
-
-impl Socket {
-    async fn send(&mut self, frame: Value) {
-        self.framed
-            .send(Message::Text(frame.to_string().into()))
-            .await
-            .unwrap();
-    }
-
-    async fn send_raw(&mut self, text: &str) {
-        self.framed
-            .send(Message::Text(text.to_string().into()))
-            .await
-            .unwrap();
-    }
-
-    /// The next protocol message, skipping pings; Null when the socket closes.
-    async fn next(&mut self) -> Value {
-        loop {
-            let frame = actix_web::rt::time::timeout(Duration::from_secs(5), self.framed.next())
-                .await
-                .expect("a frame within 5 s");
-            match frame {
-                Some(Ok(Frame::Text(bytes))) => return serde_json::from_slice(&bytes).unwrap(),
-                Some(Ok(Frame::Binary(bytes))) => return rmp_serde::from_slice(&bytes).unwrap(),
-                Some(Ok(Frame::Ping(_))) | Some(Ok(Frame::Pong(_))) => continue,
-                Some(Ok(Frame::Close(_))) | None | Some(Err(_)) => return Value::Null,
-                Some(Ok(other)) => panic!("unexpected frame {other:?}"),
-            }
-        }
     }
 }
 
@@ -364,16 +330,6 @@ async fn a_jwt_with_an_absurd_expiry_does_not_break_the_connection() {
     );
 }
 
-/// Asserts that nothing but pings arrives for `ms`.
-async fn silent_for(socket: &mut Socket, ms: u64) {
-    let quiet = actix_web::rt::time::timeout(Duration::from_millis(ms), socket.framed.next()).await;
-    match quiet {
-        Err(_) => {}
-        Ok(Some(Ok(Frame::Ping(_)))) => {}
-        Ok(other) => panic!("expected silence, got {other:?}"),
-    }
-}
-
 #[actix_web::test]
 async fn a_narrower_token_in_band_stops_delivery_and_presence() {
     let broker = broker(Limits::default()).await;
@@ -412,7 +368,7 @@ async fn a_narrower_token_in_band_stops_delivery_and_presence() {
     )
     .await;
     assert_eq!(bob.next().await["action"], 1);
-    silent_for(&mut alice, 500).await;
+    alice.silent_for(500).await;
     // Her member left with the presence capability.
     let rest = reqwest::Client::new()
         .get(format!(
@@ -426,7 +382,7 @@ async fn a_narrower_token_in_band_stops_delivery_and_presence() {
     assert_eq!(rest.json::<Value>().await.unwrap(), json!([]));
     // A SYNC request is refused now too: nothing comes back.
     alice.send(json!({"action": 16, "channel": "room"})).await;
-    silent_for(&mut alice, 300).await;
+    alice.silent_for(300).await;
 }
 
 #[actix_web::test]
@@ -491,22 +447,14 @@ async fn a_client_that_stops_reading_is_dropped() {
         let _ack = writer.next().await;
     }
     let metrics = format!("http://127.0.0.1:{}/metrics", broker.port);
-    let mut connections = String::new();
-    for _ in 0..100 {
+    eventually("only the writer to be left", || async {
         let text = reqwest::get(&metrics).await.unwrap().text().await.unwrap();
-        connections = text
+        let connections = text
             .lines()
             .find(|l| l.starts_with("ably_tokend_broker_connections "))
-            .unwrap()
-            .to_string();
-        if connections == "ably_tokend_broker_connections 1" {
-            break;
-        }
-        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(
-        connections, "ably_tokend_broker_connections 1",
-        "only the writer is left"
-    );
+            .unwrap();
+        connections == "ably_tokend_broker_connections 1"
+    })
+    .await;
     drop(reader);
 }

@@ -277,14 +277,7 @@ fn help_never_shows_a_secret_from_the_environment() {
     assert!(!String::from_utf8_lossy(&out.stdout).contains("hunter2"));
 }
 
+/// A scratch directory for this file's tests (the shared helper, tagged "cli").
 fn tempdir() -> std::path::PathBuf {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "ably-tokend-cli-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    crate::helpers::tempdir("cli")
 }

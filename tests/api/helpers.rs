@@ -1,21 +1,99 @@
 //! Shared test scaffolding: the real app on port 0, a real JWKS server on
-//! loopback, and session tokens shaped like Clerk's and Auth0's, signed by
-//! keys the JWKS server publishes.
+//! loopback, session tokens shaped like Clerk's and Auth0's, signed by keys
+//! the JWKS server publishes, a WebSocket client for the broker, bounded
+//! polling and scratch directories.
+//!
+//! Tests are silent. With `TEST_LOG` set (to anything), the in-process app's
+//! tracing logs go to stdout, filtered by `RUST_LOG` (default `info`):
+//! `TEST_LOG=1 cargo test --test api some_test -- --nocapture`.
 
+use std::future::Future;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex, Once};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ably_tokend::clock;
+use ably_tokend::clock::{self, SharedClock};
 use ably_tokend::config::Settings;
 use ably_tokend::http::Application;
 use ably_tokend::policy::Policy;
 use actix_web::dev::ServerHandle;
 use actix_web::{web, App, HttpResponse, HttpServer};
+use awc::ws::{Frame, Message};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use futures_util::{SinkExt, StreamExt};
 use jsonwebtoken::{Algorithm, EncodingKey};
 use serde_json::{json, Value};
+
+/// Sends the in-process app's tracing logs to stdout when `TEST_LOG` is set;
+/// otherwise installs nothing, so tests stay silent. Idempotent: every app
+/// and broker a test starts calls it, and only the first call counts.
+pub fn init_test_logging() {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        if std::env::var_os("TEST_LOG").is_none() {
+            return;
+        }
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stdout)
+            .finish();
+        // Only fails when a subscriber is already set, which then keeps logging.
+        let _ = tracing::subscriber::set_global_default(subscriber);
+    });
+}
+
+/// How long a test waits for something that happens in the background.
+pub const PATIENCE: Duration = Duration::from_secs(15);
+const POLL_EVERY: Duration = Duration::from_millis(20);
+
+/// Polls `probe` until it yields `Some` and returns that value; panics naming
+/// `what` when `PATIENCE` runs out.
+pub async fn wait_for<T, F, Fut>(what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {PATIENCE:?} waiting for {what}"
+        );
+        actix_web::rt::time::sleep(POLL_EVERY).await;
+    }
+}
+
+/// Polls `check` until it is true; panics naming `what` when `PATIENCE` runs out.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    wait_for(what, || {
+        let checked = check();
+        async move { checked.await.then_some(()) }
+    })
+    .await
+}
+
+/// A fresh directory under the system temp dir, unique to this process and call.
+pub fn tempdir(tag: &str) -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "ably-tokend-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
 
 pub const API_KEY: &str = "appId.keyId:keySecret-for-tests";
 pub const KEY_NAME: &str = "appId.keyId";
@@ -361,10 +439,24 @@ impl TestApp {
         TestApp::spawn_with(&config_text(&issuers, ""), TEST_POLICY).await
     }
 
+    /// The app on `clock` (a `ManualClock` ages the JWKS cache without sleeping).
+    pub async fn spawn_with_clock(issuers: Issuers<'_>, clock: SharedClock) -> TestApp {
+        TestApp::build(&config_text(&issuers, ""), TEST_POLICY, clock)
+    }
+
     pub async fn spawn_with(config: &str, policy: &str) -> TestApp {
+        TestApp::build(config, policy, clock::system())
+    }
+
+    fn build(config: &str, policy: &str, clock: SharedClock) -> TestApp {
         let settings = Settings::from_toml(config).unwrap();
         let policy = Policy::parse(std::path::Path::new("policies/test.toml"), policy).unwrap();
-        let app = Application::build_with(settings, policy, clock::system()).unwrap();
+        TestApp::run(Application::build_with(settings, policy, clock).unwrap())
+    }
+
+    /// Runs a built `app` in the background and returns a client for it.
+    pub fn run(app: Application) -> TestApp {
+        init_test_logging();
         let address = format!("http://127.0.0.1:{}", app.port());
         actix_web::rt::spawn(app.run_until_stopped());
         TestApp {
@@ -391,6 +483,20 @@ impl TestApp {
             .send()
             .await
             .unwrap()
+    }
+
+    /// Waits until `/readyz` answers 200 (the first JWKS fetches are done) and
+    /// returns its body.
+    pub async fn wait_until_ready(&self) -> Value {
+        wait_for("the app to be ready", || async {
+            let response = self.get("/readyz").await;
+            if response.status() == 200 {
+                Some(response.json().await.unwrap())
+            } else {
+                None
+            }
+        })
+        .await
     }
 }
 
@@ -460,4 +566,55 @@ pub async fn clerk_app() -> (TestKey, JwksServer, TestApp) {
     })
     .await;
     (key, jwks, app)
+}
+
+/// A WebSocket connection to the broker.
+pub struct Socket {
+    pub framed: actix_codec::Framed<awc::BoxedSocket, awc::ws::Codec>,
+}
+
+impl Socket {
+    pub async fn connect(url: &str) -> Socket {
+        init_test_logging();
+        let (_response, framed) = awc::Client::new().ws(url).connect().await.unwrap();
+        Socket { framed }
+    }
+
+    pub async fn send(&mut self, frame: Value) {
+        self.send_raw(&frame.to_string()).await;
+    }
+
+    pub async fn send_raw(&mut self, text: &str) {
+        self.framed
+            .send(Message::Text(text.to_string().into()))
+            .await
+            .unwrap();
+    }
+
+    /// The next protocol message, skipping pings; Null when the socket closes.
+    pub async fn next(&mut self) -> Value {
+        loop {
+            let frame = actix_web::rt::time::timeout(Duration::from_secs(5), self.framed.next())
+                .await
+                .expect("a frame within 5 s");
+            match frame {
+                Some(Ok(Frame::Text(bytes))) => return serde_json::from_slice(&bytes).unwrap(),
+                Some(Ok(Frame::Binary(bytes))) => return rmp_serde::from_slice(&bytes).unwrap(),
+                Some(Ok(Frame::Ping(_))) | Some(Ok(Frame::Pong(_))) => continue,
+                Some(Ok(Frame::Close(_))) | None | Some(Err(_)) => return Value::Null,
+                Some(Ok(other)) => panic!("unexpected frame {other:?}"),
+            }
+        }
+    }
+
+    /// Asserts that nothing but pings arrives for `ms`.
+    pub async fn silent_for(&mut self, ms: u64) {
+        let quiet =
+            actix_web::rt::time::timeout(Duration::from_millis(ms), self.framed.next()).await;
+        match quiet {
+            Err(_) => {}
+            Ok(Some(Ok(Frame::Ping(_)))) => {}
+            Ok(other) => panic!("expected silence, got {other:?}"),
+        }
+    }
 }

@@ -15,16 +15,7 @@ async fn healthz_and_readyz_report_state() {
         json!({"status": "ok"})
     );
 
-    let mut ready = None;
-    for _ in 0..100 {
-        let response = app.get("/readyz").await;
-        if response.status() == 200 {
-            ready = Some(response.json::<Value>().await.unwrap());
-            break;
-        }
-        actix_web::rt::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    let ready = ready.expect("ready after the first JWKS fetch");
+    let ready = app.wait_until_ready().await;
     assert_eq!(ready["status"], "ready");
     assert_eq!(ready["issuers"][0]["name"], "clerk");
     assert_eq!(ready["issuers"][0]["keys"], 1);
@@ -41,16 +32,13 @@ async fn readyz_is_503_while_an_issuer_has_no_keys() {
         ..Default::default()
     })
     .await;
-    let mut body = Value::Null;
-    for _ in 0..100 {
+    let body = wait_for("/readyz to report the fetch's error", || async {
         let response = app.get("/readyz").await;
         assert_eq!(response.status(), 503);
-        body = response.json().await.unwrap();
-        if body["issuers"][0]["last_error"].is_string() {
-            break;
-        }
-        actix_web::rt::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+        let body: Value = response.json().await.unwrap();
+        body["issuers"][0]["last_error"].is_string().then_some(body)
+    })
+    .await;
     assert!(
         body["error"]["message"]
             .as_str()

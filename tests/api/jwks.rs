@@ -1,21 +1,13 @@
 //! JWKS caching over real HTTP: rotation, unknown-kid floods, outages,
-//! timeouts and Cache-Control.
+//! timeouts and Cache-Control. The cache ages on a `ManualClock` the tests
+//! advance; nothing sleeps to wait for expiry.
 
 use std::time::Duration;
 
+use ably_tokend::clock::ManualClock;
 use serde_json::Value;
 
 use crate::helpers::*;
-
-async fn wait_until_ready(app: &TestApp) {
-    for _ in 0..100 {
-        if app.get("/readyz").await.status() == 200 {
-            return;
-        }
-        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("the app never became ready");
-}
 
 #[actix_web::test]
 async fn rotated_key_is_accepted_after_one_refetch() {
@@ -64,7 +56,7 @@ async fn a_flood_of_unknown_kids_causes_at_most_one_fetch_per_cooldown() {
         ..Default::default()
     })
     .await;
-    wait_until_ready(&app).await;
+    app.wait_until_ready().await;
     let baseline = jwks.fetches();
 
     let forger = TestKey::rsa("rsa2", "unused");
@@ -104,19 +96,23 @@ async fn a_flood_of_unknown_kids_causes_at_most_one_fetch_per_cooldown() {
 async fn cached_keys_outlive_an_outage_until_the_stale_bound() {
     let key = TestKey::rsa("rsa1", "k1");
     let jwks = JwksServer::start(&[&key]).await;
-    let app = TestApp::spawn(Issuers {
-        clerk: Some(&jwks),
-        jwks_extra: r#"jwks_cache_ttl = "1s"
+    let clock = ManualClock::at_ms(now_ms());
+    let app = TestApp::spawn_with_clock(
+        Issuers {
+            clerk: Some(&jwks),
+            jwks_extra: r#"jwks_cache_ttl = "1s"
             jwks_refetch_cooldown = "1s"
             jwks_stale_for = "2s""#,
-        ..Default::default()
-    })
+            ..Default::default()
+        },
+        clock.clone(),
+    )
     .await;
-    wait_until_ready(&app).await;
+    app.wait_until_ready().await;
     jwks.stop().await;
 
     // Past the cache TTL, with the endpoint down: cached keys keep working.
-    actix_web::rt::time::sleep(Duration::from_millis(1300)).await;
+    clock.advance(Duration::from_millis(1300));
     let session = key.sign(clerk_header(), &clerk_claims("user_1", None));
     assert_eq!(
         app.get_token("/api/ably-token", &session).await.status(),
@@ -126,7 +122,7 @@ async fn cached_keys_outlive_an_outage_until_the_stale_bound() {
     assert_eq!(ready["status"], "ready");
 
     // Past TTL + stale bound: no usable keys, and readiness says why.
-    actix_web::rt::time::sleep(Duration::from_millis(2000)).await;
+    clock.advance(Duration::from_millis(2000));
     let session = key.sign(clerk_header(), &clerk_claims("user_1", None));
     let body = assert_error(
         app.get_token("/api/ably-token", &session).await,
@@ -182,11 +178,15 @@ async fn cache_control_max_age_shortens_the_cache() {
     let key = TestKey::rsa("rsa1", "k1");
     let jwks = JwksServer::start(&[&key]).await;
     jwks.set_cache_control("public, max-age=1");
-    let app = TestApp::spawn(Issuers {
-        clerk: Some(&jwks),
-        jwks_extra: r#"jwks_refetch_cooldown = "1s""#,
-        ..Default::default()
-    })
+    let clock = ManualClock::at_ms(now_ms());
+    let app = TestApp::spawn_with_clock(
+        Issuers {
+            clerk: Some(&jwks),
+            jwks_extra: r#"jwks_refetch_cooldown = "1s""#,
+            ..Default::default()
+        },
+        clock.clone(),
+    )
     .await;
     let session = key.sign(clerk_header(), &clerk_claims("user_1", None));
     assert_eq!(
@@ -194,17 +194,12 @@ async fn cache_control_max_age_shortens_the_cache() {
         200
     );
     assert_eq!(jwks.fetches(), 1);
-    actix_web::rt::time::sleep(Duration::from_millis(1200)).await;
+    clock.advance(Duration::from_millis(1200));
     // The stale set still answers at once and a refresh runs behind it.
     assert_eq!(
         app.get_token("/api/ably-token", &session).await.status(),
         200
     );
-    for _ in 0..100 {
-        if jwks.fetches() == 2 {
-            break;
-        }
-        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("the background refresh", || async { jwks.fetches() == 2 }).await;
     assert_eq!(jwks.fetches(), 2);
 }

@@ -1,4 +1,8 @@
 //! Integration tests: the real app on port 0, real JWKS servers on loopback.
+//!
+//! Silent by default; `TEST_LOG=1 cargo test --test api NAME -- --nocapture`
+//! prints the in-process app's tracing logs (level from `RUST_LOG`, default
+//! `info`). See `helpers::init_test_logging`.
 
 mod broker;
 mod cli;

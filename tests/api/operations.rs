@@ -1,7 +1,7 @@
 //! Operating the sidecar: metrics, policy hot reload (also under load and
 //! through a ConfigMap-style symlink swap), and the broker's shutdown frame.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use ably_tokend::clock;
@@ -10,18 +10,6 @@ use ably_tokend::http::Application;
 use serde_json::Value;
 
 use crate::helpers::*;
-
-pub fn tempdir(tag: &str) -> PathBuf {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "ably-tokend-{tag}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 const POLICY_V1: &str = r#"
 version = 1
@@ -57,16 +45,7 @@ async fn app_with_policy_file(jwks: &JwksServer, policy: &Path) -> TestApp {
         policy.display().to_string()
     );
     let settings = Settings::from_toml(&config).unwrap();
-    let app = Application::build(settings).unwrap();
-    let address = format!("http://127.0.0.1:{}", app.port());
-    actix_web::rt::spawn(app.run_until_stopped());
-    TestApp {
-        address,
-        client: reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .unwrap(),
-    }
+    TestApp::run(Application::build(settings).unwrap())
 }
 
 async fn capability(app: &TestApp, session: &str) -> String {
@@ -81,20 +60,6 @@ fn replace(path: &Path, text: &str) {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, text).unwrap();
     std::fs::rename(&tmp, path).unwrap();
-}
-
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    for _ in 0..100 {
-        if check().await {
-            return;
-        }
-        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for {what}");
 }
 
 #[actix_web::test]
@@ -314,8 +279,6 @@ async fn reloading_under_load_fails_no_request_and_switches_once() {
 #[actix_web::test]
 async fn broker_connections_get_disconnected_when_it_stops() {
     use ably_tokend::broker::{Broker, Limits};
-    use awc::ws::Frame;
-    use futures_util::StreamExt;
     let key: ably_tokend::signing::ApiKey = API_KEY.parse().unwrap();
     let settings = ably_tokend::config::BrokerSettings {
         bind: "127.0.0.1:0".parse().unwrap(),
@@ -326,22 +289,10 @@ async fn broker_connections_get_disconnected_when_it_stops() {
     let (port, state) = (broker.port(), broker.state());
     actix_web::rt::spawn(broker.run_until_stopped());
     let url = format!("ws://127.0.0.1:{port}/?format=json&key={API_KEY}&clientId=c");
-    let (_r, mut socket) = awc::Client::new().ws(url).connect().await.unwrap();
-    async fn next(socket: &mut actix_codec::Framed<awc::BoxedSocket, awc::ws::Codec>) -> Value {
-        loop {
-            match actix_web::rt::time::timeout(Duration::from_secs(5), socket.next())
-                .await
-                .unwrap()
-            {
-                Some(Ok(Frame::Text(b))) => return serde_json::from_slice::<Value>(&b).unwrap(),
-                Some(Ok(Frame::Ping(_))) => continue,
-                other => panic!("unexpected {other:?}"),
-            }
-        }
-    }
-    assert_eq!(next(&mut socket).await["action"], 4);
+    let mut socket = Socket::connect(&url).await;
+    assert_eq!(socket.next().await["action"], 4);
     state.disconnect_all();
-    let frame = next(&mut socket).await;
+    let frame = socket.next().await;
     assert_eq!(frame["action"], 6);
     assert_eq!(frame["error"]["code"], 80003);
     assert_eq!(frame["error"]["statusCode"], 503);

@@ -8,13 +8,20 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::helpers::*;
-use crate::operations::tempdir;
 
 const ISSUER_SECRET: &str = "dev-issuer-secret-0123456789abcdefXYZ";
 
 struct Running {
     child: Child,
     base: String,
+}
+
+/// A test that fails half-way must not leave the binary running.
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 fn signal(child: &Child, name: &str) {
@@ -64,7 +71,7 @@ async fn serve(jwks: &JwksServer, policy: &std::path::Path, extra: &str) -> Runn
         ),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ably-tokend"))
+    let child = Command::new(env!("CARGO_BIN_EXE_ably-tokend"))
         .args(["serve", "--config", config.to_str().unwrap()])
         .env_remove("ABLY_API_KEY")
         .env_remove("RUST_LOG")
@@ -72,33 +79,24 @@ async fn serve(jwks: &JwksServer, policy: &std::path::Path, extra: &str) -> Runn
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
+    let running = Running {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+    };
+    let health = format!("{}/healthz", running.base);
     let client = reqwest::Client::new();
-    for _ in 0..200 {
-        if client.get(format!("{base}/healthz")).send().await.is_ok() {
-            return Running { child, base };
-        }
-        actix_web::rt::time::sleep(Duration::from_millis(25)).await;
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("ably-tokend serve did not start");
+    eventually("ably-tokend serve to start", || async {
+        client.get(&health).send().await.is_ok()
+    })
+    .await;
+    running
 }
 
-fn finish(mut running: Running) -> (Option<i32>, String, String) {
-    let status = {
-        let deadline = std::time::Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(status) = running.child.try_wait().unwrap() {
-                break status;
-            }
-            if std::time::Instant::now() > deadline {
-                running.child.kill().unwrap();
-                panic!("ably-tokend did not exit within 15 s");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    };
+async fn finish(mut running: Running) -> (Option<i32>, String, String) {
+    let status = wait_for("ably-tokend to exit", || {
+        std::future::ready(running.child.try_wait().unwrap())
+    })
+    .await;
     let mut out = String::new();
     let mut err = String::new();
     running
@@ -153,7 +151,7 @@ async fn logs_have_one_line_per_request_and_never_a_secret_or_token() {
         .await
         .unwrap();
     signal(&running.child, "TERM");
-    let (code, out, err) = finish(running);
+    let (code, out, err) = finish(running).await;
     assert_eq!(code, Some(0), "stderr: {err}");
 
     let request_lines: Vec<Value> = out
@@ -230,17 +228,12 @@ async fn sighup_reloads_the_policy() {
     )
     .unwrap();
     signal(&running.child, "HUP");
-    let mut seen = String::new();
-    for _ in 0..100 {
-        seen = ask().await;
-        if seen == r#"{"lobby":["subscribe"]}"# {
-            break;
-        }
-        actix_web::rt::time::sleep(Duration::from_millis(30)).await;
-    }
-    assert_eq!(seen, r#"{"lobby":["subscribe"]}"#);
+    eventually("the reloaded policy's capability", || async {
+        ask().await == r#"{"lobby":["subscribe"]}"#
+    })
+    .await;
     signal(&running.child, "TERM");
-    let (code, out, _) = finish(running);
+    let (code, out, _) = finish(running).await;
     assert_eq!(code, Some(0));
     assert!(out.contains("policy reloaded"), "{out}");
 }
@@ -277,7 +270,7 @@ async fn sigterm_lets_in_flight_requests_finish_and_exits_0() {
     }
     // New connections are refused once it is stopping.
     actix_web::rt::time::sleep(Duration::from_millis(200)).await;
-    let (code, _, err) = finish(running);
+    let (code, _, err) = finish(running).await;
     assert_eq!(code, Some(0), "stderr: {err}");
     assert!(
         client.get(&url).send().await.is_err(),

@@ -7,7 +7,6 @@
 // page shows, the tail of the page's own ably-js log (micro level: every protocol message), and the
 // tail of the binary's stderr.
 
-import { spawn } from "node:child_process";
 import { once } from "node:events";
 import { mkdirSync, readFileSync } from "node:fs";
 import http from "node:http";
@@ -17,15 +16,12 @@ import { fileURLToPath } from "node:url";
 import Ably from "ably";
 import { chromium } from "playwright-core";
 
+import * as shared from "../support/node/stack.mjs";
+
 export { Ably };
 
 const here = path.dirname(fileURLToPath(import.meta.url));
-const root = path.resolve(here, "../..");
-
-/** The binary under test: `ABLY_TOKEND_BIN` (set by tests/browser.rs), else the debug build. */
-export const BINARY = process.env.ABLY_TOKEND_BIN
-  ? path.resolve(process.env.ABLY_TOKEND_BIN)
-  : path.join(root, "target/debug/ably-tokend");
+const root = shared.ROOT;
 
 /** Debian's chromium (`apt-get install chromium`); `CHROMIUM` overrides. */
 export const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
@@ -33,9 +29,7 @@ export const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
 /** Where screenshots go (not committed). */
 export const SHOTS = path.join(root, "target", "browser");
 
-export const READY_TIMEOUT_MS = 20_000;
 export const WAIT_MS = 15_000;
-export const EXIT_MS = 10_000;
 
 const VERBOSE = process.env.BROWSER_VERBOSE === "1";
 
@@ -46,48 +40,12 @@ const ablyPackage = JSON.parse(readFileSync(path.join(ablyDir, "package.json"), 
 export const ABLY_VERSION = ablyPackage.version;
 export const ABLY_BROWSER_BUNDLE = path.join(ablyDir, ablyPackage.browser);
 
-const running = new Set(); // child processes started here, killed on exit whatever happens
-process.on("exit", () => {
-  for (const proc of running) {
-    try {
-      proc.kill("SIGKILL");
-    } catch {
-      // already gone
-    }
-  }
-});
-
 // ---------------------------------------------------------------------------------------------
 // Bounded waiting
 
-class Tail {
-  constructor(limit) {
-    this.limit = limit;
-    this.lines = [];
-  }
-  push(line) {
-    this.lines.push(line);
-    if (this.lines.length > this.limit) this.lines.splice(0, this.lines.length - this.limit);
-  }
-  text(last = this.limit) {
-    return this.lines.slice(-last).join("\n");
-  }
-}
-
 /** Resolve with `promise`, or reject after `ms` naming `what` (and `explain()`'s text). */
-export async function within(promise, what, { ms = WAIT_MS, explain } = {}) {
-  let timer;
-  const deadline = new Promise((_, reject) => {
-    timer = setTimeout(async () => {
-      const more = explain ? await explain().catch((e) => `(no diagnostics: ${e.message})`) : "";
-      reject(new Error(`timed out after ${ms} ms waiting for ${what}\n${more}`));
-    }, ms);
-  });
-  try {
-    return await Promise.race([promise, deadline]);
-  } finally {
-    clearTimeout(timer);
-  }
+export function within(promise, what, { ms = WAIT_MS, explain } = {}) {
+  return shared.within(promise, what, { ms, explain });
 }
 
 export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -99,83 +57,8 @@ export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
  * Start `ably-tokend dev --port 0 --broker-port 0 --json ...args` and wait (bounded) for its one
  * JSON ready line: {sidecar, broker: {host, port}, apiKey, sessionUrl}.
  */
-export async function startStack(args = []) {
-  const argv = ["dev", "--port", "0", "--broker-port", "0", "--json", ...args];
-  const proc = spawn(BINARY, argv, {
-    cwd: root,
-    stdio: ["ignore", "pipe", "pipe"],
-    env: { ...process.env, NO_COLOR: "1" },
-  });
-  running.add(proc);
-  const stack = {
-    proc,
-    argv,
-    stderr: new Tail(200),
-    // Everything the binary logged (bounded), and what must never appear in it.
-    log: { text: "", limit: 8 * 1024 * 1024 },
-    secrets: new Set(),
-    exited: null,
-  };
-  stack.exitPromise = new Promise((resolve) => {
-    proc.on("exit", (code, signal) => {
-      running.delete(proc);
-      stack.exited = { code, signal };
-      resolve(stack.exited);
-    });
-  });
-  let errBuf = "";
-  proc.stderr.setEncoding("utf8");
-  proc.stderr.on("data", (chunk) => {
-    errBuf += chunk;
-    if (stack.log.text.length < stack.log.limit) stack.log.text += chunk;
-    let nl;
-    while ((nl = errBuf.indexOf("\n")) >= 0) {
-      const line = errBuf.slice(0, nl);
-      errBuf = errBuf.slice(nl + 1);
-      stack.stderr.push(line);
-      if (VERBOSE) process.stderr.write(`[ably-tokend] ${line}\n`);
-    }
-  });
-  const ready = new Promise((resolve, reject) => {
-    let outBuf = "";
-    proc.stdout.setEncoding("utf8");
-    proc.stdout.on("data", (chunk) => {
-      outBuf += chunk;
-      let nl;
-      while ((nl = outBuf.indexOf("\n")) >= 0) {
-        const line = outBuf.slice(0, nl).trim();
-        outBuf = outBuf.slice(nl + 1);
-        if (!line.startsWith("{")) continue;
-        try {
-          resolve(JSON.parse(line));
-        } catch (error) {
-          reject(new Error(`the ready line is not JSON (${error.message}): ${line}`));
-        }
-      }
-    });
-    proc.on("error", (error) => reject(new Error(`cannot start ${BINARY}: ${error.message}`)));
-    proc.on("exit", (code, signal) =>
-      reject(new Error(`ably-tokend ${argv.join(" ")} exited (${code ?? signal}) before it was ready\n${stack.stderr.text()}`)),
-    );
-  });
-  let info;
-  try {
-    info = await within(ready, `the JSON ready line of ${BINARY} ${argv.join(" ")}`, {
-      ms: READY_TIMEOUT_MS,
-      explain: async () => stack.stderr.text(40),
-    });
-  } catch (error) {
-    await stopStack(stack).catch(() => {});
-    throw error;
-  }
-  for (const field of ["sidecar", "broker", "apiKey", "sessionUrl"]) {
-    if (!info[field]) {
-      await stopStack(stack).catch(() => {});
-      throw new Error(`the ready line lacks "${field}": ${JSON.stringify(info)}`);
-    }
-  }
-  stack.secrets.add(info.apiKey.slice(info.apiKey.indexOf(":") + 1));
-  return Object.assign(stack, info);
+export function startStack(args = []) {
+  return shared.startStack({ args, verbose: VERBOSE });
 }
 
 /**
@@ -185,35 +68,14 @@ export async function startStack(args = []) {
  */
 export async function stopStack(stack) {
   if (!stack || stack.exited) return stack?.exited ?? null;
-  stack.proc.kill("SIGTERM");
-  const timer = setTimeout(() => stack.proc.kill("SIGKILL"), EXIT_MS);
-  let exit;
-  try {
-    exit = await stack.exitPromise;
-  } finally {
-    clearTimeout(timer);
-  }
-  if (stack.secrets.size > 1 && !/ably_tokend::request/.test(stack.log.text)) {
-    throw new Error("no request log lines were captured from ably-tokend: the secret check would prove nothing");
-  }
-  const leaked = [...stack.secrets].filter((secret) => secret && stack.log.text.includes(secret));
-  if (leaked.length) {
-    throw new Error(`ably-tokend logged ${leaked.length} secret(s) or token(s), e.g. one starting ${leaked[0].slice(0, 8)}…`);
-  }
+  const exit = await shared.stopProcess(stack);
+  shared.assertNoSecretsLogged(stack);
   return exit;
 }
 
 /** A session JWT for `sub` with `roles` from the development issuer. */
-export async function mintSession(stack, sub, roles = "") {
-  const url = new URL(stack.sessionUrl);
-  url.searchParams.set("sub", sub);
-  if (roles) url.searchParams.set("roles", roles);
-  const res = await within(fetch(url, { signal: AbortSignal.timeout(WAIT_MS) }), `GET ${url}`);
-  const body = (await res.text()).trim();
-  if (res.status !== 200) throw new Error(`GET ${url} answered ${res.status}: ${body}`);
-  stack.secrets.add(body);
-  stack.secrets.add(body.split(".")[2]);
-  return body;
+export function mintSession(stack, sub, roles = "") {
+  return shared.mintSession(stack, sub, { roles }, { ms: WAIT_MS });
 }
 
 /** A REST client with the run's API key, as the app's backend would publish. */

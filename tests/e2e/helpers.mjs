@@ -7,7 +7,6 @@
 // log (at micro level, which includes the protocol frames it sent and received), so a failure
 // explains itself to whoever is working on the broker.
 
-import { spawn } from "node:child_process";
 import { once } from "node:events";
 import http from "node:http";
 import path from "node:path";
@@ -15,59 +14,28 @@ import { fileURLToPath } from "node:url";
 
 import Ably from "ably";
 
+import * as shared from "../support/node/stack.mjs";
+
 export { Ably };
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 
-/** The binary under test: `ABLY_TOKEND_BIN` (set by tests/e2e.rs), else the debug build. */
-export const BINARY = process.env.ABLY_TOKEND_BIN
-  ? path.resolve(process.env.ABLY_TOKEND_BIN)
-  : path.resolve(here, "../../target/debug/ably-tokend");
-
 /** Path of a fixture file (policies) under tests/e2e/fixtures. */
 export const fixture = (name) => path.join(here, "fixtures", name);
 
-export const READY_TIMEOUT_MS = 20_000;
 export const WAIT_MS = 10_000;
 export const CLOSE_MS = 5_000;
-export const EXIT_MS = 10_000;
 
 /** `E2E_VERBOSE=1` copies the binary's stderr and every client's log to this process's stderr. */
 const VERBOSE = process.env.E2E_VERBOSE === "1";
 
-const running = new Set(); // stacks started by this test file, for diagnostics and exit cleanup
-
-process.on("exit", () => {
-  for (const stack of running) {
-    try {
-      stack.proc.kill("SIGKILL");
-    } catch {
-      // already gone
-    }
-  }
-});
-
 // ---------------------------------------------------------------------------------------------
 // Bounded waiting and diagnostics
-
-class Tail {
-  constructor(limit) {
-    this.limit = limit;
-    this.lines = [];
-  }
-  push(line) {
-    this.lines.push(line);
-    if (this.lines.length > this.limit) this.lines.splice(0, this.lines.length - this.limit);
-  }
-  text(last = this.limit) {
-    return this.lines.slice(-last).join("\n");
-  }
-}
 
 /** What went on lately, appended to every timeout error. */
 export function diagnostics(clients = []) {
   const parts = [];
-  for (const stack of running) {
+  for (const stack of shared.runningStacks()) {
     parts.push(`--- ably-tokend stderr (last lines) ---\n${stack.stderr.text(40) || "(empty)"}`);
   }
   for (const client of clients) {
@@ -80,18 +48,8 @@ export function diagnostics(clients = []) {
 }
 
 /** Resolve with `promise`, or reject after `ms` naming `what` and the recent diagnostics. */
-export async function within(promise, what, { ms = WAIT_MS, clients = [] } = {}) {
-  let timer;
-  const deadline = new Promise((_, reject) => {
-    timer = setTimeout(() => {
-      reject(new Error(`timed out after ${ms} ms waiting for ${what}\n${diagnostics(clients)}`));
-    }, ms);
-  });
-  try {
-    return await Promise.race([promise, deadline]);
-  } finally {
-    clearTimeout(timer);
-  }
+export function within(promise, what, { ms = WAIT_MS, clients = [] } = {}) {
+  return shared.within(promise, what, { ms, explain: () => diagnostics(clients) });
 }
 
 /** Poll `predicate` every 25 ms until it is truthy; bounded. Returns its value. */
@@ -131,112 +89,15 @@ export async function rejection(promise, what, opts) {
  * its one JSON ready line on stdout.
  */
 export async function startStack({ policy, args = [] } = {}) {
-  const argv = ["dev", "--port", "0", "--broker-port", "0", "--json"];
-  if (policy) argv.push("--policy", policy);
-  argv.push(...args);
-
-  const proc = spawn(BINARY, argv, {
-    cwd: path.resolve(here, "../.."),
-    stdio: ["ignore", "pipe", "pipe"],
-    env: { ...process.env, NO_COLOR: "1" },
+  const stack = await shared.startStack({
+    args: [...(policy ? ["--policy", policy] : []), ...args],
+    verbose: VERBOSE,
   });
-  const stack = {
-    proc,
-    argv,
-    stderr: new Tail(400),
-    stdout: new Tail(100),
-    // Everything the binary logged (bounded), and what must never appear in it.
-    log: { text: "", limit: 8 * 1024 * 1024 },
-    secrets: new Set(),
+  return Object.assign(stack, {
     clients: new Set(),
-    exited: null,
-  };
-  running.add(stack);
-  stack.exitPromise = new Promise((resolve) => {
-    proc.on("exit", (code, signal) => {
-      stack.exited = { code, signal };
-      resolve(stack.exited);
-    });
-  });
-
-  let stderrBuf = "";
-  proc.stderr.setEncoding("utf8");
-  proc.stderr.on("data", (chunk) => {
-    stderrBuf += chunk;
-    if (stack.log.text.length < stack.log.limit) stack.log.text += chunk;
-    let nl;
-    while ((nl = stderrBuf.indexOf("\n")) >= 0) {
-      const line = stderrBuf.slice(0, nl);
-      stderrBuf = stderrBuf.slice(nl + 1);
-      stack.stderr.push(line);
-      if (VERBOSE) process.stderr.write(`[ably-tokend] ${line}\n`);
-    }
-  });
-
-  const ready = new Promise((resolve, reject) => {
-    let stdoutBuf = "";
-    proc.stdout.setEncoding("utf8");
-    proc.stdout.on("data", (chunk) => {
-      stdoutBuf += chunk;
-      let nl;
-      while ((nl = stdoutBuf.indexOf("\n")) >= 0) {
-        const line = stdoutBuf.slice(0, nl).trim();
-        stdoutBuf = stdoutBuf.slice(nl + 1);
-        stack.stdout.push(line);
-        if (!line.startsWith("{")) continue;
-        try {
-          resolve(JSON.parse(line));
-        } catch (error) {
-          reject(new Error(`the ready line is not JSON (${error.message}): ${line}`));
-        }
-      }
-    });
-    proc.on("error", (error) => reject(new Error(`cannot start ${BINARY}: ${error.message}`)));
-    proc.on("exit", (code, signal) =>
-      reject(
-        new Error(
-          `ably-tokend ${argv.join(" ")} exited (code ${code}, signal ${signal}) before printing its ready line\n` +
-            `stdout:\n${stack.stdout.text()}\nstderr:\n${stack.stderr.text()}`,
-        ),
-      ),
-    );
-  });
-
-  let info;
-  try {
-    info = await within(ready, `the JSON ready line of ${BINARY} ${argv.join(" ")}`, { ms: READY_TIMEOUT_MS });
-  } catch (error) {
-    await stopProcess(stack).catch(() => {});
-    throw error;
-  }
-  for (const field of ["sidecar", "broker", "apiKey", "sessionUrl"]) {
-    if (!info[field]) {
-      await stopProcess(stack).catch(() => {});
-      throw new Error(`the ready line lacks "${field}": ${JSON.stringify(info)}`);
-    }
-  }
-  if (typeof info.broker.port !== "number" || !info.broker.host) {
-    await stopProcess(stack).catch(() => {});
-    throw new Error(`the ready line's broker is not {host, port}: ${JSON.stringify(info.broker)}`);
-  }
-  Object.assign(stack, info, {
-    keyName: info.apiKey.split(":")[0],
+    keyName: stack.apiKey.split(":")[0],
     stop: () => stopStack(stack),
   });
-  stack.secrets.add(info.apiKey.slice(info.apiKey.indexOf(":") + 1));
-  return stack;
-}
-
-async function stopProcess(stack) {
-  running.delete(stack);
-  if (stack.exited) return stack.exited;
-  stack.proc.kill("SIGTERM");
-  const timer = setTimeout(() => stack.proc.kill("SIGKILL"), EXIT_MS);
-  try {
-    return await stack.exitPromise;
-  } finally {
-    clearTimeout(timer);
-  }
 }
 
 /**
@@ -248,49 +109,25 @@ export async function stopStack(stack) {
   await Promise.all([...stack.clients].map((client) => closeClient(client).catch(() => {})));
   stack.clients.clear();
   const started = Date.now();
-  const exit = await stopProcess(stack);
+  const exit = await shared.stopProcess(stack);
   if (exit.signal === "SIGKILL") {
     throw new Error(
-      `ably-tokend did not exit within ${EXIT_MS} ms of SIGTERM and was killed\n${stack.stderr.text(40)}`,
+      `ably-tokend did not exit within ${shared.EXIT_MS} ms of SIGTERM and was killed\n${stack.stderr.text(40)}`,
     );
   }
   assertNoSecretsLogged(stack);
   return { ...exit, ms: Date.now() - started };
 }
 
-/**
- * The binary's whole log for this stack must hold neither the API key's secret nor any session
- * token minted for it (nor such a token's signature): across the suite, that is every log line
- * of the end-to-end run.
- */
-export function assertNoSecretsLogged(stack) {
-  if (stack.secrets.size > 1 && !/ably_tokend::request/.test(stack.log.text)) {
-    throw new Error("no request log lines were captured from ably-tokend: the secret check would prove nothing");
-  }
-  const leaked = [...stack.secrets].filter((secret) => secret && stack.log.text.includes(secret));
-  if (leaked.length) {
-    throw new Error(
-      `ably-tokend logged ${leaked.length} secret(s) or token(s), e.g. one starting ${leaked[0].slice(0, 8)}…`,
-    );
-  }
-}
+export const assertNoSecretsLogged = shared.assertNoSecretsLogged;
 
 // ---------------------------------------------------------------------------------------------
 // Sessions and clients
 
 /** A session JWT for `sub` with `roles` from the development issuer. */
-export async function mintSession(stack, sub, roles = [], ttlSecs = 3600) {
-  const url = new URL(stack.sessionUrl);
-  url.searchParams.set("sub", sub);
-  if (roles.length) url.searchParams.set("roles", roles.join(","));
-  url.searchParams.set("ttl", String(ttlSecs));
-  const res = await within(fetch(url), `GET ${url}`);
-  const body = await res.text();
-  if (res.status !== 200) throw new Error(`GET ${url} answered ${res.status}: ${body}`);
-  const token = body.trim();
-  stack.secrets.add(token);
-  stack.secrets.add(token.split(".")[2]);
-  return token;
+export function mintSession(stack, sub, roles = [], ttlSecs = 3600) {
+  const params = { roles: roles.join(","), ttl: String(ttlSecs) };
+  return shared.mintSession(stack, sub, params, { ms: WAIT_MS, explain: () => diagnostics() });
 }
 
 /** The sidecar route ably-js uses as authUrl: "token" → TokenRequest, "jwt" → Ably JWT. */
@@ -305,7 +142,7 @@ const PROTOCOLS = { msgpack: true, json: false };
 export const protocols = Object.keys(PROTOCOLS);
 
 function logCapture(label) {
-  const log = new Tail(300);
+  const log = new shared.Tail(300);
   return {
     log,
     logLevel: 4, // micro: includes every protocol message sent and received
