@@ -119,7 +119,7 @@ async fn issue(
     let params = token_params(req, &body)?;
     let session = state.verifier.verify(&token).await?;
     let session = session_out.insert(session);
-    let policy = state.policy();
+    let policy = state.policy.current();
     let decision = policy.evaluate(&Request {
         claims: &session.claims,
         roles_claim: &session.issuer.roles_claim,
