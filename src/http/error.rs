@@ -6,6 +6,7 @@
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 
+use super::routes::Route;
 use crate::ably_error::ErrorResponse;
 use crate::capability::CapabilityError;
 use crate::policy::Denial;
@@ -26,7 +27,11 @@ pub enum ApiError {
     BodyTooLarge(usize),
     #[error("too many requests: slow down and retry")]
     RateLimited,
-    #[error("no route {0}: the token endpoints are /api/ably-token and /api/ably-jwt")]
+    #[error(
+        "no route {0}: the token endpoints are {token} and {jwt}",
+        token = Route::AblyToken.path(),
+        jwt = Route::AblyJwt.path()
+    )]
     NotFound(String),
 }
 

@@ -8,6 +8,7 @@ mod health;
 mod params;
 mod rate_limit;
 mod request_log;
+mod routes;
 mod token;
 
 use std::net::TcpListener;
@@ -219,18 +220,7 @@ fn serve(listener: TcpListener, state: web::Data<AppState>) -> std::io::Result<S
             .wrap(cors)
             .wrap(DefaultHeaders::new().add((header::CACHE_CONTROL, "no-store")))
             .wrap(TracingLogger::<request_log::RequestLog>::new())
-            .route("/api/ably-token", web::get().to(token::ably_token))
-            .route("/api/ably-token", web::post().to(token::ably_token))
-            .route("/api/ably-jwt", web::get().to(token::ably_jwt))
-            .route("/api/ably-jwt", web::post().to(token::ably_jwt))
-            .route("/healthz", web::get().to(health::healthz))
-            .route("/readyz", web::get().to(health::readyz))
-            .route("/metrics", web::get().to(health::metrics))
-            .configure(|cfg| {
-                if state.dev_issuer.is_some() {
-                    cfg.route("/dev/session", web::get().to(dev_session::mint));
-                }
-            })
+            .configure(|cfg| routes::configure(cfg, state.dev_issuer.is_some()))
             .default_service(web::to(not_found))
     })
     .listen(listener)?
@@ -241,15 +231,11 @@ fn serve(listener: TcpListener, state: web::Data<AppState>) -> std::io::Result<S
     Ok(server.run())
 }
 
-async fn not_found(req: HttpRequest) -> actix_web::HttpResponse {
-    let known = [
-        "/api/ably-token",
-        "/api/ably-jwt",
-        "/healthz",
-        "/readyz",
-        "/metrics",
-    ];
-    if known.contains(&req.path()) {
+/// A path the server serves, asked with another method, gets 405; any other
+/// request gets 404. Both in Ably's error shape.
+async fn not_found(req: HttpRequest, state: web::Data<AppState>) -> actix_web::HttpResponse {
+    let dev = state.dev_issuer.is_some();
+    if routes::served(dev).any(|r| r.path() == req.path()) {
         return error_response(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
