@@ -5,6 +5,7 @@ compile_error!("choose exactly one crypto backend: feature \"aws-lc\" or \"rust-
 #[cfg(not(any(feature = "aws-lc", feature = "rust-crypto")))]
 compile_error!("choose a crypto backend: feature \"aws-lc\" or \"rust-crypto\"");
 
+pub mod ably_error;
 pub mod broker;
 pub mod capability;
 pub mod cli;

@@ -23,14 +23,7 @@ impl actix_web::ResponseError for AblyError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        let mut message = self.message.clone();
-        message.retain(|c| c.is_ascii_graphic() || c == ' ');
-        HttpResponse::build(self.status_code())
-            .insert_header(("content-type", "application/json"))
-            .insert_header(("x-ably-errorcode", self.code.to_string()))
-            .insert_header(("x-ably-errormessage", message))
-            .insert_header((header::CACHE_CONTROL, "no-store"))
-            .body(json!({"error": self.to_value()}).to_string())
+        crate::ably_error::ErrorResponse::new(self.status_code(), self.code, &self.message).render()
     }
 }
 

@@ -5,6 +5,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 
 use super::error::ApiError;
+use super::routes::Route;
 use super::AppState;
 
 #[derive(Deserialize)]
@@ -27,7 +28,7 @@ pub async fn mint(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
     let issuer = state
         .dev_issuer
         .as_ref()
-        .ok_or_else(|| ApiError::NotFound("/dev/session".into()))?;
+        .ok_or_else(|| ApiError::NotFound(Route::DevSession.path().into()))?;
     let sub = query.sub.clone().unwrap_or_else(|| "dev-user".into());
     if sub.is_empty() || sub.len() > 256 {
         return Err(ApiError::bad_request(

@@ -1,12 +1,13 @@
-//! The one place where errors become HTTP responses, in Ably's error shape so
-//! ably-js reports them well (DESIGN §5): `{"error": {code, statusCode,
-//! message, reason}}`, content-type exactly `application/json`, and the
-//! `X-Ably-Errorcode` / `X-Ably-Errormessage` headers browsers read.
+//! The one place where the sidecar's errors become HTTP responses, rendered
+//! by `crate::ably_error` in Ably's error shape so ably-js reports them well:
+//! `{"error": {code, statusCode, message, reason}}`, where `reason` is the
+//! stable name logged and counted in metrics for the same outcome.
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
-use serde_json::json;
 
+use super::routes::Route;
+use crate::ably_error::ErrorResponse;
 use crate::capability::CapabilityError;
 use crate::policy::Denial;
 use crate::upstream::UpstreamError;
@@ -26,7 +27,11 @@ pub enum ApiError {
     BodyTooLarge(usize),
     #[error("too many requests: slow down and retry")]
     RateLimited,
-    #[error("no route {0}: the token endpoints are /api/ably-token and /api/ably-jwt")]
+    #[error(
+        "no route {0}: the token endpoints are {token} and {jwt}",
+        token = Route::AblyToken.path(),
+        jwt = Route::AblyJwt.path()
+    )]
     NotFound(String),
 }
 
@@ -85,48 +90,22 @@ pub fn error_response_with(
     status: StatusCode,
     reason: &'static str,
     message: &str,
-    mut extra: serde_json::Map<String, serde_json::Value>,
+    extra: serde_json::Map<String, serde_json::Value>,
 ) -> HttpResponse {
     let code = u32::from(status.as_u16()) * 100;
-    extra.insert(
-        "error".into(),
-        json!({
-            "code": code,
-            "statusCode": status.as_u16(),
-            "message": message,
-            "reason": reason,
-        }),
-    );
-    let body = serde_json::Value::Object(extra);
-    let mut response = HttpResponse::build(status)
-        .insert_header(("content-type", "application/json"))
-        .insert_header(("x-ably-errorcode", code.to_string()))
-        .insert_header(("x-ably-errormessage", header_safe(message)))
-        .body(body.to_string());
+    let mut response = ErrorResponse::new(status, code, message)
+        .error_field("reason", reason)
+        .top_level(extra)
+        .render();
     super::request_log::mark(&mut response, reason);
     response
-}
-
-/// Header values must be visible ASCII; keep the message readable.
-fn header_safe(message: &str) -> String {
-    let mut out: String = message
-        .chars()
-        .map(|c| {
-            if c.is_ascii_graphic() || c == ' ' {
-                c
-            } else {
-                '?'
-            }
-        })
-        .collect();
-    out.truncate(512);
-    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use actix_web::body::MessageBody;
+    use serde_json::json;
 
     #[test]
     fn errors_have_ablys_shape_and_headers() {
@@ -145,10 +124,5 @@ mod tests {
             body,
             json!({"error": {"code": 40100, "statusCode": 401, "message": "the session token has expired", "reason": "session_token_expired"}})
         );
-    }
-
-    #[test]
-    fn header_message_is_ascii() {
-        assert_eq!(header_safe("é\nx"), "??x");
     }
 }

@@ -23,11 +23,11 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
 
 /// The policy in force and, when a reload was refused, why.
 fn policy_detail(state: &AppState) -> serde_json::Value {
-    let policy = state.policy();
+    let policy = state.policy.current();
     json!({
         "source": policy.source.display().to_string(),
         "roles": policy.role_names().count(),
-        "reload_error": state.policy_error(),
+        "reload_error": state.policy.last_error(),
     })
 }
 

@@ -8,11 +8,11 @@ mod health;
 mod params;
 mod rate_limit;
 mod request_log;
+mod routes;
 mod token;
 
 use std::net::TcpListener;
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::sync::{Arc, RwLock};
 
 use actix_cors::Cors;
 use actix_web::dev::Server;
@@ -28,7 +28,7 @@ use crate::clock::{self, SharedClock};
 use crate::config::Settings;
 use crate::dev::DevIssuer;
 use crate::metrics::{Metrics, PolicyGauges};
-use crate::policy::{Policy, PolicyError};
+use crate::policy::{Policy, PolicyError, ReloadOutcome, Store};
 use crate::upstream::Verifier;
 
 /// Headers ably-js and browsers send to an authUrl.
@@ -47,25 +47,10 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Set only by `ably-tokend dev`: serves `/dev/session`.
     pub dev_issuer: Option<DevIssuer>,
-    policy: RwLock<Arc<Policy>>,
+    /// The policy in force and its reloads.
+    pub policy: Store,
+    /// A copy of the store's status that metrics read at scrape time.
     policy_gauges: Arc<RwLock<PolicyGauges>>,
-    reload: Mutex<ReloadState>,
-}
-
-#[derive(Default)]
-struct ReloadState {
-    /// Fingerprint of the file content last tried, applied or refused, so a
-    /// broken file is reported once per change rather than on every poll.
-    fingerprint: Option<[u8; 32]>,
-    last_error: Option<String>,
-}
-
-/// What a reload did.
-#[derive(Debug)]
-pub enum ReloadOutcome {
-    Applied,
-    Unchanged,
-    Refused(PolicyError),
 }
 
 impl AppState {
@@ -76,107 +61,43 @@ impl AppState {
         broker: Option<Arc<BrokerState>>,
     ) -> AppState {
         let verifier = Arc::new(Verifier::new(&settings.issuers, clock.clone()));
-        let policy_gauges = Arc::new(RwLock::new(PolicyGauges {
-            healthy: true,
-            roles: policy.role_names().count(),
-            loaded_unix: clock.now_secs(),
-        }));
+        let policy = Store::new(policy, clock.clone());
+        let policy_gauges = Arc::new(RwLock::new(PolicyGauges::default()));
         let metrics = Metrics::new(Some(verifier.clone()), policy_gauges.clone(), broker);
-        let fingerprint = std::fs::read(&policy.source)
-            .ok()
-            .map(|bytes| fingerprint(&bytes));
-        AppState {
+        let state = AppState {
             settings,
             verifier,
             clock,
             metrics,
             dev_issuer: None,
-            policy: RwLock::new(Arc::new(policy)),
+            policy,
             policy_gauges,
-            reload: Mutex::new(ReloadState {
-                fingerprint,
-                last_error: None,
-            }),
-        }
-    }
-
-    /// The policy in force; a request keeps the one it started with.
-    pub fn policy(&self) -> Arc<Policy> {
-        self.policy
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    /// Why the last reload was refused, while the previous policy serves.
-    pub fn policy_error(&self) -> Option<String> {
-        self.reload
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .last_error
-            .clone()
-    }
-
-    /// Re-reads the policy file: a valid new policy is swapped in whole; a
-    /// broken one is refused and the one in force keeps serving. With
-    /// `force`, an unchanged file is re-applied too (SIGHUP).
-    pub fn reload_policy(&self, force: bool) -> ReloadOutcome {
-        let path = self.policy().source.clone();
-        let mut reload = self.reload.lock().unwrap_or_else(|e| e.into_inner());
-        let bytes = std::fs::metadata(&path)
-            .ok()
-            .filter(|m| m.len() <= crate::policy::MAX_POLICY_BYTES)
-            .and_then(|_| std::fs::read(&path).ok());
-        let print = bytes.as_deref().map(fingerprint);
-        if !force && print.is_some() && print == reload.fingerprint {
-            return ReloadOutcome::Unchanged;
-        }
-        reload.fingerprint = print;
-        let outcome = match Policy::load(&path) {
-            Ok(policy) => {
-                let roles = policy.role_names().count();
-                *self.policy.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(policy);
-                let mut gauges = self
-                    .policy_gauges
-                    .write()
-                    .unwrap_or_else(|e| e.into_inner());
-                *gauges = PolicyGauges {
-                    healthy: true,
-                    roles,
-                    loaded_unix: self.clock.now_secs(),
-                };
-                reload.last_error = None;
-                tracing::info!(file = %path.display(), roles, "policy reloaded");
-                ReloadOutcome::Applied
-            }
-            Err(error) => {
-                self.policy_gauges
-                    .write()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .healthy = false;
-                reload.last_error = Some(error.to_string());
-                tracing::error!(
-                    file = %error.file.display(),
-                    line = error.line,
-                    field = %error.path,
-                    reason = %error.reason,
-                    "policy reload refused; the previous policy keeps serving"
-                );
-                ReloadOutcome::Refused(error)
-            }
         };
-        self.metrics.policy_reload(match outcome {
-            ReloadOutcome::Applied => "applied",
-            ReloadOutcome::Unchanged => "unchanged",
-            ReloadOutcome::Refused(_) => "refused",
-        });
-        outcome
+        state.update_policy_gauges();
+        state
     }
-}
 
-fn fingerprint(bytes: &[u8]) -> [u8; 32] {
-    use sha2::Digest;
-    sha2::Sha256::digest(bytes).into()
+    /// Counts a reload (from the watcher or SIGHUP) and refreshes the policy
+    /// gauges.
+    fn policy_reloaded(&self, outcome: &ReloadOutcome) {
+        self.update_policy_gauges();
+        self.metrics.policy_reload(outcome.as_str());
+    }
+
+    fn update_policy_gauges(&self) {
+        let mut gauges = self
+            .policy_gauges
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        // Read under the gauges' lock, so concurrent reloads (the watcher and
+        // SIGHUP) leave the newest status behind.
+        let status = self.policy.status();
+        *gauges = PolicyGauges {
+            healthy: status.healthy(),
+            roles: status.roles,
+            loaded_unix: status.loaded_unix,
+        };
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -251,13 +172,19 @@ impl Application {
 
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         self.state.verifier.prefetch();
-        let watcher = self
-            .state
-            .settings
-            .policy
-            .watch
-            .then(|| actix_web::rt::spawn(watch_policy(self.state.clone())));
-        let sighup = actix_web::rt::spawn(reload_on_sighup(self.state.clone()));
+        let watcher = self.state.settings.policy.watch.then(|| {
+            let state = self.state.clone();
+            actix_web::rt::spawn(async move {
+                state.policy.watch(|o| state.policy_reloaded(o)).await;
+            })
+        });
+        let state = self.state.clone();
+        let sighup = actix_web::rt::spawn(async move {
+            state
+                .policy
+                .reload_on_sighup(|o| state.policy_reloaded(o))
+                .await;
+        });
         let result = self.server.await;
         if let Some(watcher) = watcher {
             watcher.abort();
@@ -293,18 +220,7 @@ fn serve(listener: TcpListener, state: web::Data<AppState>) -> std::io::Result<S
             .wrap(cors)
             .wrap(DefaultHeaders::new().add((header::CACHE_CONTROL, "no-store")))
             .wrap(TracingLogger::<request_log::RequestLog>::new())
-            .route("/api/ably-token", web::get().to(token::ably_token))
-            .route("/api/ably-token", web::post().to(token::ably_token))
-            .route("/api/ably-jwt", web::get().to(token::ably_jwt))
-            .route("/api/ably-jwt", web::post().to(token::ably_jwt))
-            .route("/healthz", web::get().to(health::healthz))
-            .route("/readyz", web::get().to(health::readyz))
-            .route("/metrics", web::get().to(health::metrics))
-            .configure(|cfg| {
-                if state.dev_issuer.is_some() {
-                    cfg.route("/dev/session", web::get().to(dev_session::mint));
-                }
-            })
+            .configure(|cfg| routes::configure(cfg, state.dev_issuer.is_some()))
             .default_service(web::to(not_found))
     })
     .listen(listener)?
@@ -315,15 +231,11 @@ fn serve(listener: TcpListener, state: web::Data<AppState>) -> std::io::Result<S
     Ok(server.run())
 }
 
-async fn not_found(req: HttpRequest) -> actix_web::HttpResponse {
-    let known = [
-        "/api/ably-token",
-        "/api/ably-jwt",
-        "/healthz",
-        "/readyz",
-        "/metrics",
-    ];
-    if known.contains(&req.path()) {
+/// A path the server serves, asked with another method, gets 405; any other
+/// request gets 404. Both in Ably's error shape.
+async fn not_found(req: HttpRequest, state: web::Data<AppState>) -> actix_web::HttpResponse {
+    let dev = state.dev_issuer.is_some();
+    if routes::served(dev).any(|r| r.path() == req.path()) {
         return error_response(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
@@ -333,48 +245,4 @@ async fn not_found(req: HttpRequest) -> actix_web::HttpResponse {
     actix_web::ResponseError::error_response(&ApiError::NotFound(
         req.path().chars().take(200).collect(),
     ))
-}
-
-/// How often the policy file is checked for changes.
-const WATCH_INTERVAL: Duration = Duration::from_secs(1);
-/// A change must hold this long before it is applied: editors and
-/// Kubernetes ConfigMap updates write in more than one step.
-const DEBOUNCE: Duration = Duration::from_millis(300);
-
-/// Polls the policy file. Polling the path (rather than subscribing to inode
-/// events) follows Kubernetes' ConfigMap updates, which swap a symlink.
-async fn watch_policy(state: web::Data<AppState>) {
-    let mut seen = read_fingerprint(&state);
-    loop {
-        actix_web::rt::time::sleep(WATCH_INTERVAL).await;
-        let now = read_fingerprint(&state);
-        if now == seen {
-            continue;
-        }
-        actix_web::rt::time::sleep(DEBOUNCE).await;
-        let settled = read_fingerprint(&state);
-        if settled != now {
-            continue;
-        }
-        seen = settled;
-        state.reload_policy(false);
-    }
-}
-
-fn read_fingerprint(state: &AppState) -> Option<[u8; 32]> {
-    std::fs::read(&state.policy().source)
-        .ok()
-        .map(|b| fingerprint(&b))
-}
-
-async fn reload_on_sighup(state: web::Data<AppState>) {
-    let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-    else {
-        tracing::warn!("cannot listen for SIGHUP; policy reload on signal is off");
-        return;
-    };
-    while hangups.recv().await.is_some() {
-        tracing::info!("SIGHUP: reloading the policy");
-        state.reload_policy(true);
-    }
 }

@@ -13,6 +13,7 @@ use actix_web::{web, ResponseError};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use super::error::ApiError;
+use super::routes::Route;
 
 /// Above this many tracked addresses, idle ones are forgotten.
 const MAX_TRACKED: usize = 100_000;
@@ -70,7 +71,7 @@ pub async fn middleware(
         _ => true,
     };
     // Probes are never limited: a busy pod must still answer its kubelet.
-    if !allowed && !matches!(req.path(), "/healthz" | "/readyz") {
+    if !allowed && !Route::from_path(req.path()).is_some_and(Route::is_probe) {
         let response = ApiError::RateLimited.error_response();
         return Ok(req.into_response(response));
     }

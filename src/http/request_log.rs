@@ -9,6 +9,7 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::{web, Error, HttpMessage, HttpResponse};
 
+use super::routes::{self, Route};
 use super::AppState;
 use tracing::Span;
 use tracing_actix_web::{RequestId, RootSpanBuilder};
@@ -91,7 +92,7 @@ impl RootSpanBuilder for RequestLog {
             let latency = Duration::from_secs_f64(latency_ms / 1000.0);
             state
                 .metrics
-                .observe_request(route, status, reason, latency);
+                .observe_request(routes::label(route), status, reason, latency);
         }
         macro_rules! line {
             ($level:ident) => {
@@ -113,7 +114,7 @@ impl RootSpanBuilder for RequestLog {
         }
         // Probes come every few seconds from the kubelet: keep them out of
         // the info stream unless they fail.
-        if matches!(route, "/healthz" | "/readyz") && status < 400 {
+        if Route::from_path(route).is_some_and(Route::is_probe) && status < 400 {
             line!(debug);
         } else {
             line!(info);

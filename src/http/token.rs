@@ -7,6 +7,7 @@ use futures_util::StreamExt;
 use super::error::ApiError;
 use super::params::{session_token, token_params};
 use super::request_log::LogFields;
+use super::routes::Route;
 use super::AppState;
 use crate::config::TokenFormat;
 use crate::policy::Request;
@@ -14,18 +15,18 @@ use crate::signing::{new_nonce, sign_ably_jwt, sign_token_request, Grant};
 use crate::upstream::Session;
 
 #[derive(Clone, Copy)]
-pub enum Route {
+pub enum Endpoint {
     /// Answers in the configured format, or `?format=`.
     Token,
     /// Always an Ably JWT.
     Jwt,
 }
 
-impl Route {
-    fn name(self) -> &'static str {
+impl Endpoint {
+    fn path(self) -> &'static str {
         match self {
-            Route::Token => "/api/ably-token",
-            Route::Jwt => "/api/ably-jwt",
+            Endpoint::Token => Route::AblyToken.path(),
+            Endpoint::Jwt => Route::AblyJwt.path(),
         }
     }
 }
@@ -35,7 +36,7 @@ pub async fn ably_token(
     body: web::Payload,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    handle(Route::Token, req, body, state).await
+    handle(Endpoint::Token, req, body, state).await
 }
 
 pub async fn ably_jwt(
@@ -43,17 +44,17 @@ pub async fn ably_jwt(
     body: web::Payload,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    handle(Route::Jwt, req, body, state).await
+    handle(Endpoint::Jwt, req, body, state).await
 }
 
 async fn handle(
-    route: Route,
+    endpoint: Endpoint,
     req: HttpRequest,
     body: web::Payload,
     state: web::Data<AppState>,
 ) -> HttpResponse {
     let mut session: Option<Session> = None;
-    let (mut response, fields) = match issue(route, &req, body, &state, &mut session).await {
+    let (mut response, fields) = match issue(endpoint, &req, body, &state, &mut session).await {
         Ok((response, roles)) => (
             response,
             LogFields {
@@ -65,7 +66,7 @@ async fn handle(
         Err(error) => {
             if let ApiError::Upstream(e) = &error {
                 tracing::debug!(
-                    route = route.name(),
+                    route = endpoint.path(),
                     reason = e.reason(),
                     "session refused: {e}"
                 );
@@ -107,7 +108,7 @@ async fn read_body(mut body: web::Payload, limit: usize) -> Result<Vec<u8>, ApiE
 }
 
 async fn issue(
-    route: Route,
+    endpoint: Endpoint,
     req: &HttpRequest,
     body: web::Payload,
     state: &AppState,
@@ -119,7 +120,7 @@ async fn issue(
     let params = token_params(req, &body)?;
     let session = state.verifier.verify(&token).await?;
     let session = session_out.insert(session);
-    let policy = state.policy();
+    let policy = state.policy.current();
     let decision = policy.evaluate(&Request {
         claims: &session.claims,
         roles_claim: &session.issuer.roles_claim,
@@ -134,9 +135,9 @@ async fn issue(
         ttl_ms: decision.ttl.as_millis() as u64,
         issued_ms: state.clock.now_ms(),
     };
-    let format = match route {
-        Route::Jwt => TokenFormat::Jwt,
-        Route::Token => params.format.unwrap_or(settings.ably.token_format),
+    let format = match endpoint {
+        Endpoint::Jwt => TokenFormat::Jwt,
+        Endpoint::Token => params.format.unwrap_or(settings.ably.token_format),
     };
     let key = settings.ably.signing_key();
     let response = match format {

@@ -4,6 +4,7 @@
 
 pub mod cases;
 mod file;
+mod store;
 pub mod template;
 
 use std::collections::BTreeMap;
@@ -16,6 +17,8 @@ use serde_json::Value;
 use crate::capability::{Capability, OpSet, MAX_RESOURCES};
 use crate::config::{parse_duration, ClaimPointer};
 use template::{ChannelTemplate, Rendered, Values};
+
+pub use store::{ReloadOutcome, Status, Store};
 
 /// Largest policy file read.
 pub const MAX_POLICY_BYTES: u64 = 1024 * 1024;

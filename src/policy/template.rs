@@ -77,8 +77,11 @@ impl ChannelTemplate {
             parts,
         };
         // A placeholder that satisfies the substitution rule shows whether
-        // the template can ever yield a valid pattern.
+        // the template can ever yield a valid pattern. Only the reason is
+        // kept: the caller names the template as written, while the error's
+        // pattern is the placeholder's rendering of it.
         template.render_with(|_| Ok("x")).map_err(|e| match e {
+            Rendered::Pattern(CapabilityError::InvalidPattern(_, why)) => why.to_string(),
             Rendered::Pattern(e) => e.to_string(),
             Rendered::Value(e) => e.to_string(),
         })?;

@@ -60,6 +60,26 @@ fn policy_check_reports_file_line_and_field_and_exits_1() {
 }
 
 #[test]
+fn policy_check_says_why_a_pattern_is_invalid_once_on_one_line() {
+    let dir = tempdir();
+    let bad = dir.join("dollar.toml");
+    std::fs::write(
+        &bad,
+        "version = 1\n[roles.board]\ncapabilities = [{ channel = \"board::$space\", operations = [\"subscribe\"] }]\n",
+    )
+    .unwrap();
+    let out = tokend(&["policy", "check", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "{}:3: roles.board.capabilities[0].channel: \"board::$space\" is not a valid channel pattern: it has an empty segment\n",
+            bad.display()
+        )
+    );
+}
+
+#[test]
 fn policy_test_runs_the_shipped_policy_tests() {
     let out = tokend(&["policy", "test", "policies"]);
     let text = stdout(&out);

@@ -145,6 +145,14 @@ async fn unknown_routes_and_methods_get_ably_shaped_errors() {
         .unwrap();
     assert_error(response, 405, "method_not_allowed").await;
     assert_error(app.get("/dev/session").await, 404, "not_found").await;
+    // Without the dev issuer the path is unknown, whatever the method.
+    let response = app
+        .client
+        .post(format!("{}/dev/session", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 404, "not_found").await;
 }
 
 #[actix_web::test]
@@ -205,4 +213,12 @@ async fn the_dev_stack_mints_sessions_the_sidecar_accepts() {
         .await
         .unwrap();
     assert_error(bad, 400, "invalid_query").await;
+
+    // A wrong method on /dev/session is refused like on every other route.
+    let wrong_method = client
+        .post(format!("{base}/dev/session?sub=alice"))
+        .send()
+        .await
+        .unwrap();
+    assert_error(wrong_method, 405, "method_not_allowed").await;
 }
