@@ -3,6 +3,7 @@
 //! without re-parsing; every load error names the file, line and field path.
 
 pub mod cases;
+mod claims;
 mod file;
 pub mod template;
 
@@ -14,7 +15,8 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::capability::{Capability, OpSet, MAX_RESOURCES};
-use crate::config::{parse_duration, ClaimPointer};
+use crate::config::parse_duration;
+pub use claims::ClaimPointer;
 use template::{ChannelTemplate, Rendered, Values};
 
 /// Largest policy file read.
