@@ -274,7 +274,7 @@ impl Settings {
         validate::settings(raw)
     }
 
-    /// Parses a configuration from TOML text alone (tests, `dev`).
+    /// Parses a configuration from TOML text alone (tests).
     pub fn from_toml(text: &str) -> Result<Settings, ConfigError> {
         let raw: RawSettings = config::Config::builder()
             .add_source(config::File::from_str(text, config::FileFormat::Toml))
