@@ -8,8 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use ably_tokend::capability::Capability;
-use ably_tokend::config::ClaimPointer;
-use ably_tokend::policy::{Asked, Policy, Request};
+use ably_tokend::policy::{Asked, ClaimPointer, Policy, Request};
 use ably_tokend::signing::{new_nonce, sign_ably_jwt, sign_token_request, ApiKey, Grant};
 use ably_tokend::upstream::jwks::KeySet;
 use ably_tokend::upstream::jws;

@@ -8,8 +8,8 @@ use clap::Args;
 
 use super::Failure;
 use crate::capability::Capability;
-use crate::config::{parse_duration, ClaimPointer};
-use crate::policy::{Asked, Policy, Request};
+use crate::config::parse_duration;
+use crate::policy::{Asked, ClaimPointer, Policy, Request};
 
 pub fn check(files: &[PathBuf]) -> Result<ExitCode, Failure> {
     let mut failed = false;

@@ -1,6 +1,5 @@
 //! `serve`, `broker` and `dev`: start the services and log their life.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -10,9 +9,8 @@ use super::Failure;
 use crate::broker::{Broker, Limits};
 use crate::clock;
 use crate::config::{LogFormat, Settings};
-use crate::dev::DevIssuer;
+use crate::dev::{DevError, DevStack};
 use crate::http::Application;
-use crate::policy::Policy;
 
 #[derive(Clone, Copy)]
 enum Sink {
@@ -101,8 +99,7 @@ pub fn broker(config: Option<PathBuf>, log_format: Option<LogFormat>) -> Result<
     })
 }
 
-const EXAMPLE_POLICY: &str = include_str!("../../policies/default.toml");
-
+/// The `dev` command's flags.
 pub struct DevOptions {
     pub port: u16,
     pub broker_port: u16,
@@ -119,25 +116,13 @@ pub fn dev(options: DevOptions) -> Result<ExitCode, Failure> {
         json_line,
         cors_origins,
     } = options;
-    let (policy, shown) = match policy {
-        Some(path) => (Policy::load(&path)?, path.display().to_string()),
-        None => {
-            let path = PathBuf::from("policies/default.toml");
-            if path.exists() {
-                (Policy::load(&path)?, path.display().to_string())
-            } else {
-                (
-                    Policy::parse(&path, EXAMPLE_POLICY)?,
-                    "built-in example (policies/default.toml)".to_string(),
-                )
-            }
-        }
+    let stack_options = crate::dev::DevOptions {
+        port,
+        broker_port,
+        policy,
+        cors_origins,
+        limits: Limits::default(),
     };
-    let issuer = DevIssuer::generate();
-    let mut settings = issuer
-        .settings(port, &policy.source.display().to_string(), &cors_origins)
-        .map_err(|e| Failure(format!("--cors-origin: {e}")))?;
-    settings.broker.bind = SocketAddr::from(([127, 0, 0, 1], broker_port));
     init_logging(
         LogFormat::Pretty,
         "info",
@@ -147,13 +132,14 @@ pub fn dev(options: DevOptions) -> Result<ExitCode, Failure> {
             Sink::Stdout
         },
     );
-    let key = settings.ably.signing_key().clone();
     actix_web::rt::System::new().block_on(async move {
-        let broker = Broker::build(&settings.broker, settings.ably.keys.clone(), clock::system(), Limits::default())
-            .map_err(|e| Failure(format!("cannot listen on {}: {e}", settings.broker.bind)))?;
-        let app = Application::build_dev(settings, policy, issuer, broker.state())?;
-        let base = format!("http://127.0.0.1:{}", app.port());
-        let broker_port = broker.port();
+        let stack = DevStack::build(stack_options).map_err(|e| match e {
+            DevError::CorsOrigin(e) => Failure(format!("--cors-origin: {e}")),
+            e => Failure(e.to_string()),
+        })?;
+        let base = stack.sidecar_url();
+        let broker_port = stack.broker_port();
+        let key = stack.api_key();
         if json_line {
             println!(
                 "{}",
@@ -161,7 +147,7 @@ pub fn dev(options: DevOptions) -> Result<ExitCode, Failure> {
                     "sidecar": base,
                     "broker": {"host": "127.0.0.1", "port": broker_port},
                     "apiKey": key.expose_whole(),
-                    "sessionUrl": format!("{base}/dev/session"),
+                    "sessionUrl": stack.session_url(),
                 })
             );
         } else {
@@ -178,11 +164,10 @@ pub fn dev(options: DevOptions) -> Result<ExitCode, Failure> {
                  \n    authHeaders: {{ Authorization: \"Bearer <session token>\" }} }}\n",
                 key_name = key.name(),
                 whole = key.expose_whole(),
+                shown = stack.policy_label(),
             );
         }
-        let (sidecar, broker) = futures_util::future::join(app.run_until_stopped(), broker.run_until_stopped()).await;
-        sidecar?;
-        broker?;
+        stack.run_until_stopped().await?;
         Ok(ExitCode::SUCCESS)
     })
 }

@@ -8,9 +8,9 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{Asked, Policy, Request};
+use super::{Asked, ClaimPointer, Policy, Request};
 use crate::capability::Capability;
-use crate::config::{parse_duration, ClaimPointer};
+use crate::config::parse_duration;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -3,6 +3,7 @@
 //! without re-parsing; every load error names the file, line and field path.
 
 pub mod cases;
+mod claims;
 mod file;
 mod store;
 pub mod template;
@@ -15,7 +16,8 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::capability::{Capability, OpSet, MAX_RESOURCES};
-use crate::config::{parse_duration, ClaimPointer};
+use crate::config::parse_duration;
+pub use claims::ClaimPointer;
 use template::{ChannelTemplate, Rendered, Values};
 
 pub use store::{ReloadOutcome, Status, Store};

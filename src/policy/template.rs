@@ -3,8 +3,8 @@
 
 use serde_json::Value;
 
+use super::ClaimPointer;
 use crate::capability::{CapabilityError, ChannelPattern};
-use crate::config::ClaimPointer;
 
 /// Longest value inserted into a pattern.
 pub const MAX_VALUE_LEN: usize = 128;

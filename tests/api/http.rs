@@ -157,29 +157,19 @@ async fn unknown_routes_and_methods_get_ably_shaped_errors() {
 
 #[actix_web::test]
 async fn the_dev_stack_mints_sessions_the_sidecar_accepts() {
-    use ably_tokend::broker::{Broker, Limits};
-    use ably_tokend::dev::DevIssuer;
-    use ably_tokend::http::Application;
-    let issuer = DevIssuer::generate();
-    let mut settings = issuer.settings(0, "policies/default.toml", &[]).unwrap();
-    settings.broker.bind = "127.0.0.1:0".parse().unwrap();
-    settings.policy.watch = false;
-    let broker = Broker::build(
-        &settings.broker,
-        settings.ably.keys.clone(),
-        ably_tokend::clock::system(),
-        Limits::default(),
-    )
+    use ably_tokend::dev::{DevOptions, DevStack};
+    let stack = DevStack::build(DevOptions {
+        policy: Some(concat!(env!("CARGO_MANIFEST_DIR"), "/policies/default.toml").into()),
+        ..DevOptions::default()
+    })
     .unwrap();
-    let policy = ably_tokend::policy::Policy::load(std::path::Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/policies/default.toml"
-    )))
-    .unwrap();
-    let app = Application::build_dev(settings, policy, issuer, broker.state()).unwrap();
-    let base = format!("http://127.0.0.1:{}", app.port());
-    actix_web::rt::spawn(app.run_until_stopped());
+    let base = stack.sidecar_url();
+    let issuer = stack.issuer().clone();
+    let broker = format!("http://127.0.0.1:{}", stack.broker_port());
+    actix_web::rt::spawn(stack.run_until_stopped());
     let client = reqwest::Client::new();
+    let time = client.get(format!("{broker}/time")).send().await.unwrap();
+    assert_eq!(time.status(), 200, "the broker runs beside the sidecar");
 
     let minted = client
         .get(format!("{base}/dev/session?sub=alice&roles=support"))
@@ -206,6 +196,22 @@ async fn the_dev_stack_mints_sessions_the_sidecar_accepts() {
         request["ttl"], 900_000,
         "the support role's 15m cap applies"
     );
+
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let minted_here = issuer.mint("bob", &["support".to_string()], now, 60);
+    let request: Value = client
+        .get(format!("{base}/api/ably-token"))
+        .bearer_auth(&minted_here)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(request["clientId"], "bob");
 
     let bad = client
         .get(format!("{base}/dev/session?ttl=-1"))

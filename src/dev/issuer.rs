@@ -1,6 +1,6 @@
-//! `ably-tokend dev`: a zero-setup local stack on loopback. A generated API
-//! key, and a development issuer that mints HS256 session tokens so that the
-//! token endpoint can be exercised with curl and no identity provider.
+//! The development issuer: mints HS256 session tokens that the `dev` stack's
+//! sidecar accepts, so the token endpoint can be exercised with curl and no
+//! identity provider.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -8,12 +8,13 @@ use rand::rngs::OsRng;
 use rand::TryRngCore;
 use serde_json::json;
 
-use crate::config::Settings;
+use crate::config::IssuerSettings;
 use crate::signing::hmac_sha256;
 
 pub const DEV_ISSUER: &str = "ably-tokend-dev";
 
-fn random_text(bytes: usize) -> String {
+/// `bytes` random bytes as URL-safe base64 without padding.
+pub(super) fn random_text(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
     OsRng
         .try_fill_bytes(&mut buf)
@@ -58,42 +59,10 @@ impl DevIssuer {
         format!("{input}.{signature}")
     }
 
-    /// Settings for the dev stack: loopback only, a fresh key, this issuer.
-    pub fn settings(
-        &self,
-        port: u16,
-        policy_path: &str,
-        cors_origins: &[String],
-    ) -> Result<Settings, crate::config::ConfigError> {
-        let key = format!(
-            "dev.{}:{}",
-            random_text(6).replace(['-', '_'], "x"),
-            random_text(24)
-        );
-        let text = format!(
-            r#"
-            [server]
-            bind = "127.0.0.1:{port}"
-            rate_limit_per_second = 0
-            cors_allowed_origins = {origins}
-            [ably]
-            api_key = "{key}"
-            [[issuers]]
-            name = "dev"
-            issuer = "{DEV_ISSUER}"
-            secret = "{secret}"
-            roles_claim = "/roles"
-            [policy]
-            path = {policy_path:?}
-            watch = {watch}
-            [log]
-            format = "pretty"
-            "#,
-            secret = self.secret,
-            origins = serde_json::to_string(cors_origins).expect("strings serialise"),
-            // Edits to the policy file apply while `dev` runs.
-            watch = std::path::Path::new(policy_path).exists(),
-        );
-        Settings::from_toml(&text)
+    /// The `[[issuers]]` entry that accepts what `mint` signs: roles from
+    /// `/roles`, the client id from `/sub`.
+    pub fn issuer_settings(&self) -> IssuerSettings {
+        IssuerSettings::with_secret("dev", DEV_ISSUER, &self.secret)
+            .expect("32 random bytes make a valid secret")
     }
 }

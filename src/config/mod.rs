@@ -1,0 +1,306 @@
+//! Configuration: one TOML file plus `ABLY_TOKEND_<SECTION>__<KEY>` environment
+//! variables and `ABLY_API_KEY`, loaded once and turned into typed settings.
+//! Every error names the field; no error or `Debug` output holds a secret.
+//!
+//! `raw.rs` holds what the file says (with the documented defaults),
+//! `validate.rs` and `issuer.rs` turn it into the typed settings below.
+
+mod issuer;
+mod raw;
+mod validate;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use jsonwebtoken::Algorithm;
+use serde::Deserialize;
+
+use crate::policy::ClaimPointer;
+use crate::signing::{ApiKey, KeySecret};
+use raw::{RawAbly, RawBroker, RawIssuer, RawLog, RawPolicy, RawServer, RawSettings};
+
+pub use validate::check_cors_origins;
+
+pub const DEFAULT_CONFIG_FILE: &str = "ably-tokend.toml";
+const ENV_PREFIX: &str = "ABLY_TOKEND";
+
+/// Ably's own ceiling on a token's life: a longer `ttl` is refused with
+/// error 40003 "Excessive value for TTL" (https://ably.com/docs/errors/codes).
+pub const ABLY_MAX_TTL: Duration = Duration::from_secs(24 * 3600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Load(String),
+    #[error("{field}: {reason}")]
+    Invalid { field: String, reason: String },
+}
+
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+/// The whole configuration, validated.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub ably: AblySettings,
+    pub issuers: Vec<IssuerSettings>,
+    pub policy: PolicySettings,
+    pub broker: BrokerSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub bind: SocketAddr,
+    pub cors_allowed_origins: Vec<String>,
+    /// Cookies that may carry the session token, in order of preference.
+    pub session_cookies: Vec<String>,
+    pub max_body_bytes: usize,
+    /// Requests per second per client address; 0 turns the limit off.
+    pub rate_limit_per_second: u32,
+    pub rate_limit_burst: u32,
+    pub shutdown_timeout: Duration,
+    pub workers: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenFormat {
+    TokenRequest,
+    Jwt,
+}
+
+#[derive(Debug, Clone)]
+pub struct AblySettings {
+    /// Never empty; the first key signs, the others are accepted by the broker
+    /// and by `token inspect` (key rotation).
+    pub keys: Vec<ApiKey>,
+    pub token_format: TokenFormat,
+    pub default_ttl: Duration,
+    pub max_ttl: Duration,
+}
+
+impl AblySettings {
+    /// One key that signs, with the documented token format and lifetimes.
+    pub fn with_key(key: ApiKey) -> AblySettings {
+        let (default_ttl, max_ttl) =
+            validate::ttls(&RawAbly::default()).expect("the documented defaults are valid");
+        AblySettings {
+            keys: vec![key],
+            token_format: RawAbly::default().token_format,
+            default_ttl,
+            max_ttl,
+        }
+    }
+
+    pub fn signing_key(&self) -> &ApiKey {
+        &self.keys[0]
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum KeySource {
+    Jwks(JwksSettings),
+    /// HS256/384/512 shared secret, for development issuers.
+    Secret(KeySecret),
+}
+
+#[derive(Debug, Clone)]
+pub struct JwksSettings {
+    pub url: reqwest::Url,
+    pub cache_ttl: Duration,
+    pub refetch_cooldown: Duration,
+    pub stale_for: Duration,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct IssuerSettings {
+    pub name: String,
+    pub issuer: String,
+    pub keys: KeySource,
+    pub audiences: Vec<String>,
+    pub authorized_parties: Vec<String>,
+    pub algorithms: Vec<Algorithm>,
+    pub leeway: Duration,
+    pub roles_claim: ClaimPointer,
+    pub client_id_claim: ClaimPointer,
+}
+
+impl IssuerSettings {
+    /// An issuer that signs with a shared secret (HS256), every other field
+    /// at its documented default; checked as an `[[issuers]]` table would be.
+    pub fn with_secret(
+        name: &str,
+        issuer: &str,
+        secret: &str,
+    ) -> Result<IssuerSettings, ConfigError> {
+        issuer::validate_issuer(0, RawIssuer::with_secret(name, issuer, secret))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PolicySettings {
+    pub path: PathBuf,
+    pub watch: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct BrokerSettings {
+    pub bind: SocketAddr,
+    pub history_max_messages: usize,
+    pub history_max_age: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `ably_tokend=debug,info`.
+    pub level: String,
+}
+
+// The defaults of each section are the documented ones a file that omits the
+// section gets, so they come from `raw.rs` through the same validation.
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        validate::server(RawServer::default()).expect("the documented defaults are valid")
+    }
+}
+
+impl Default for PolicySettings {
+    fn default() -> Self {
+        validate::policy(RawPolicy::default())
+    }
+}
+
+impl Default for BrokerSettings {
+    fn default() -> Self {
+        validate::broker(RawBroker::default()).expect("the documented defaults are valid")
+    }
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        validate::log(RawLog::default()).expect("the documented defaults are valid")
+    }
+}
+
+/// Parses `"90s"`, `"5m"`, `"1h"`.
+pub fn parse_duration(field: &str, text: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(text.trim()).map_err(|e| {
+        invalid(
+            field,
+            format!("{text:?} is not a duration like \"90s\", \"5m\" or \"1h\" ({e})"),
+        )
+    })
+}
+
+impl Settings {
+    /// The sidecar needs at least one issuer; the broker alone needs none.
+    pub fn require_issuers(&self) -> Result<(), ConfigError> {
+        if self.issuers.is_empty() {
+            return Err(invalid(
+                "issuers",
+                "no issuer is configured: add an [[issuers]] table (see README.md)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Loads `path` (or `ably-tokend.toml` when present), then the environment.
+    /// An explicitly named file must exist.
+    pub fn load(path: Option<&Path>) -> Result<Settings, ConfigError> {
+        let (file, required) = match path {
+            Some(p) => (p.to_path_buf(), true),
+            None => (PathBuf::from(DEFAULT_CONFIG_FILE), false),
+        };
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        Settings::load_from(&file, required, &env)
+    }
+
+    /// Like `load`, with the environment passed in (tests).
+    pub fn load_from(
+        file: &Path,
+        required: bool,
+        env: &[(String, String)],
+    ) -> Result<Settings, ConfigError> {
+        if required && !file.exists() {
+            return Err(ConfigError::Load(format!(
+                "config file {} does not exist",
+                file.display()
+            )));
+        }
+        let env_source = config::Environment::with_prefix(ENV_PREFIX)
+            .prefix_separator("_")
+            .separator("__")
+            .try_parsing(true)
+            .list_separator(",")
+            .with_list_parse_key("server.cors_allowed_origins")
+            .with_list_parse_key("server.session_cookies")
+            .with_list_parse_key("ably.api_keys")
+            .source(Some(env.iter().cloned().collect()));
+        let api_key = env
+            .iter()
+            .find(|(k, _)| k == "ABLY_API_KEY")
+            .map(|(_, v)| v.clone());
+        let built = config::Config::builder()
+            .add_source(
+                config::File::from(file)
+                    .format(config::FileFormat::Toml)
+                    .required(required),
+            )
+            .add_source(env_source)
+            .set_override_option("ably.api_key", api_key)
+            .map_err(|e| ConfigError::Load(e.to_string()))?
+            .build()
+            .map_err(|e| ConfigError::Load(scrub(e.to_string())))?;
+        let raw: RawSettings = built
+            .try_deserialize()
+            .map_err(|e| ConfigError::Load(scrub(e.to_string())))?;
+        validate::settings(raw)
+    }
+
+    /// Parses a configuration from TOML text alone (tests).
+    pub fn from_toml(text: &str) -> Result<Settings, ConfigError> {
+        let raw: RawSettings = config::Config::builder()
+            .add_source(config::File::from_str(text, config::FileFormat::Toml))
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| ConfigError::Load(scrub(e.to_string())))?;
+        validate::settings(raw)
+    }
+}
+
+/// The config and toml crates quote offending values, and a TOML syntax
+/// error quotes the whole source line; a value may be a secret. Keep the
+/// location and the reason, never the quoted text.
+fn scrub(message: String) -> String {
+    let kept: Vec<String> = message
+        .lines()
+        // Source snippets: "2 | api_key = ...", "  |", "  | ^^^".
+        .filter(|line| !line.contains('|'))
+        .map(|line| match line.find('"') {
+            Some(i) => format!("{}<value hidden>", &line[..i]),
+            None => line.to_string(),
+        })
+        .filter(|line| !line.trim().is_empty())
+        .collect();
+    kept.join(": ")
+}
+
+#[cfg(test)]
+mod tests;

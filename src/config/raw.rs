@@ -1,0 +1,193 @@
+//! What the file and environment hold, before validation: every field as
+//! written, with the documented defaults. `validate.rs` turns these into the
+//! typed settings in `mod.rs`.
+
+use serde::Deserialize;
+
+use super::{LogFormat, TokenFormat};
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawSettings {
+    pub server: RawServer,
+    pub ably: RawAbly,
+    pub issuers: Vec<RawIssuer>,
+    pub policy: RawPolicy,
+    pub broker: RawBroker,
+    pub log: RawLog,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawServer {
+    pub bind: String,
+    pub cors_allowed_origins: Vec<String>,
+    pub session_cookies: Vec<String>,
+    pub max_body_bytes: usize,
+    pub rate_limit_per_second: u32,
+    pub rate_limit_burst: u32,
+    pub shutdown_timeout: String,
+    pub workers: usize,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        RawServer {
+            bind: "127.0.0.1:8080".into(),
+            cors_allowed_origins: Vec::new(),
+            session_cookies: vec!["__session".into()],
+            max_body_bytes: 16 * 1024,
+            // Behind a proxy every request shares one address, so this is a
+            // ceiling for the whole sidecar, not a per-user quota.
+            rate_limit_per_second: 1000,
+            rate_limit_burst: 2000,
+            shutdown_timeout: "10s".into(),
+            workers: 0,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawAbly {
+    pub api_key: Option<String>,
+    pub api_keys: Vec<String>,
+    pub token_format: TokenFormat,
+    pub default_ttl: String,
+    pub max_ttl: String,
+}
+
+impl Default for RawAbly {
+    fn default() -> Self {
+        RawAbly {
+            api_key: None,
+            api_keys: Vec::new(),
+            token_format: TokenFormat::TokenRequest,
+            default_ttl: "1h".into(),
+            max_ttl: "24h".into(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawIssuer {
+    pub name: String,
+    pub issuer: String,
+    pub jwks_url: Option<String>,
+    pub secret: Option<String>,
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    #[serde(default)]
+    pub authorized_parties: Vec<String>,
+    pub algorithms: Option<Vec<String>>,
+    #[serde(default = "default_leeway")]
+    pub leeway: String,
+    #[serde(default = "default_roles_claim")]
+    pub roles_claim: String,
+    #[serde(default = "default_client_id_claim")]
+    pub client_id_claim: String,
+    #[serde(default = "default_cache_ttl")]
+    pub jwks_cache_ttl: String,
+    #[serde(default = "default_cooldown")]
+    pub jwks_refetch_cooldown: String,
+    #[serde(default = "default_stale_for")]
+    pub jwks_stale_for: String,
+    #[serde(default = "default_timeout")]
+    pub jwks_timeout: String,
+}
+
+impl RawIssuer {
+    /// An `[[issuers]]` entry with a shared secret and every other field
+    /// left at its default, as if the file named only these three.
+    pub fn with_secret(name: &str, issuer: &str, secret: &str) -> RawIssuer {
+        RawIssuer {
+            name: name.into(),
+            issuer: issuer.into(),
+            jwks_url: None,
+            secret: Some(secret.into()),
+            audiences: Vec::new(),
+            authorized_parties: Vec::new(),
+            algorithms: None,
+            leeway: default_leeway(),
+            roles_claim: default_roles_claim(),
+            client_id_claim: default_client_id_claim(),
+            jwks_cache_ttl: default_cache_ttl(),
+            jwks_refetch_cooldown: default_cooldown(),
+            jwks_stale_for: default_stale_for(),
+            jwks_timeout: default_timeout(),
+        }
+    }
+}
+
+fn default_leeway() -> String {
+    "5s".into()
+}
+fn default_roles_claim() -> String {
+    "/roles".into()
+}
+fn default_client_id_claim() -> String {
+    "/sub".into()
+}
+fn default_cache_ttl() -> String {
+    "10m".into()
+}
+fn default_cooldown() -> String {
+    "30s".into()
+}
+fn default_stale_for() -> String {
+    "24h".into()
+}
+fn default_timeout() -> String {
+    "5s".into()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawPolicy {
+    pub path: String,
+    pub watch: bool,
+}
+
+impl Default for RawPolicy {
+    fn default() -> Self {
+        RawPolicy {
+            path: "policies/default.toml".into(),
+            watch: true,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawBroker {
+    pub bind: String,
+    pub history_max_messages: usize,
+    pub history_max_age: String,
+}
+
+impl Default for RawBroker {
+    fn default() -> Self {
+        RawBroker {
+            bind: "127.0.0.1:8081".into(),
+            history_max_messages: 1000,
+            history_max_age: "2m".into(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawLog {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        RawLog {
+            format: LogFormat::Json,
+            level: "info".into(),
+        }
+    }
+}

@@ -1,0 +1,226 @@
+use super::*;
+
+const MINIMAL: &str = r#"
+    [ably]
+    api_key = "appId.keyId:topsecretvalue"
+    [[issuers]]
+    name = "clerk"
+    issuer = "https://clerk.example.com"
+    jwks_url = "https://clerk.example.com/.well-known/jwks.json"
+"#;
+
+fn err(text: &str) -> String {
+    Settings::from_toml(text).unwrap_err().to_string()
+}
+
+#[test]
+fn minimal_file_gets_documented_defaults() {
+    let s = Settings::from_toml(MINIMAL).unwrap();
+    assert_eq!(s.server.bind.to_string(), "127.0.0.1:8080");
+    assert_eq!(s.server.session_cookies, vec!["__session"]);
+    assert_eq!(s.ably.default_ttl, Duration::from_secs(3600));
+    assert_eq!(s.ably.max_ttl, ABLY_MAX_TTL);
+    assert_eq!(s.ably.token_format, TokenFormat::TokenRequest);
+    let issuer = &s.issuers[0];
+    assert_eq!(issuer.algorithms, vec![Algorithm::RS256]);
+    assert_eq!(issuer.leeway, Duration::from_secs(5));
+    assert_eq!(issuer.client_id_claim.as_str(), "/sub");
+    let KeySource::Jwks(jwks) = &issuer.keys else {
+        panic!("expected a JWKS issuer")
+    };
+    assert_eq!(jwks.cache_ttl, Duration::from_secs(600));
+    assert_eq!(jwks.refetch_cooldown, Duration::from_secs(30));
+    assert_eq!(jwks.stale_for, Duration::from_secs(86400));
+    assert_eq!(jwks.timeout, Duration::from_secs(5));
+}
+
+#[test]
+fn unknown_keys_are_errors_that_name_them() {
+    let e = err(&format!("{MINIMAL}\n[policy]\npaht = \"x\""));
+    assert!(e.contains("paht"), "{e}");
+}
+
+#[test]
+fn invalid_values_name_the_field() {
+    let e = err(&MINIMAL.replace(
+        "https://clerk.example.com/.well",
+        "http://clerk.example.com/.well",
+    ));
+    assert!(e.starts_with("issuers[0].jwks_url:"), "{e}");
+    let e = err(&format!("{MINIMAL}\n[server]\nbind = \"nowhere\""));
+    assert!(e.starts_with("server.bind:"), "{e}");
+    let e = err(&MINIMAL.replace("[ably]", "[ably]\nmax_ttl = \"48h\""));
+    assert!(e.starts_with("ably.max_ttl:"), "{e}");
+    let e = err(&MINIMAL.replace("[ably]", "[ably]\ndefault_ttl = \"soon\""));
+    assert!(e.starts_with("ably.default_ttl:"), "{e}");
+    let e = err(&format!("{MINIMAL}algorithms = [\"HS256\"]"));
+    assert!(e.starts_with("issuers[0].algorithms[0]:"), "{e}");
+    let e = err(&format!("{MINIMAL}roles_claim = \"metadata.role\""));
+    assert!(e.starts_with("issuers[0].roles_claim:"), "{e}");
+}
+
+#[test]
+fn jwks_timings_are_bounded() {
+    let e = err(&format!("{MINIMAL}jwks_refetch_cooldown = \"0s\""));
+    assert!(e.starts_with("issuers[0].jwks_refetch_cooldown:"), "{e}");
+    let e = err(&format!("{MINIMAL}jwks_stale_for = \"500000000y\""));
+    assert!(e.starts_with("issuers[0].jwks_stale_for:"), "{e}");
+    let e = err(&format!("{MINIMAL}jwks_timeout = \"10m\""));
+    assert!(e.starts_with("issuers[0].jwks_timeout:"), "{e}");
+    let e = err(&format!("{MINIMAL}leeway = \"1h\""));
+    assert!(e.starts_with("issuers[0].leeway:"), "{e}");
+}
+
+#[test]
+fn the_secret_never_appears_in_errors_or_debug() {
+    let e = err(&MINIMAL.replace("appId.keyId:topsecretvalue", "appIdkeyId:topsecretvalue"));
+    assert!(e.starts_with("ably.api_key:"), "{e}");
+    assert!(!e.contains("topsecretvalue"), "{e}");
+    let s = Settings::from_toml(MINIMAL).unwrap();
+    assert!(!format!("{s:?}").contains("topsecretvalue"));
+    let e = err(&MINIMAL.replace("[ably]", "[ably]\ntoken_format = 7"));
+    assert!(!e.contains("topsecretvalue"), "{e}");
+}
+
+#[test]
+fn a_syntax_error_names_the_line_but_never_quotes_it() {
+    for broken in [
+        "[ably]\napi_key = \"appId.keyId:TOPSECRETVALUE\n",
+        "[ably]\napi_key = \"appId.keyId:TOPSECRETVALUE\" x\n",
+        "[ably]\napi_key = \"appId.keyId:TOPSECRETVALUE\"\napi_key = \"appId.keyId:TOPSECRETVALUE\"\n",
+    ] {
+        let e = err(broken);
+        assert!(!e.contains("TOPSECRET"), "{e}");
+        assert!(e.contains("line 2") || e.contains("line 3"), "{e}");
+    }
+}
+
+#[test]
+fn missing_key_says_how_to_set_it() {
+    let e = err(&MINIMAL.replace("api_key = \"appId.keyId:topsecretvalue\"", ""));
+    assert!(e.contains("ABLY_API_KEY"), "{e}");
+}
+
+#[test]
+fn environment_overrides_the_file_and_ably_api_key_is_honoured() {
+    let dir = std::env::temp_dir().join(format!("tokend-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("c.toml");
+    std::fs::write(&file, MINIMAL).unwrap();
+    let env = vec![
+        (
+            "ABLY_API_KEY".to_string(),
+            "app.other:envsecret".to_string(),
+        ),
+        (
+            "ABLY_TOKEND_SERVER__BIND".to_string(),
+            "0.0.0.0:9999".to_string(),
+        ),
+        (
+            "ABLY_TOKEND_ABLY__DEFAULT_TTL".to_string(),
+            "15m".to_string(),
+        ),
+        (
+            "ABLY_TOKEND_SERVER__CORS_ALLOWED_ORIGINS".to_string(),
+            "https://a.example,https://b.example".to_string(),
+        ),
+    ];
+    let s = Settings::load_from(&file, true, &env).unwrap();
+    assert_eq!(s.server.bind.to_string(), "0.0.0.0:9999");
+    assert_eq!(s.ably.default_ttl, Duration::from_secs(900));
+    assert_eq!(s.ably.signing_key().name(), "app.other");
+    assert_eq!(
+        s.server.cors_allowed_origins,
+        vec!["https://a.example", "https://b.example"]
+    );
+    let bad = vec![("ABLY_TOKEND_SERVER__BINDD".to_string(), "x".to_string())];
+    let e = Settings::load_from(&file, true, &bad)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("bindd"), "{e}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn secret_issuers_need_a_long_secret_and_hs_algorithms() {
+    let text = r#"
+        [ably]
+        api_key = "a.b:c"
+        [[issuers]]
+        name = "dev"
+        issuer = "ably-tokend-dev"
+        secret = "short"
+    "#;
+    assert!(err(text).starts_with("issuers[0].secret:"));
+    let ok = text.replace("\"short\"", "\"0123456789abcdef0123456789abcdef\"");
+    let s = Settings::from_toml(&ok).unwrap();
+    assert_eq!(s.issuers[0].algorithms, vec![Algorithm::HS256]);
+    let rs = format!("{ok}algorithms = [\"RS256\"]");
+    assert!(err(&rs).starts_with("issuers[0].algorithms[0]:"));
+}
+
+#[test]
+fn limits_in_messages_read_as_before() {
+    assert_eq!(
+        err(&MINIMAL.replace("[ably]", "[ably]\nmax_ttl = \"48h\"")),
+        "ably.max_ttl: must be more than 0 and at most 24h (Ably refuses longer tokens)"
+    );
+    assert_eq!(
+        err(&format!("{MINIMAL}leeway = \"6m\"")),
+        "issuers[0].leeway: must be at most 5m: clock skew larger than that is a broken clock"
+    );
+    assert_eq!(
+        err(&format!("{MINIMAL}\n[server]\nmax_body_bytes = 0")),
+        "server.max_body_bytes: must be between 1 and 1048576"
+    );
+    let secret = MINIMAL.replace(
+        "jwks_url = \"https://clerk.example.com/.well-known/jwks.json\"",
+        "secret = \"short\"",
+    );
+    assert_eq!(
+        err(&secret),
+        "issuers[0].secret: must be at least 32 bytes (HS256 keys shorter than the hash are guessable)"
+    );
+}
+
+#[test]
+fn settings_built_in_code_match_a_file_with_the_same_values() {
+    let secret = "0123456789abcdef0123456789abcdef";
+    let file = Settings::from_toml(&format!(
+        r#"
+        [ably]
+        api_key = "appId.keyId:topsecretvalue"
+        [[issuers]]
+        name = "dev"
+        issuer = "ably-tokend-dev"
+        secret = "{secret}"
+        "#
+    ))
+    .unwrap();
+    let built = Settings {
+        server: ServerSettings::default(),
+        ably: AblySettings::with_key("appId.keyId:topsecretvalue".parse().unwrap()),
+        issuers: vec![IssuerSettings::with_secret("dev", "ably-tokend-dev", secret).unwrap()],
+        policy: PolicySettings::default(),
+        broker: BrokerSettings::default(),
+        log: LogSettings::default(),
+    };
+    // Debug shows every field but secrets; compare secrets by hand.
+    assert_eq!(format!("{built:?}"), format!("{file:?}"));
+    let (KeySource::Secret(a), KeySource::Secret(b)) =
+        (&built.issuers[0].keys, &file.issuers[0].keys)
+    else {
+        panic!("expected secret issuers")
+    };
+    assert_eq!(a.expose(), b.expose());
+    assert!(IssuerSettings::with_secret("dev", "ably-tokend-dev", "short").is_err());
+}
+
+#[test]
+fn cors_origins_are_checked_alone() {
+    assert!(check_cors_origins(&["https://app.example.com".into()]).is_ok());
+    let e = check_cors_origins(&["https://a.example".into(), "https://b.example/".into()])
+        .unwrap_err()
+        .to_string();
+    assert!(e.starts_with("server.cors_allowed_origins[1]:"), "{e}");
+}
