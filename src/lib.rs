@@ -12,6 +12,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod dev;
+pub mod duration;
 pub mod http;
 pub mod metrics;
 pub mod policy;

@@ -201,12 +201,7 @@ impl Default for LogSettings {
 
 /// Parses `"90s"`, `"5m"`, `"1h"`.
 pub fn parse_duration(field: &str, text: &str) -> Result<Duration, ConfigError> {
-    humantime::parse_duration(text.trim()).map_err(|e| {
-        invalid(
-            field,
-            format!("{text:?} is not a duration like \"90s\", \"5m\" or \"1h\" ({e})"),
-        )
-    })
+    crate::duration::parse_duration(field, text).map_err(|e| invalid(e.field.clone(), e.reason()))
 }
 
 impl Settings {

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::{Asked, ClaimPointer, Policy, Request};
 use crate::capability::Capability;
-use crate::config::parse_duration;
+use crate::duration::parse_duration;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

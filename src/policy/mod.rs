@@ -16,7 +16,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::capability::{Capability, OpSet, MAX_RESOURCES};
-use crate::config::parse_duration;
+use crate::duration::parse_duration;
 pub use claims::ClaimPointer;
 use template::{ChannelTemplate, Rendered, Values};
 
