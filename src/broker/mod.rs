@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod connection;
 pub mod hub;
+mod metrics;
 pub mod protocol;
 pub mod rest;
 
@@ -177,12 +178,12 @@ impl Broker {
             stopping: tokio::sync::watch::Sender::new(false),
         });
         let data = web::Data::from(state.clone());
-        let registry = web::Data::new(crate::metrics::broker_only(state.clone()));
+        let registry = web::Data::new(metrics::registry(state.clone()));
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(data.clone())
                 .app_data(registry.clone())
-                .route("/metrics", web::get().to(metrics))
+                .route("/metrics", web::get().to(metrics::serve))
                 .app_data(web::PayloadConfig::new(rest::MAX_REST_BODY))
                 .wrap(actix_cors::Cors::permissive())
                 .route("/", web::get().to(websocket))
@@ -220,6 +221,12 @@ impl Broker {
         self.state.clone()
     }
 
+    /// The broker's gauges and counters, read at scrape time, for another
+    /// registry (the sidecar's in `ably-tokend dev`).
+    pub fn metrics_collector(&self) -> Box<dyn prometheus_client::collector::Collector> {
+        Box::new(metrics::BrokerCollector(self.state.clone()))
+    }
+
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         // actix stops accepting on SIGTERM/SIGINT and waits for open
         // responses, which WebSockets are: tell them to finish first.
@@ -252,14 +259,6 @@ impl Broker {
         signals.abort();
         result
     }
-}
-
-async fn metrics(
-    registry: web::Data<std::sync::Mutex<prometheus_client::registry::Registry>>,
-) -> HttpResponse {
-    HttpResponse::Ok()
-        .insert_header(("content-type", "text/plain; version=0.0.4; charset=utf-8"))
-        .body(crate::metrics::render_registry(&registry))
 }
 
 #[derive(serde::Deserialize)]

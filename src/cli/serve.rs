@@ -151,7 +151,7 @@ pub fn dev(options: DevOptions) -> Result<ExitCode, Failure> {
     actix_web::rt::System::new().block_on(async move {
         let broker = Broker::build(&settings.broker, settings.ably.keys.clone(), clock::system(), Limits::default())
             .map_err(|e| Failure(format!("cannot listen on {}: {e}", settings.broker.bind)))?;
-        let app = Application::build_dev(settings, policy, issuer, broker.state())?;
+        let app = Application::build_dev(settings, policy, issuer, broker.metrics_collector())?;
         let base = format!("http://127.0.0.1:{}", app.port());
         let broker_port = broker.port();
         if json_line {

@@ -180,7 +180,7 @@ async fn the_dev_stack_mints_sessions_the_sidecar_accepts() {
         "/policies/default.toml"
     )))
     .unwrap();
-    let app = Application::build_dev(settings, policy, issuer, broker.state()).unwrap();
+    let app = Application::build_dev(settings, policy, issuer, broker.metrics_collector()).unwrap();
     let base = format!("http://127.0.0.1:{}", app.port());
     actix_web::rt::spawn(app.run_until_stopped());
     let client = reqwest::Client::new();
