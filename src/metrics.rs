@@ -1,8 +1,9 @@
 //! Prometheus metrics (`/metrics`, Prometheus text format). Counters and the
-//! latency histogram are updated as requests finish; JWKS, policy and broker
-//! state is read at scrape time, so it is never stale.
+//! latency histogram are updated as requests finish; JWKS and policy state,
+//! and any extra collector (the embedded broker's in `dev`), is read at
+//! scrape time, so it is never stale.
 
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
@@ -13,7 +14,6 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::broker::BrokerState;
 use crate::upstream::{Readiness, Verifier};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -67,7 +67,7 @@ impl Metrics {
     pub fn new(
         verifier: Option<Arc<Verifier>>,
         policy: Arc<RwLock<PolicyGauges>>,
-        broker: Option<Arc<BrokerState>>,
+        extra: Option<Box<dyn Collector>>,
     ) -> Metrics {
         let mut registry = Registry::with_prefix("ably_tokend");
         let requests = Family::<RequestLabels, Counter>::default();
@@ -106,8 +106,8 @@ impl Metrics {
         if let Some(verifier) = verifier {
             registry.register_collector(Box::new(JwksCollector(verifier)));
         }
-        if let Some(broker) = broker {
-            registry.register_collector(Box::new(BrokerCollector(broker)));
+        if let Some(extra) = extra {
+            registry.register_collector(extra);
         }
         Metrics {
             registry,
@@ -277,59 +277,6 @@ impl Collector for JwksCollector {
             &series(&|s| i64::from(s.readiness == Readiness::Ready)),
         )
     }
-}
-
-pub struct BrokerCollector(pub Arc<BrokerState>);
-
-impl std::fmt::Debug for BrokerCollector {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("BrokerCollector")
-    }
-}
-
-impl Collector for BrokerCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let state = &self.0;
-        labelled(
-            &mut encoder,
-            "broker_connections",
-            "Open realtime connections to the embedded broker",
-            &[(&[], ConstGauge::new(state.connection_count() as i64))],
-        )?;
-        labelled(
-            &mut encoder,
-            "broker_channels",
-            "Channels the embedded broker holds state for",
-            &[(&[], ConstGauge::new(state.hub.channel_count() as i64))],
-        )?;
-        labelled(
-            &mut encoder,
-            "broker_messages",
-            "Messages published to the embedded broker",
-            &[(&[], ConstCounter::new(state.hub.messages_published()))],
-        )?;
-        labelled(
-            &mut encoder,
-            "broker_deliveries",
-            "Messages and presence events queued to subscribers",
-            &[(&[], ConstCounter::new(state.hub.deliveries()))],
-        )
-    }
-}
-
-/// A registry of broker metrics alone, for `ably-tokend broker`'s `/metrics`.
-pub fn broker_only(state: Arc<BrokerState>) -> Mutex<Registry> {
-    let mut registry = Registry::with_prefix("ably_tokend");
-    registry.register_collector(Box::new(BrokerCollector(state)));
-    Mutex::new(registry)
-}
-
-pub fn render_registry(registry: &Mutex<Registry>) -> String {
-    let mut out = String::new();
-    let registry = registry.lock().unwrap_or_else(|e| e.into_inner());
-    prometheus_client::encoding::prometheus_text::encode(&mut out, &registry)
-        .expect("writing to a String cannot fail");
-    out
 }
 
 #[cfg(test)]

@@ -1,18 +1,30 @@
 //! One realtime connection: the WebSocket loop from CONNECTED to CLOSED.
-//! Frames from the client are handled in order; frames for it arrive through
-//! a bounded outbox, beside heartbeats and the token's expiry.
+//! Frames from the client are parsed at the edge (`inbound`) and handled in
+//! order; frames for it arrive through a bounded outbox, beside heartbeats
+//! and the token's expiry. Whatever way the loop ends, dropping the
+//! connection's `Membership` cleans up after it.
 
 use std::collections::{HashMap, HashSet};
+use std::pin::Pin;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_ws::AggregatedMessage;
+use actix_ws::{AggregatedMessage, AggregatedMessageStream, ProtocolError};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, Notify};
+use tokio::time::Sleep;
 
 use super::auth::Credentials;
-use super::hub::{sync_frame, Outbox, PresenceChange};
+use super::hub::{
+    sync_frame, ChannelLimitReached, ChannelLimits, Claim, Frame, Outbox, PresenceChange,
+    Subscriber,
+};
+use super::inbound::{ConnectParams, Inbound};
+use super::message::{
+    may_attach, message_size, random_id, resolve_client_id, speaker, stored_message,
+    valid_channel_name,
+};
 use super::protocol::{self, action, flag, AblyError, Encoded, Format, SharedFrame};
 use super::BrokerState;
 use crate::capability::{OpSet, Operation};
@@ -20,31 +32,6 @@ use crate::capability::{OpSet, Operation};
 pub const CONNECTION_STATE_TTL_MS: u64 = 120_000;
 pub const MAX_IDLE_INTERVAL_MS: u64 = 15_000;
 const YEAR_MS: u64 = 365 * 24 * 3600 * 1000;
-
-/// What the client asked for in the WebSocket URL.
-#[derive(Debug, Clone)]
-pub struct ConnectParams {
-    pub format: Format,
-    pub echo: bool,
-    pub heartbeats: bool,
-    pub client_id: Option<String>,
-    /// The connection key of `resume=` or `recover=`.
-    pub resume: Option<String>,
-}
-
-pub fn random_id(len: usize) -> String {
-    use rand::rngs::OsRng;
-    use rand::TryRngCore;
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-    let mut bytes = vec![0u8; len];
-    OsRng
-        .try_fill_bytes(&mut bytes)
-        .expect("the operating system's random source is available");
-    bytes
-        .iter()
-        .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
-        .collect()
-}
 
 /// Every write has a deadline: a client that stops reading fills the
 /// socket, and the connection is then dropped instead of holding its slot.
@@ -64,49 +51,91 @@ async fn close(session: actix_ws::Session) {
     let _ = tokio::time::timeout(Duration::from_secs(1), session.close(None)).await;
 }
 
+/// What a handled frame leaves the connection to do.
 enum Flow {
     Continue,
     /// Close the socket after the frames already sent.
     Close,
 }
 
-struct Connection {
+/// What the loop does after an event.
+enum Step {
+    Continue,
+    /// Stop; with an error, send it as a fatal ERROR first.
+    Stop(Option<AblyError>),
+}
+
+/// The channels a connection takes part in, and what the broker needs to
+/// let its client resume. Dropping it is the connection's clean-up, on every
+/// way out of `run`, a panic included: its subscriptions end, its members
+/// leave, and the broker remembers the connection so a client that resumes
+/// within the connection-state TTL keeps its id (RTN15b, RTN15c6).
+struct Membership {
+    state: Arc<BrokerState>,
     id: String,
     key: String,
-    params: ConnectParams,
     client_id: Option<String>,
-    credentials: Credentials,
     attached: HashMap<String, OpSet>,
     presence_channels: HashSet<String>,
+}
+
+impl Membership {
+    fn holds(&self, channel: &str) -> bool {
+        self.attached.contains_key(channel) || self.presence_channels.contains(channel)
+    }
+
+    /// What attaching to, or entering presence on, `channel` adds to the
+    /// channel limits. A channel attached and present counts twice.
+    fn claim(&self, channel: &str) -> Claim {
+        if self.holds(channel) {
+            Claim::Held
+        } else {
+            Claim::New {
+                holding: self.attached.len() + self.presence_channels.len(),
+            }
+        }
+    }
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        for channel in self.attached.keys().chain(self.presence_channels.iter()) {
+            self.state.hub.unsubscribe(channel, &self.id);
+        }
+        self.state
+            .remember_closed(&self.key, &self.id, self.client_id.as_deref());
+        tracing::debug!(connection = %self.id, "realtime connection closed");
+    }
+}
+
+struct Connection {
+    membership: Membership,
+    params: ConnectParams,
+    credentials: Credentials,
     outbox: Outbox,
     session: actix_ws::Session,
     state: Arc<BrokerState>,
 }
 
-/// Which client id a connection has, given its credentials and what it asked for.
-pub fn resolve_client_id(
-    credentials: &Credentials,
-    asked: Option<&str>,
-    key_auth: bool,
-) -> Result<Option<String>, AblyError> {
-    let mismatch = || {
-        AblyError::new(
-            40102,
-            401,
-            "the clientId asked for does not match the credentials' clientId",
-        )
-    };
-    match (credentials.client_id.as_deref(), asked) {
-        (Some("*"), asked) => Ok(asked.map(str::to_string)),
-        (Some(own), Some(asked)) if own != asked => Err(mismatch()),
-        (Some(own), _) => Ok(Some(own.to_string())),
-        (None, Some(asked)) if key_auth => Ok(Some(asked.to_string())),
-        (None, Some(_)) => Err(mismatch()),
-        (None, None) => Ok(None),
-    }
-}
-
 impl Connection {
+    fn id(&self) -> &str {
+        &self.membership.id
+    }
+
+    fn limits(&self) -> ChannelLimits {
+        ChannelLimits {
+            max_channels: self.state.limits.max_channels,
+            per_connection: self.state.limits.max_channels_per_connection,
+        }
+    }
+
+    fn subscriber(&self) -> Subscriber {
+        Subscriber {
+            outbox: self.outbox.clone(),
+            echo: self.params.echo,
+        }
+    }
+
     async fn send(&mut self, frame: &Value) -> Result<(), actix_ws::Closed> {
         let encoded = protocol::encode(frame, self.params.format);
         write(&mut self.session, encoded, self.state.limits.send_timeout).await
@@ -120,10 +149,10 @@ impl Connection {
     fn connected_frame(&self) -> Value {
         json!({
             "action": action::CONNECTED,
-            "connectionId": self.id,
+            "connectionId": self.membership.id,
             "connectionDetails": {
-                "clientId": self.client_id,
-                "connectionKey": self.key,
+                "clientId": self.membership.client_id,
+                "connectionKey": self.membership.key,
                 "connectionStateTtl": CONNECTION_STATE_TTL_MS,
                 "maxIdleInterval": MAX_IDLE_INTERVAL_MS,
                 "maxMessageSize": self.state.limits.max_message_size,
@@ -152,78 +181,79 @@ impl Connection {
             .await
     }
 
+    async fn fatal(&mut self, error: AblyError) -> Result<(), actix_ws::Closed> {
+        self.send(&json!({"action": action::ERROR, "error": error.to_value()}))
+            .await
+    }
+
+    /// Sends DISCONNECTED with the reason (RTN15h): the client reconnects.
+    async fn disconnect(&mut self, error: AblyError) -> Step {
+        let _ = self
+            .send(&json!({"action": action::DISCONNECTED, "error": error.to_value()}))
+            .await;
+        Step::Stop(None)
+    }
+
     fn ops(&self, channel: &str) -> OpSet {
         self.credentials.capability.ops_for_channel(channel)
     }
 
-    async fn handle(&mut self, frame: Value) -> Result<Flow, actix_ws::Closed> {
-        let Ok(act) = protocol::action_of(&frame) else {
-            self.fatal(AblyError::new(
-                40000,
-                400,
-                "malformed protocol message: no numeric action",
-            ))
-            .await?;
-            return Ok(Flow::Close);
-        };
-        let channel = frame
-            .get("channel")
-            .and_then(Value::as_str)
-            .map(str::to_string);
-        match act {
-            action::HEARTBEAT => {
+    fn limit_error(&self) -> AblyError {
+        let limits = &self.state.limits;
+        AblyError::new(
+            90021,
+            400,
+            format!(
+                "channel limit reached ({} per connection, {} in the broker)",
+                limits.max_channels_per_connection, limits.max_channels
+            ),
+        )
+    }
+
+    async fn handle(&mut self, inbound: Inbound) -> Result<Flow, actix_ws::Closed> {
+        match inbound {
+            Inbound::Heartbeat { id } => {
                 let mut reply = json!({"action": action::HEARTBEAT});
-                if let Some(id) = frame.get("id") {
-                    reply["id"] = id.clone();
+                if let Some(id) = id {
+                    reply["id"] = id;
                 }
                 self.send(&reply).await?;
             }
-            action::CLOSE => {
+            Inbound::Close => {
                 self.send(&json!({"action": action::CLOSED})).await?;
                 return Ok(Flow::Close);
             }
-            action::DISCONNECT => return Ok(Flow::Close),
-            action::ATTACH => match channel {
-                Some(channel) => self.attach(&channel).await?,
-                None => {
-                    self.channel_error("", AblyError::new(40000, 400, "ATTACH needs a channel"))
-                        .await?
-                }
-            },
-            action::DETACH => {
-                if let Some(channel) = channel {
-                    self.attached.remove(&channel);
-                    self.presence_channels.remove(&channel);
-                    self.state.hub.unsubscribe(&channel, &self.id);
-                    self.send(&json!({"action": action::DETACHED, "channel": channel}))
-                        .await?;
-                }
+            Inbound::Disconnect => return Ok(Flow::Close),
+            Inbound::Attach {
+                channel: Some(channel),
+            } => self.attach(&channel).await?,
+            Inbound::Attach { channel: None } => {
+                self.channel_error("", AblyError::new(40000, 400, "ATTACH needs a channel"))
+                    .await?
             }
-            action::MESSAGE => self.publish(&frame, channel).await?,
-            action::PRESENCE => self.presence(&frame, channel).await?,
-            action::SYNC => {
-                if let Some(channel) = channel {
-                    // The capability in force now, not the one at attach time.
-                    if self.attached.contains_key(&channel)
-                        && self.ops(&channel).allows(Operation::Subscribe)
-                    {
-                        let members = self.state.hub.members(&channel);
-                        self.send(&sync_frame(&channel, members, &random_id(8)))
-                            .await?;
-                    }
-                }
-            }
-            action::AUTH => return self.reauthenticate(&frame).await,
-            other => {
-                tracing::debug!(connection = %self.id, action = other, "ignored an unknown protocol action")
+            Inbound::Detach {
+                channel: Some(channel),
+            } => self.detach(channel).await?,
+            Inbound::Message {
+                serial,
+                channel,
+                messages,
+            } => self.publish(serial, channel, messages).await?,
+            Inbound::Presence {
+                serial,
+                channel,
+                presence,
+            } => self.presence(serial, channel, presence).await?,
+            Inbound::Sync {
+                channel: Some(channel),
+            } => self.sync(&channel).await?,
+            Inbound::Detach { channel: None } | Inbound::Sync { channel: None } => {}
+            Inbound::Auth { access_token } => return self.reauthenticate(&access_token).await,
+            Inbound::Other(other) => {
+                tracing::debug!(connection = %self.id(), action = other, "ignored an unknown protocol action")
             }
         }
         Ok(Flow::Continue)
-    }
-
-    async fn fatal(&mut self, error: AblyError) -> Result<(), actix_ws::Closed> {
-        self.send(&json!({"action": action::ERROR, "error": error.to_value()}))
-            .await
     }
 
     async fn attach(&mut self, channel: &str) -> Result<(), actix_ws::Closed> {
@@ -233,14 +263,7 @@ impl Connection {
                 .await;
         }
         let ops = self.ops(channel);
-        let may_attach = [
-            Operation::Subscribe,
-            Operation::Publish,
-            Operation::Presence,
-        ]
-        .iter()
-        .any(|op| ops.allows(*op));
-        if !may_attach {
+        if !may_attach(ops) {
             return self
                 .channel_error(
                     channel,
@@ -254,36 +277,28 @@ impl Connection {
                 )
                 .await;
         }
-        let already = self.attached.contains_key(channel);
-        let limits = &self.state.limits;
-        let over = self.attached.len() + self.presence_channels.len()
-            >= limits.max_channels_per_connection
-            || (!self.state.hub.holds(channel)
-                && self.state.hub.channel_count() >= limits.max_channels);
-        if !already && !self.presence_channels.contains(channel) && over {
-            return self
-                .channel_error(
-                    channel,
-                    AblyError::new(
-                        90021,
-                        400,
-                        format!(
-                            "a connection may attach at most {} channels",
-                            self.state.limits.max_channels_per_connection
-                        ),
-                    ),
-                )
-                .await;
-        }
+        let already = self.membership.attached.contains_key(channel);
         let subscribe = ops.allows(Operation::Subscribe);
-        if subscribe {
-            self.state
-                .hub
-                .subscribe(channel, &self.id, self.outbox.clone(), self.params.echo);
-        } else {
-            self.state.hub.drop_subscriber(channel, &self.id);
-        }
-        self.attached.insert(channel.to_string(), ops);
+        let attached = self.state.hub.attach(
+            channel,
+            self.id(),
+            self.membership.claim(channel),
+            self.limits(),
+            subscribe.then(|| self.subscriber()),
+        );
+        let Ok(members) = attached else {
+            let error = AblyError::new(
+                90021,
+                400,
+                format!(
+                    "a connection may attach at most {} channels",
+                    self.state.limits.max_channels_per_connection
+                ),
+            );
+            return self.channel_error(channel, error).await;
+        };
+        self.membership.attached.insert(channel.to_string(), ops);
+        // The ATTACHED flags (TR3) say what the capability allows here.
         let mut flags = 0;
         if ops.allows(Operation::Publish) {
             flags |= flag::PUBLISH;
@@ -294,11 +309,6 @@ impl Connection {
         if subscribe {
             flags |= flag::SUBSCRIBE | flag::PRESENCE_SUBSCRIBE;
         }
-        let members = if subscribe {
-            self.state.hub.members(channel)
-        } else {
-            Vec::new()
-        };
         if !members.is_empty() {
             flags |= flag::HAS_PRESENCE;
         }
@@ -314,48 +324,35 @@ impl Connection {
         Ok(())
     }
 
-    /// The client id a message or presence item speaks for, or why it may not.
-    fn speaker(&self, asked: Option<&Value>) -> Result<Option<String>, AblyError> {
-        let mismatch = |why: &str| AblyError::new(40012, 400, why.to_string());
-        match (asked, &self.client_id) {
-            (None | Some(Value::Null), own) => Ok(own.clone()),
-            (Some(Value::String(asked)), Some(own)) if asked == own => Ok(Some(own.clone())),
-            (Some(Value::String(_)), Some(_)) => {
-                Err(mismatch("the message's clientId is not the connection's"))
-            }
-            // API keys and wildcard (`*`) tokens may speak for any client id.
-            (Some(Value::String(asked)), None)
-                if self.credentials.expires_ms.is_none()
-                    || self.credentials.client_id.as_deref() == Some("*") =>
-            {
-                Ok(Some(asked.clone()))
-            }
-            (Some(Value::String(_)), None) => {
-                Err(mismatch("an anonymous connection cannot name a clientId"))
-            }
-            (Some(_), _) => Err(mismatch("clientId must be a string")),
-        }
+    async fn detach(&mut self, channel: String) -> Result<(), actix_ws::Closed> {
+        self.membership.attached.remove(&channel);
+        self.membership.presence_channels.remove(&channel);
+        self.state.hub.unsubscribe(&channel, self.id());
+        self.send(&json!({"action": action::DETACHED, "channel": channel}))
+            .await
     }
 
-    /// The msgSerial and channel of a MESSAGE or PRESENCE frame, once the
-    /// capability allows `op` there; otherwise the NACK is sent here. None
-    /// means the frame has been answered (or has no serial to answer).
+    async fn sync(&mut self, channel: &str) -> Result<(), actix_ws::Closed> {
+        // The capability in force now, not the one at attach time.
+        if self.membership.attached.contains_key(channel)
+            && self.ops(channel).allows(Operation::Subscribe)
+        {
+            let members = self.state.hub.members(channel);
+            self.send(&sync_frame(channel, members, &random_id(8)))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The channel of a MESSAGE or PRESENCE frame and what using it claims,
+    /// once the name, the limits and the capability allow `op` there;
+    /// otherwise the NACK is sent here and None returned.
     async fn target(
         &mut self,
-        frame: &Value,
+        serial: u64,
         channel: Option<String>,
         op: Operation,
-    ) -> Result<Option<(u64, String)>, actix_ws::Closed> {
-        let Some(serial) = frame.get("msgSerial").and_then(Value::as_u64) else {
-            // Without a serial nothing can be acknowledged: the client would wait forever.
-            self.fatal(AblyError::new(
-                40000,
-                400,
-                "MESSAGE and PRESENCE need a numeric msgSerial",
-            ))
-            .await?;
-            return Err(actix_ws::Closed);
-        };
+    ) -> Result<Option<(String, Claim)>, actix_ws::Closed> {
         let Some(channel) = channel else {
             self.nack(
                 serial,
@@ -368,21 +365,14 @@ impl Connection {
             self.nack(serial, AblyError::new(40010, 400, why)).await?;
             return Ok(None);
         }
-        let limits = &self.state.limits;
-        let new_here =
-            !self.attached.contains_key(&channel) && !self.presence_channels.contains(&channel);
-        let too_many_here = op == Operation::Presence
-            && new_here
-            && self.attached.len() + self.presence_channels.len()
-                >= limits.max_channels_per_connection;
-        let too_many_overall = !self.state.hub.holds(&channel)
-            && self.state.hub.channel_count() >= limits.max_channels;
-        if too_many_here || too_many_overall {
-            let why = format!(
-                "channel limit reached ({} per connection, {} in the broker)",
-                limits.max_channels_per_connection, limits.max_channels
-            );
-            self.nack(serial, AblyError::new(90021, 400, why)).await?;
+        // Entering presence holds the channel; publishing does not.
+        let claim = match self.membership.claim(&channel) {
+            claim @ Claim::New { .. } if op == Operation::Presence => claim,
+            _ => Claim::Visit,
+        };
+        if !self.state.hub.admits(&channel, claim, self.limits()) {
+            let error = self.limit_error();
+            self.nack(serial, error).await?;
             return Ok(None);
         }
         if !self.ops(&channel).allows(op) {
@@ -390,28 +380,26 @@ impl Connection {
             self.nack(serial, AblyError::new(40160, 401, why)).await?;
             return Ok(None);
         }
-        Ok(Some((serial, channel)))
+        Ok(Some((channel, claim)))
     }
 
     async fn publish(
         &mut self,
-        frame: &Value,
+        serial: u64,
         channel: Option<String>,
+        items: Vec<Value>,
     ) -> Result<(), actix_ws::Closed> {
-        let Some((serial, channel)) = self.target(frame, channel, Operation::Publish).await? else {
+        let Some((channel, _)) = self.target(serial, channel, Operation::Publish).await? else {
             return Ok(());
         };
-        let items = match frame.get("messages").and_then(Value::as_array) {
-            Some(items) if !items.is_empty() && items.len() <= 1000 => items,
-            _ => {
-                return self
-                    .nack(
-                        serial,
-                        AblyError::new(40000, 400, "MESSAGE needs 1 to 1000 messages"),
-                    )
-                    .await
-            }
-        };
+        if items.is_empty() || items.len() > 1000 {
+            return self
+                .nack(
+                    serial,
+                    AblyError::new(40000, 400, "MESSAGE needs 1 to 1000 messages"),
+                )
+                .await;
+        }
         let size: usize = items.iter().map(message_size).sum();
         if size > self.state.limits.max_message_size {
             return self
@@ -431,54 +419,68 @@ impl Connection {
         let now = self.state.hub.now_ms();
         let mut messages = Vec::with_capacity(items.len());
         for (i, item) in items.iter().enumerate() {
-            let speaker = match self.speaker(item.get("clientId")) {
-                Ok(s) => s,
+            let client_id = match speaker(
+                self.membership.client_id.as_deref(),
+                &self.credentials,
+                item.get("clientId"),
+            ) {
+                Ok(client_id) => client_id,
                 Err(e) => return self.nack(serial, e).await,
             };
             messages.push(stored_message(
                 item,
-                format!("{}:{serial}:{i}", self.id),
-                speaker,
-                Some(&self.id),
+                format!("{}:{serial}:{i}", self.id()),
+                client_id,
+                Some(self.id()),
                 now,
             ));
         }
         let delivery = json!({
             "action": action::MESSAGE,
             "channel": channel,
-            "id": format!("{}:{serial}", self.id),
-            "connectionId": self.id,
+            "id": format!("{}:{serial}", self.id()),
+            "connectionId": self.id(),
             "timestamp": now,
             "messages": messages,
         });
-        self.state.hub.publish(&channel, delivery, Some(&self.id));
-        self.ack(serial).await
+        let published =
+            self.state
+                .hub
+                .publish(&channel, delivery, Some(self.id()), Some(self.limits()));
+        match published {
+            Ok(()) => self.ack(serial).await,
+            Err(ChannelLimitReached) => {
+                let error = self.limit_error();
+                self.nack(serial, error).await
+            }
+        }
     }
 
     async fn presence(
         &mut self,
-        frame: &Value,
+        serial: u64,
         channel: Option<String>,
+        items: Vec<Value>,
     ) -> Result<(), actix_ws::Closed> {
-        let Some((serial, channel)) = self.target(frame, channel, Operation::Presence).await?
+        let Some((channel, claim)) = self.target(serial, channel, Operation::Presence).await?
         else {
             return Ok(());
         };
-        let Some(items) = frame
-            .get("presence")
-            .and_then(Value::as_array)
-            .filter(|i| !i.is_empty())
-        else {
+        if items.is_empty() {
             return self
                 .nack(
                     serial,
                     AblyError::new(40000, 400, "PRESENCE needs presence messages"),
                 )
                 .await;
-        };
+        }
         let mut changes = Vec::with_capacity(items.len());
-        for item in items {
-            let client_id = match self.speaker(item.get("clientId")) {
+        for item in &items {
+            let client_id = match speaker(
+                self.membership.client_id.as_deref(),
+                &self.credentials,
+                item.get("clientId"),
+            ) {
                 Ok(Some(id)) if id != "*" => id,
                 Ok(_) => {
                     return self
@@ -525,14 +527,24 @@ impl Connection {
                 encoding: item.get("encoding").filter(|e| !e.is_null()).cloned(),
             });
         }
-        self.presence_channels.insert(channel.clone());
-        self.state.hub.presence(
+        let applied = self.state.hub.presence(
             &channel,
-            &self.id,
-            &format!("{}:{serial}", self.id),
+            self.id(),
+            &format!("{}:{serial}", self.id()),
             changes,
+            claim,
+            self.limits(),
         );
-        self.ack(serial).await
+        match applied {
+            Ok(()) => {
+                self.membership.presence_channels.insert(channel);
+                self.ack(serial).await
+            }
+            Err(ChannelLimitReached) => {
+                let error = self.limit_error();
+                self.nack(serial, error).await
+            }
+        }
     }
 
     /// After re-authentication: every channel gets exactly what the new
@@ -541,24 +553,18 @@ impl Connection {
     /// went, and delivery starts where `subscribe` arrived.
     async fn apply_capability(&mut self) -> Result<(), actix_ws::Closed> {
         let channels: HashSet<String> = self
+            .membership
             .attached
             .keys()
-            .chain(self.presence_channels.iter())
+            .chain(self.membership.presence_channels.iter())
             .cloned()
             .collect();
         for channel in channels {
             let ops = self.ops(&channel);
-            let may_attach = [
-                Operation::Subscribe,
-                Operation::Publish,
-                Operation::Presence,
-            ]
-            .iter()
-            .any(|op| ops.allows(*op));
-            if !may_attach {
-                let was_attached = self.attached.remove(&channel).is_some();
-                self.presence_channels.remove(&channel);
-                self.state.hub.unsubscribe(&channel, &self.id);
+            if !may_attach(ops) {
+                let was_attached = self.membership.attached.remove(&channel).is_some();
+                self.membership.presence_channels.remove(&channel);
+                self.state.hub.unsubscribe(&channel, self.id());
                 if was_attached {
                     let error =
                         AblyError::new(40160, 401, "the new token does not permit this channel");
@@ -566,40 +572,39 @@ impl Connection {
                 }
                 continue;
             }
-            if let Some(before) = self.attached.get(&channel).copied() {
+            if let Some(before) = self.membership.attached.get(&channel).copied() {
                 match (
                     before.allows(Operation::Subscribe),
                     ops.allows(Operation::Subscribe),
                 ) {
-                    (true, false) => self.state.hub.drop_subscriber(&channel, &self.id),
-                    (false, true) => self.state.hub.subscribe(
-                        &channel,
-                        &self.id,
-                        self.outbox.clone(),
-                        self.params.echo,
-                    ),
+                    (true, false) => self.state.hub.drop_subscriber(&channel, self.id()),
+                    (false, true) => {
+                        self.state
+                            .hub
+                            .subscribe(&channel, self.id(), self.subscriber())
+                    }
                     _ => {}
                 }
-                self.attached.insert(channel.clone(), ops);
+                self.membership.attached.insert(channel.clone(), ops);
             }
             // After delivery stopped: a client that lost `subscribe` does not
             // hear its own member leave.
-            if !ops.allows(Operation::Presence) && self.presence_channels.remove(&channel) {
-                self.state.hub.leave(&channel, &self.id);
+            if !ops.allows(Operation::Presence)
+                && self.membership.presence_channels.remove(&channel)
+            {
+                self.state.hub.leave(&channel, self.id());
             }
         }
         Ok(())
     }
 
-    async fn reauthenticate(&mut self, frame: &Value) -> Result<Flow, actix_ws::Closed> {
-        let token = frame
-            .get("auth")
-            .and_then(|a| a.get("accessToken"))
-            .and_then(Value::as_str)
-            .unwrap_or("");
+    /// An AUTH frame with a new token (RTC8a): the connection continues with
+    /// the new capability, or fails if the token does not authenticate or is
+    /// for another clientId.
+    async fn reauthenticate(&mut self, token: &str) -> Result<Flow, actix_ws::Closed> {
         let result = self.state.auth.authenticate_token(token).and_then(|creds| {
-            let client_id = resolve_client_id(&creds, self.client_id.as_deref(), false)?;
-            if client_id != self.client_id {
+            let client_id = resolve_client_id(&creds, self.membership.client_id.as_deref(), false)?;
+            if client_id != self.membership.client_id {
                 return Err(AblyError::new(
                     40102,
                     401,
@@ -622,122 +627,167 @@ impl Connection {
             }
         }
     }
-}
 
-/// The message as delivered and stored: id, clientId, connectionId and
-/// timestamp filled in, data and encoding passed through untouched.
-pub fn stored_message(
-    item: &Value,
-    default_id: String,
-    client_id: Option<String>,
-    connection_id: Option<&str>,
-    now: u64,
-) -> Value {
-    let mut message = serde_json::Map::new();
-    let id = item
-        .get("id")
-        .and_then(Value::as_str)
-        .map(str::to_string)
-        .unwrap_or(default_id);
-    message.insert("id".into(), json!(id));
-    for field in ["name", "data", "encoding"] {
-        if let Some(v) = item.get(field).filter(|v| !v.is_null()) {
-            message.insert(field.into(), v.clone());
+    /// A WebSocket message from the client.
+    async fn receive(
+        &mut self,
+        incoming: Option<Result<AggregatedMessage, ProtocolError>>,
+    ) -> Step {
+        let (bytes, format) = match incoming {
+            Some(Ok(AggregatedMessage::Text(text))) => (text.into_bytes(), Format::Json),
+            Some(Ok(AggregatedMessage::Binary(bytes))) => (bytes, Format::MsgPack),
+            Some(Ok(AggregatedMessage::Ping(payload))) => {
+                let deadline = self.state.limits.send_timeout;
+                let ponged = tokio::time::timeout(deadline, self.session.pong(&payload)).await;
+                return match ponged {
+                    Ok(Ok(())) => Step::Continue,
+                    _ => Step::Stop(None),
+                };
+            }
+            Some(Ok(AggregatedMessage::Pong(_))) => return Step::Continue,
+            Some(Ok(AggregatedMessage::Close(_))) | None => return Step::Stop(None),
+            Some(Err(error)) => {
+                return Step::Stop(Some(AblyError::new(
+                    40000,
+                    400,
+                    format!("WebSocket protocol error: {error}"),
+                )))
+            }
+        };
+        let inbound = match Inbound::parse(&bytes, format) {
+            Ok(inbound) => inbound,
+            Err(error) => return Step::Stop(Some(error.into())),
+        };
+        match self.handle(inbound).await {
+            Ok(Flow::Continue) => Step::Continue,
+            Ok(Flow::Close) | Err(_) => Step::Stop(None),
         }
     }
-    if let Some(extras) = item.get("extras").and_then(Value::as_object) {
-        // A client-supplied delta marker would send ably-js into a re-attach loop.
-        let mut extras = extras.clone();
-        extras.remove("delta");
-        if !extras.is_empty() {
-            message.insert("extras".into(), Value::Object(extras));
+
+    /// A WebSocket ping on every tick, which keeps proxies from idling the
+    /// socket out; a HEARTBEAT too when the client asked for them (RTN23b).
+    async fn heartbeat(&mut self) -> Step {
+        let deadline = self.state.limits.send_timeout;
+        if !matches!(
+            tokio::time::timeout(deadline, self.session.ping(b"")).await,
+            Ok(Ok(()))
+        ) {
+            return Step::Stop(None);
+        }
+        if self.params.heartbeats
+            && self
+                .send(&json!({"action": action::HEARTBEAT}))
+                .await
+                .is_err()
+        {
+            return Step::Stop(None);
+        }
+        Step::Continue
+    }
+
+    /// Points the expiry timer at the credentials' expiry when it changed
+    /// (at the start, and after re-authentication).
+    fn arm_expiry(&self, armed: &mut Option<u64>, expiry: Pin<&mut Sleep>) {
+        if self.credentials.expires_ms == *armed {
+            return;
+        }
+        *armed = self.credentials.expires_ms;
+        if let Some(at) = *armed {
+            let left = at.saturating_sub(self.state.hub.now_ms());
+            // A JWT may name any exp; a year out is as good as never.
+            expiry.reset(tokio::time::Instant::now() + Duration::from_millis(left.min(YEAR_MS)));
         }
     }
-    if let Some(client_id) = client_id {
-        message.insert("clientId".into(), json!(client_id));
+
+    /// The connection's loop, after CONNECTED: returns when it ends, with the
+    /// error to send first if it ends in one.
+    async fn serve(
+        &mut self,
+        mut stream: AggregatedMessageStream,
+        mut outbox: mpsc::Receiver<Frame>,
+        lagged: Arc<Notify>,
+    ) -> Option<AblyError> {
+        let mut heartbeat = tokio::time::interval(Duration::from_millis(MAX_IDLE_INTERVAL_MS / 2));
+        heartbeat.tick().await;
+        let expiry = tokio::time::sleep(Duration::from_millis(YEAR_MS));
+        tokio::pin!(expiry);
+        let mut armed = None;
+        let mut stopping = self.state.stopping();
+        loop {
+            self.arm_expiry(&mut armed, expiry.as_mut());
+            let step = tokio::select! {
+                incoming = stream.recv() => self.receive(incoming).await,
+                Some(frame) = outbox.recv() => match self.send_shared(&frame).await {
+                    Ok(()) => Step::Continue,
+                    Err(_) => Step::Stop(None),
+                },
+                _ = heartbeat.tick() => self.heartbeat().await,
+                _ = &mut expiry, if armed.is_some() => {
+                    self.disconnect(AblyError::new(40142, 401, "token expired")).await
+                }
+                _ = stopping.wait_for(|stop| *stop) => {
+                    self.disconnect(AblyError::new(80003, 503, "the broker is shutting down; reconnect later")).await
+                }
+                _ = lagged.notified() => {
+                    let error = AblyError::new(80020, 429, format!(
+                        "this connection fell more than {} messages behind and was dropped; reconnect to continue",
+                        self.state.limits.outbox_frames
+                    ));
+                    self.disconnect(error).await
+                }
+            };
+            if let Step::Stop(error) = step {
+                return error;
+            }
+        }
     }
-    if let Some(connection_id) = connection_id {
-        message.insert("connectionId".into(), json!(connection_id));
-    }
-    message.insert("timestamp".into(), json!(now));
-    Value::Object(message)
 }
 
-/// Ably counts a message's name, data, clientId and extras against the limit.
-pub fn message_size(item: &Value) -> usize {
-    let text = |v: Option<&Value>| match v {
-        None | Some(Value::Null) => 0,
-        Some(Value::String(s)) => s.len(),
-        Some(other) => other.to_string().len(),
-    };
-    text(item.get("id"))
-        + text(item.get("name"))
-        + text(item.get("data"))
-        + text(item.get("clientId"))
-        + text(item.get("extras"))
-}
-
-pub fn valid_channel_name(name: &str) -> Result<(), &'static str> {
-    if name.is_empty() {
-        return Err("a channel name must not be empty");
-    }
-    if name.len() > 512 {
-        return Err("a channel name is at most 512 bytes");
-    }
-    if name.chars().any(char::is_control) {
-        return Err("a channel name must not hold control characters");
-    }
-    Ok(())
+/// Answers a client that may not connect with one frame, then closes.
+async fn refuse(
+    mut session: actix_ws::Session,
+    format: Format,
+    deadline: Duration,
+    act: u64,
+    error: AblyError,
+) {
+    let frame = json!({"action": act, "error": error.to_value()});
+    let _ = write(&mut session, protocol::encode(&frame, format), deadline).await;
+    close(session).await;
 }
 
 /// Runs one connection to its end. `credentials` is the outcome of the
 /// connect-time authentication: on failure the client gets the error as a
 /// frame (ably-js ignores HTTP errors on the upgrade).
 pub async fn run(
-    mut session: actix_ws::Session,
+    session: actix_ws::Session,
     stream: actix_ws::MessageStream,
     state: Arc<BrokerState>,
     params: ConnectParams,
     credentials: Result<(Credentials, Option<String>), AblyError>,
 ) {
-    let format = params.format;
-    let deadline = state.limits.send_timeout;
-    let send_now = |session: &mut actix_ws::Session, frame: Value| {
-        let mut session = session.clone();
-        async move {
-            let _ = write(&mut session, protocol::encode(&frame, format), deadline).await;
-        }
-    };
+    let (format, deadline) = (params.format, state.limits.send_timeout);
     let (credentials, client_id) = match credentials {
         Ok(c) => c,
         Err(error) => {
-            // Token errors make the client renew and reconnect; others fail it.
+            // Token errors make the client renew and reconnect (RTN15h2);
+            // others fail it.
             let act = if error.is_token_error() {
                 action::DISCONNECTED
             } else {
                 action::ERROR
             };
-            send_now(
-                &mut session,
-                json!({"action": act, "error": error.to_value()}),
-            )
-            .await;
-            close(session).await;
-            return;
+            return refuse(session, format, deadline, act, error).await;
         }
     };
     let Some(_slot) = state.admit() else {
         let error = AblyError::new(42910, 429, "the broker has reached its connection limit");
-        send_now(
-            &mut session,
-            json!({"action": action::ERROR, "error": error.to_value()}),
-        )
-        .await;
-        close(session).await;
-        return;
+        return refuse(session, format, deadline, action::ERROR, error).await;
     };
-    let (tx, mut rx) = mpsc::channel(state.limits.outbox_frames);
+    let (tx, outbox) = mpsc::channel(state.limits.outbox_frames);
     let lagged = Arc::new(Notify::new());
+    // A resume (RTN15b) or recover (RTN16k) of a connection closed within
+    // the TTL keeps its id and key; anything else is a new connection.
     let resumed = params.resume.as_deref().and_then(|key| {
         state
             .resumable(key, client_id.as_deref())
@@ -748,13 +798,16 @@ pub async fn run(
         (id.clone(), format!("{}-{id}", random_id(8)))
     });
     let mut conn = Connection {
-        key,
-        id,
+        membership: Membership {
+            state: state.clone(),
+            id,
+            key,
+            client_id,
+            attached: HashMap::new(),
+            presence_channels: HashSet::new(),
+        },
         params,
-        client_id,
         credentials,
-        attached: HashMap::new(),
-        presence_channels: HashSet::new(),
         outbox: Outbox {
             tx,
             lagged: lagged.clone(),
@@ -763,92 +816,18 @@ pub async fn run(
         session: session.clone(),
         state: state.clone(),
     };
-    tracing::debug!(connection = %conn.id, client_id = ?conn.client_id, "realtime connection opened");
-    let connected = conn.connected_frame();
-    let mut stream = stream
+    tracing::debug!(connection = %conn.id(), client_id = ?conn.membership.client_id, "realtime connection opened");
+    let stream = stream
         .max_frame_size(state.limits.max_frame_size)
         .aggregate_continuations()
         .max_continuation_size(state.limits.max_frame_size);
-    if conn.send(&connected).await.is_err() {
-        return;
-    }
-    let mut heartbeat = tokio::time::interval(Duration::from_millis(MAX_IDLE_INTERVAL_MS / 2));
-    heartbeat.tick().await;
-    let expiry = tokio::time::sleep(Duration::from_secs(365 * 24 * 3600));
-    tokio::pin!(expiry);
-    let mut expires_ms = None;
-    let mut stopping = state.stopping();
-    let end: Option<AblyError> = loop {
-        if conn.credentials.expires_ms != expires_ms {
-            expires_ms = conn.credentials.expires_ms;
-            if let Some(at) = expires_ms {
-                let left = at.saturating_sub(state.hub.now_ms());
-                expiry
-                    .as_mut()
-                    // A JWT may name any exp; a year out is as good as never.
-                    .reset(tokio::time::Instant::now() + Duration::from_millis(left.min(YEAR_MS)));
-            }
+    let connected = conn.connected_frame();
+    if conn.send(&connected).await.is_ok() {
+        if let Some(error) = conn.serve(stream, outbox, lagged).await {
+            let _ = conn.fatal(error).await;
         }
-        tokio::select! {
-            incoming = stream.recv() => {
-                let (bytes, format) = match incoming {
-                    Some(Ok(AggregatedMessage::Text(text))) => (text.into_bytes(), Format::Json),
-                    Some(Ok(AggregatedMessage::Binary(bytes))) => (bytes, Format::MsgPack),
-                    Some(Ok(AggregatedMessage::Ping(payload))) => {
-                        if !matches!(tokio::time::timeout(state.limits.send_timeout, conn.session.pong(&payload)).await, Ok(Ok(()))) { break None; }
-                        continue;
-                    }
-                    Some(Ok(AggregatedMessage::Pong(_))) => continue,
-                    Some(Ok(AggregatedMessage::Close(_))) | None => break None,
-                    Some(Err(error)) => {
-                        break Some(AblyError::new(40000, 400, format!("WebSocket protocol error: {error}")));
-                    }
-                };
-                let frame = match protocol::decode(&bytes, format) {
-                    Ok(frame) => frame,
-                    Err(error) => break Some(AblyError::new(40000, 400, format!("malformed protocol message: {error}"))),
-                };
-                match conn.handle(frame).await {
-                    Ok(Flow::Continue) => {}
-                    Ok(Flow::Close) | Err(_) => break None,
-                }
-            }
-            Some(frame) = rx.recv() => {
-                if conn.send_shared(&frame).await.is_err() { break None; }
-            }
-            _ = heartbeat.tick() => {
-                if !matches!(tokio::time::timeout(state.limits.send_timeout, conn.session.ping(b"")).await, Ok(Ok(()))) { break None; }
-                if conn.params.heartbeats && conn.send(&json!({"action": action::HEARTBEAT})).await.is_err() {
-                    break None;
-                }
-            }
-            _ = &mut expiry, if expires_ms.is_some() => {
-                let error = AblyError::new(40142, 401, "token expired");
-                let _ = conn.send(&json!({"action": action::DISCONNECTED, "error": error.to_value()})).await;
-                break None;
-            }
-            _ = stopping.wait_for(|stop| *stop) => {
-                let error = AblyError::new(80003, 503, "the broker is shutting down; reconnect later");
-                let _ = conn.send(&json!({"action": action::DISCONNECTED, "error": error.to_value()})).await;
-                break None;
-            }
-            _ = lagged.notified() => {
-                let error = AblyError::new(80020, 429, format!(
-                    "this connection fell more than {} messages behind and was dropped; reconnect to continue",
-                    state.limits.outbox_frames
-                ));
-                let _ = conn.send(&json!({"action": action::DISCONNECTED, "error": error.to_value()})).await;
-                break None;
-            }
-        }
-    };
-    if let Some(error) = end {
-        let _ = conn.fatal(error).await;
     }
-    for channel in conn.attached.keys().chain(conn.presence_channels.iter()) {
-        state.hub.unsubscribe(channel, &conn.id);
-    }
-    state.remember_closed(&conn.key, &conn.id, conn.client_id.as_deref());
-    tracing::debug!(connection = %conn.id, "realtime connection closed");
+    // The clean-up: subscriptions end, members leave, the id is remembered.
+    drop(conn);
     close(session).await;
 }

@@ -33,9 +33,11 @@ impl Outbox {
     }
 }
 
-struct Subscriber {
-    outbox: Outbox,
-    echo: bool,
+/// A connection's subscription to a channel.
+pub struct Subscriber {
+    pub outbox: Outbox,
+    /// Whether it hears its own messages (RTN2b).
+    pub echo: bool,
 }
 
 #[derive(Clone)]
@@ -98,6 +100,33 @@ impl Channel {
         sent
     }
 }
+
+/// How many channels the broker holds state for, and one connection holds.
+#[derive(Debug, Clone, Copy)]
+pub struct ChannelLimits {
+    pub max_channels: usize,
+    pub per_connection: usize,
+}
+
+/// What taking part in a channel adds to the counts the limits bound. The
+/// connection's own task is the only one that changes what it holds, so the
+/// count it passes in is exact; the broker-wide count is read under the
+/// hub's lock, with the change, so concurrent clients cannot overshoot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// The connection holds the channel already: no limit applies.
+    Held,
+    /// The channel would be new to the connection, which holds `holding`
+    /// others: both limits apply.
+    New { holding: usize },
+    /// The connection uses the channel without holding it (a publish), or
+    /// holds it already but may create its state: the broker's limit applies.
+    Visit,
+}
+
+/// A channel limit would be exceeded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChannelLimitReached;
 
 #[derive(Debug, Clone, Copy)]
 pub struct HistoryLimits {
@@ -176,12 +205,74 @@ impl Hub {
         self.deliveries.load(Ordering::Relaxed)
     }
 
-    pub fn subscribe(&self, channel: &str, connection_id: &str, outbox: Outbox, echo: bool) {
+    pub fn subscribe(&self, channel: &str, connection_id: &str, subscriber: Subscriber) {
         self.lock()
             .entry(channel.to_string())
             .or_default()
             .subscribers
-            .insert(connection_id.to_string(), Subscriber { outbox, echo });
+            .insert(connection_id.to_string(), subscriber);
+    }
+
+    /// Whether `claim` fits the limits, given the channels held now.
+    fn refuses(
+        channels: &HashMap<String, Channel>,
+        channel: &str,
+        claim: Claim,
+        limits: ChannelLimits,
+    ) -> bool {
+        let broker_full =
+            || !channels.contains_key(channel) && channels.len() >= limits.max_channels;
+        match claim {
+            Claim::Held => false,
+            Claim::New { holding } => holding >= limits.per_connection || broker_full(),
+            Claim::Visit => broker_full(),
+        }
+    }
+
+    /// Whether `claim` fits the limits now: for answering in order before
+    /// the change is made (which checks again).
+    pub fn admits(&self, channel: &str, claim: Claim, limits: ChannelLimits) -> bool {
+        !Hub::refuses(&self.lock(), channel, claim, limits)
+    }
+
+    /// Attaches a connection (RTL4): checks the limits, then subscribes it
+    /// (`Some`) or stops delivery to it (`None`, a capability without
+    /// subscribe), all under one lock. Returns the members a subscriber is
+    /// sent in a SYNC.
+    pub fn attach(
+        &self,
+        channel: &str,
+        connection_id: &str,
+        claim: Claim,
+        limits: ChannelLimits,
+        subscriber: Option<Subscriber>,
+    ) -> Result<Vec<Value>, ChannelLimitReached> {
+        let mut channels = self.lock();
+        if Hub::refuses(&channels, channel, claim, limits) {
+            return Err(ChannelLimitReached);
+        }
+        match subscriber {
+            Some(subscriber) => {
+                let state = channels.entry(channel.to_string()).or_default();
+                state
+                    .subscribers
+                    .insert(connection_id.to_string(), subscriber);
+                Ok(state
+                    .members
+                    .values()
+                    .map(|m| m.to_value(presence_action::PRESENT))
+                    .collect())
+            }
+            None => {
+                if let Some(state) = channels.get_mut(channel) {
+                    state.subscribers.remove(connection_id);
+                    if state.is_forgettable() {
+                        channels.remove(channel);
+                    }
+                }
+                Ok(Vec::new())
+            }
+        }
     }
 
     /// Removes the connection from a channel: it stops receiving, and its
@@ -205,10 +296,6 @@ impl Hub {
         self.update(channel, |hub, state| {
             hub.leave_all(channel, state, connection_id)
         });
-    }
-
-    pub fn holds(&self, channel: &str) -> bool {
-        self.lock().contains_key(channel)
     }
 
     fn update(&self, channel: &str, change: impl FnOnce(&Hub, &mut Channel)) {
@@ -258,8 +345,15 @@ impl Hub {
     }
 
     /// Publishes messages (already given ids, clientIds and timestamps) to the
-    /// channel's subscribers and its history.
-    pub fn publish(&self, channel: &str, frame: Value, from: Option<&str>) {
+    /// channel's subscribers and its history. With `limits`, a channel the
+    /// broker does not hold is created only within them.
+    pub fn publish(
+        &self,
+        channel: &str,
+        frame: Value,
+        from: Option<&str>,
+        limits: Option<ChannelLimits>,
+    ) -> Result<(), ChannelLimitReached> {
         let messages = frame
             .get("messages")
             .and_then(Value::as_array)
@@ -268,6 +362,9 @@ impl Hub {
         let frame = Arc::new(SharedFrame::new(frame));
         let now = self.now_ms();
         let mut channels = self.lock();
+        if limits.is_some_and(|limits| Hub::refuses(&channels, channel, Claim::Visit, limits)) {
+            return Err(ChannelLimitReached);
+        }
         let state = channels.entry(channel.to_string()).or_default();
         let sent = state.broadcast(&frame, from);
         self.deliveries.fetch_add(sent, Ordering::Relaxed);
@@ -280,6 +377,7 @@ impl Hub {
             });
         }
         self.prune(state, now);
+        Ok(())
     }
 
     fn prune(&self, state: &mut Channel, now: u64) {
@@ -292,17 +390,23 @@ impl Hub {
         }
     }
 
-    /// Applies presence changes from one connection and broadcasts them.
-    /// `id_base` is `connId:msgSerial`; each item gets `:index`.
+    /// Applies presence changes from one connection and broadcasts them,
+    /// once `claim` fits the limits. `id_base` is `connId:msgSerial`; each
+    /// item gets `:index`.
     pub fn presence(
         &self,
         channel: &str,
         connection_id: &str,
         id_base: &str,
         changes: Vec<PresenceChange>,
-    ) {
+        claim: Claim,
+        limits: ChannelLimits,
+    ) -> Result<(), ChannelLimitReached> {
         let now = self.now_ms();
         let mut channels = self.lock();
+        if Hub::refuses(&channels, channel, claim, limits) {
+            return Err(ChannelLimitReached);
+        }
         let state = channels.entry(channel.to_string()).or_default();
         let mut items = Vec::with_capacity(changes.len());
         for (i, change) in changes.into_iter().enumerate() {
@@ -343,7 +447,7 @@ impl Hub {
             items.push(member.to_value(action));
         }
         if items.is_empty() {
-            return;
+            return Ok(());
         }
         let frame = Arc::new(SharedFrame::new(json!({
             "action": action::PRESENCE,
@@ -355,6 +459,7 @@ impl Hub {
         })));
         let sent = state.broadcast(&frame, None);
         self.deliveries.fetch_add(sent, Ordering::Relaxed);
+        Ok(())
     }
 
     /// The current members as PRESENT entries, for SYNC and REST.
@@ -467,6 +572,11 @@ mod tests {
         )
     }
 
+    const LIMITS: ChannelLimits = ChannelLimits {
+        max_channels: 100,
+        per_connection: 10,
+    };
+
     fn message_frame(n: u64) -> Value {
         json!({"action": 15, "channel": "c", "messages": [{"name": "m", "data": n}]})
     }
@@ -475,7 +585,7 @@ mod tests {
     fn history_is_bounded_by_count_and_age_and_empty_channels_are_forgotten() {
         let (hub, clock) = hub(3);
         for n in 0..5 {
-            hub.publish("c", message_frame(n), None);
+            hub.publish("c", message_frame(n), None, None).unwrap();
         }
         let query = HistoryQuery {
             limit: 10,
@@ -500,7 +610,7 @@ mod tests {
     fn history_pages_with_a_cursor() {
         let (hub, _clock) = hub(100);
         for n in 0..5 {
-            hub.publish("c", message_frame(n), None);
+            hub.publish("c", message_frame(n), None, None).unwrap();
         }
         let mut query = HistoryQuery {
             limit: 2,
@@ -525,9 +635,16 @@ mod tests {
     fn a_full_outbox_marks_the_subscriber_as_lagging_instead_of_growing() {
         let (hub, _clock) = hub(10);
         let (slow, _rx) = outbox(2);
-        hub.subscribe("c", "conn-1", slow.clone(), true);
+        hub.subscribe(
+            "c",
+            "conn-1",
+            Subscriber {
+                outbox: slow.clone(),
+                echo: true,
+            },
+        );
         for n in 0..5 {
-            hub.publish("c", message_frame(n), None);
+            hub.publish("c", message_frame(n), None, None).unwrap();
         }
         assert!(slow.lagging.load(Ordering::SeqCst));
     }
@@ -537,9 +654,24 @@ mod tests {
         let (hub, _clock) = hub(10);
         let (me, mut my_rx) = outbox(10);
         let (other, mut other_rx) = outbox(10);
-        hub.subscribe("c", "me", me, false);
-        hub.subscribe("c", "other", other, true);
-        hub.publish("c", message_frame(1), Some("me"));
+        hub.subscribe(
+            "c",
+            "me",
+            Subscriber {
+                outbox: me,
+                echo: false,
+            },
+        );
+        hub.subscribe(
+            "c",
+            "other",
+            Subscriber {
+                outbox: other,
+                echo: true,
+            },
+        );
+        hub.publish("c", message_frame(1), Some("me"), None)
+            .unwrap();
         assert!(my_rx.try_recv().is_err());
         assert_eq!(other_rx.try_recv().unwrap()["messages"][0]["data"], 1);
     }
@@ -548,7 +680,14 @@ mod tests {
     fn presence_enter_update_leave_and_leave_on_unsubscribe() {
         let (hub, _clock) = hub(10);
         let (watcher, mut rx) = outbox(10);
-        hub.subscribe("c", "w", watcher, true);
+        hub.subscribe(
+            "c",
+            "w",
+            Subscriber {
+                outbox: watcher,
+                echo: true,
+            },
+        );
         let change = |action: u64, data: &str| PresenceChange {
             action,
             client_id: "alice".into(),
@@ -560,13 +699,19 @@ mod tests {
             "a1",
             "a1:0",
             vec![change(presence_action::ENTER, "hi")],
-        );
+            Claim::Held,
+            LIMITS,
+        )
+        .unwrap();
         hub.presence(
             "c",
             "a1",
             "a1:1",
             vec![change(presence_action::ENTER, "again")],
-        );
+            Claim::Held,
+            LIMITS,
+        )
+        .unwrap();
         let enter = rx.try_recv().unwrap();
         assert_eq!(enter["presence"][0]["action"], presence_action::ENTER);
         assert_eq!(enter["presence"][0]["id"], "a1:0:0");
@@ -580,5 +725,82 @@ mod tests {
         assert_eq!(leave["presence"][0]["action"], presence_action::LEAVE);
         assert_eq!(leave["presence"][0]["clientId"], "alice");
         assert!(!hub.has_members("c"));
+    }
+
+    #[test]
+    fn attach_holds_the_broker_and_connection_limits() {
+        let (hub, _clock) = hub(10);
+        let limits = ChannelLimits {
+            max_channels: 3,
+            per_connection: 2,
+        };
+        let subscriber = || Subscriber {
+            outbox: outbox(10).0,
+            echo: true,
+        };
+        let attach = |channel: &str, connection: &str, holding: usize| {
+            hub.attach(
+                channel,
+                connection,
+                Claim::New { holding },
+                limits,
+                Some(subscriber()),
+            )
+        };
+        // One connection: up to its own limit, then refused.
+        assert!(attach("a", "c1", 0).is_ok());
+        assert!(attach("b", "c1", 1).is_ok());
+        assert_eq!(attach("c", "c1", 2), Err(ChannelLimitReached));
+        // Another: up to the broker's limit, then refused; a channel the
+        // broker holds already still fits.
+        assert!(attach("c", "c2", 0).is_ok());
+        assert_eq!(attach("d", "c2", 1), Err(ChannelLimitReached));
+        assert!(attach("a", "c2", 1).is_ok());
+        assert_eq!(hub.channel_count(), 3);
+        // Re-attaching a channel the connection holds is not limited.
+        assert!(hub
+            .attach("a", "c1", Claim::Held, limits, Some(subscriber()))
+            .is_ok());
+        // Publishing cannot create a channel past the broker's limit.
+        assert_eq!(
+            hub.publish("e", message_frame(0), None, Some(limits)),
+            Err(ChannelLimitReached)
+        );
+        assert_eq!(hub.channel_count(), 3);
+    }
+
+    #[test]
+    fn concurrent_attaches_never_overshoot_the_broker_limit() {
+        let (hub, _clock) = hub(10);
+        let hub = Arc::new(hub);
+        let limits = ChannelLimits {
+            max_channels: 50,
+            per_connection: 1_000,
+        };
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let hub = hub.clone();
+                std::thread::spawn(move || {
+                    (0..100)
+                        .filter(|i| {
+                            hub.attach(
+                                &format!("t{t}-{i}"),
+                                &format!("conn-{t}"),
+                                Claim::New { holding: *i },
+                                limits,
+                                Some(Subscriber {
+                                    outbox: outbox(1).0,
+                                    echo: true,
+                                }),
+                            )
+                            .is_ok()
+                        })
+                        .count()
+                })
+            })
+            .collect();
+        let attached: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+        assert_eq!(attached, 50);
+        assert_eq!(hub.channel_count(), 50);
     }
 }

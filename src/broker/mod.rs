@@ -7,6 +7,9 @@
 pub mod auth;
 pub mod connection;
 pub mod hub;
+pub mod inbound;
+pub(crate) mod message;
+mod metrics;
 pub mod protocol;
 pub mod rest;
 
@@ -23,9 +26,9 @@ use crate::clock::SharedClock;
 use crate::config::BrokerSettings;
 use crate::signing::ApiKey;
 use auth::BrokerAuth;
-use connection::ConnectParams;
 use hub::{HistoryLimits, Hub};
-use protocol::{AblyError, Format};
+use inbound::{ConnectParams, Presented};
+use protocol::AblyError;
 
 /// Limits that keep one client from exhausting the broker.
 #[derive(Debug, Clone)]
@@ -177,12 +180,12 @@ impl Broker {
             stopping: tokio::sync::watch::Sender::new(false),
         });
         let data = web::Data::from(state.clone());
-        let registry = web::Data::new(crate::metrics::broker_only(state.clone()));
+        let registry = web::Data::new(metrics::registry(state.clone()));
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(data.clone())
                 .app_data(registry.clone())
-                .route("/metrics", web::get().to(metrics))
+                .route("/metrics", web::get().to(metrics::serve))
                 .app_data(web::PayloadConfig::new(rest::MAX_REST_BODY))
                 .wrap(actix_cors::Cors::permissive())
                 .route("/", web::get().to(websocket))
@@ -220,6 +223,12 @@ impl Broker {
         self.state.clone()
     }
 
+    /// The broker's gauges and counters, read at scrape time, for another
+    /// registry (the sidecar's in `ably-tokend dev`).
+    pub fn metrics_collector(&self) -> Box<dyn prometheus_client::collector::Collector> {
+        Box::new(metrics::BrokerCollector(self.state.clone()))
+    }
+
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         // actix stops accepting on SIGTERM/SIGINT and waits for open
         // responses, which WebSockets are: tell them to finish first.
@@ -254,29 +263,6 @@ impl Broker {
     }
 }
 
-async fn metrics(
-    registry: web::Data<std::sync::Mutex<prometheus_client::registry::Registry>>,
-) -> HttpResponse {
-    HttpResponse::Ok()
-        .insert_header(("content-type", "text/plain; version=0.0.4; charset=utf-8"))
-        .body(crate::metrics::render_registry(&registry))
-}
-
-#[derive(serde::Deserialize)]
-struct ConnectQuery {
-    access_token: Option<String>,
-    #[serde(rename = "accessToken")]
-    access_token_camel: Option<String>,
-    key: Option<String>,
-    format: Option<String>,
-    echo: Option<String>,
-    heartbeats: Option<String>,
-    #[serde(rename = "clientId")]
-    client_id: Option<String>,
-    resume: Option<String>,
-    recover: Option<String>,
-}
-
 async fn websocket(
     req: HttpRequest,
     body: web::Payload,
@@ -289,44 +275,24 @@ async fn websocket(
             "this is the broker's realtime endpoint: connect with a WebSocket",
         )));
     }
-    let query = web::Query::<ConnectQuery>::from_query(req.query_string())
-        .map(|q| q.into_inner())
-        .unwrap_or(ConnectQuery {
-            access_token: None,
-            access_token_camel: None,
-            key: None,
-            format: None,
-            echo: None,
-            heartbeats: None,
-            client_id: None,
-            resume: None,
-            recover: None,
-        });
-    let params = ConnectParams {
-        format: if query.format.as_deref() == Some("msgpack") {
-            Format::MsgPack
-        } else {
-            Format::Json
-        },
-        echo: query.echo.as_deref() != Some("false"),
-        heartbeats: query.heartbeats.as_deref() == Some("true"),
-        client_id: query.client_id.clone().filter(|c| !c.is_empty()),
-        resume: query.resume.or(query.recover).filter(|k| !k.is_empty()),
-    };
+    let (params, presented) = ConnectParams::from_query(req.query_string());
     let loopback = req.peer_addr().is_some_and(|a| a.ip().is_loopback());
-    let credentials = match (query.access_token.or(query.access_token_camel), query.key) {
-        (Some(token), _) => state.auth.authenticate_token(&token).and_then(|c| {
-            connection::resolve_client_id(&c, params.client_id.as_deref(), false).map(|id| (c, id))
-        }),
-        (None, Some(_)) if !loopback => Err(AblyError::new(
+    let asked = params.client_id.as_deref();
+    let credentials = match presented {
+        Presented::Token(token) => state
+            .auth
+            .authenticate_token(&token)
+            .and_then(|c| message::resolve_client_id(&c, asked, false).map(|id| (c, id))),
+        Presented::Key(_) if !loopback => Err(AblyError::new(
             40101,
             401,
             "API key auth is accepted only from loopback",
         )),
-        (None, Some(key)) => state.auth.authenticate_key(&key).and_then(|c| {
-            connection::resolve_client_id(&c, params.client_id.as_deref(), true).map(|id| (c, id))
-        }),
-        (None, None) => Err(AblyError::new(
+        Presented::Key(key) => state
+            .auth
+            .authenticate_key(&key)
+            .and_then(|c| message::resolve_client_id(&c, asked, true).map(|id| (c, id))),
+        Presented::Nothing => Err(AblyError::new(
             40101,
             401,
             "no credentials: connect with access_token or key",

@@ -9,8 +9,10 @@ use base64::Engine;
 use serde_json::{json, Value};
 
 use super::auth::Credentials;
-use super::connection::{message_size, random_id, stored_message, valid_channel_name};
 use super::hub::{Direction, HistoryQuery};
+use super::message::{
+    identified_by, message_size, random_id, speaker, stored_message, valid_channel_name,
+};
 use super::protocol::{self, action, AblyError, Format};
 use super::BrokerState;
 use crate::capability::Operation;
@@ -189,28 +191,11 @@ pub async fn publish(
     let base = format!("rest-{}", random_id(12));
     let mut messages = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
-        let client_id = match (
-            item.get("clientId").and_then(Value::as_str),
-            &credentials.client_id,
-        ) {
-            (Some(asked), Some(own)) if own != "*" && asked != own => {
-                return Err(AblyError::new(
-                    40012,
-                    400,
-                    "the message's clientId is not the credentials' clientId",
-                ))
-            }
-            (Some(asked), Some(_)) => Some(asked.to_string()),
-            (Some(asked), None) if credentials.expires_ms.is_none() => Some(asked.to_string()),
-            (Some(_), None) => {
-                return Err(AblyError::new(
-                    40012,
-                    400,
-                    "anonymous credentials cannot name a clientId",
-                ))
-            }
-            (None, own) => own.clone().filter(|c| c != "*"),
-        };
+        let client_id = speaker(
+            identified_by(&credentials),
+            &credentials,
+            item.get("clientId"),
+        )?;
         messages.push(stored_message(
             item,
             format!("{base}:{i}"),
@@ -227,7 +212,11 @@ pub async fn publish(
         "timestamp": now,
         "messages": messages,
     });
-    state.hub.publish(&channel, delivery, None);
+    // REST publishes are not bound by the channel limits, as before.
+    state
+        .hub
+        .publish(&channel, delivery, None, None)
+        .expect("without limits a publish is always admitted");
     Ok(respond(
         &req,
         StatusCode::CREATED,

@@ -107,7 +107,8 @@ impl DevStack {
             options.limits,
         )
         .map_err(|source| DevError::Broker { addr, source })?;
-        let app = Application::build_dev(settings, policy, issuer.clone(), broker.state())?;
+        let app =
+            Application::build_dev(settings, policy, issuer.clone(), broker.metrics_collector())?;
         Ok(DevStack {
             app,
             broker,

@@ -19,11 +19,11 @@ use actix_web::dev::Server;
 use actix_web::http::{header, Method, StatusCode};
 use actix_web::middleware::{from_fn, DefaultHeaders};
 use actix_web::{web, App, HttpRequest, HttpServer};
+use prometheus_client::collector::Collector;
 use tracing_actix_web::TracingLogger;
 
 pub use error::{error_response, ApiError};
 
-use crate::broker::BrokerState;
 use crate::clock::{self, SharedClock};
 use crate::config::Settings;
 use crate::dev::DevIssuer;
@@ -58,12 +58,12 @@ impl AppState {
         settings: Settings,
         policy: Policy,
         clock: SharedClock,
-        broker: Option<Arc<BrokerState>>,
+        extra_metrics: Option<Box<dyn Collector>>,
     ) -> AppState {
         let verifier = Arc::new(Verifier::new(&settings.issuers, clock.clone()));
         let policy = Store::new(policy, clock.clone());
         let policy_gauges = Arc::new(RwLock::new(PolicyGauges::default()));
-        let metrics = Metrics::new(Some(verifier.clone()), policy_gauges.clone(), broker);
+        let metrics = Metrics::new(Some(verifier.clone()), policy_gauges.clone(), extra_metrics);
         let state = AppState {
             settings,
             verifier,
@@ -137,9 +137,9 @@ impl Application {
         settings: Settings,
         policy: Policy,
         issuer: DevIssuer,
-        broker: Arc<BrokerState>,
+        broker_metrics: Box<dyn Collector>,
     ) -> Result<Application, StartError> {
-        let mut state = AppState::new(settings, policy, clock::system(), Some(broker));
+        let mut state = AppState::new(settings, policy, clock::system(), Some(broker_metrics));
         state.dev_issuer = Some(issuer);
         Application::start(state)
     }

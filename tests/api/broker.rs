@@ -458,3 +458,68 @@ async fn a_client_that_stops_reading_is_dropped() {
     .await;
     drop(reader);
 }
+
+#[actix_web::test]
+async fn rest_and_realtime_apply_the_same_client_id_rule() {
+    let broker = broker(Limits::default()).await;
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{}", broker.port);
+    use base64::Engine;
+    let publish = |token: String, body: Value| {
+        let bearer = base64::engine::general_purpose::STANDARD.encode(token);
+        client
+            .post(format!("{base}/channels/room/messages"))
+            .header("authorization", format!("Bearer {bearer}"))
+            .json(&body)
+            .send()
+    };
+    let alice = broker.jwt(r#"{"room":["publish"]}"#, Some("alice"), 60_000, now_ms());
+    let wildcard = broker.jwt(r#"{"room":["publish"]}"#, Some("*"), 60_000, now_ms());
+    // REST: an identified client speaks only for itself, a wildcard token
+    // for anyone, and a clientId must be a string.
+    let status = |r: reqwest::Response| r.status().as_u16();
+    assert_eq!(
+        status(
+            publish(alice.clone(), json!({"clientId": "alice"}))
+                .await
+                .unwrap()
+        ),
+        201
+    );
+    assert_eq!(
+        status(
+            publish(alice.clone(), json!({"clientId": "bob"}))
+                .await
+                .unwrap()
+        ),
+        400
+    );
+    assert_eq!(
+        status(
+            publish(wildcard.clone(), json!({"clientId": "bob"}))
+                .await
+                .unwrap()
+        ),
+        201
+    );
+    let refused = publish(wildcard, json!({"clientId": 7})).await.unwrap();
+    assert_eq!(refused.status(), 400);
+    assert_eq!(refused.headers()["x-ably-errorcode"], "40012");
+
+    // Realtime: the same answers, as NACKs.
+    let mut socket = broker
+        .connect_as(r#"{"room":["publish"]}"#, Some("alice"))
+        .await;
+    let mut codes = Vec::new();
+    for (serial, client_id) in [json!("alice"), json!("bob"), json!(7)]
+        .into_iter()
+        .enumerate()
+    {
+        socket
+            .send(json!({"action": 15, "channel": "room", "msgSerial": serial, "messages": [{"clientId": client_id}]}))
+            .await;
+        let reply = socket.next().await;
+        codes.push(reply["error"]["code"].as_u64().unwrap_or(0));
+    }
+    assert_eq!(codes, vec![0, 40012, 40012]);
+}

@@ -1,0 +1,248 @@
+//! Messages and channels as REST and realtime both handle them: which
+//! clientId a message may carry, whether a capability lets a client attach,
+//! a message's stored form and counted size, and what a channel may be
+//! called. One copy of each rule, so the two transports cannot disagree.
+
+use serde_json::{json, Value};
+
+use super::auth::Credentials;
+use super::protocol::AblyError;
+use crate::capability::{OpSet, Operation};
+
+pub fn random_id(len: usize) -> String {
+    use rand::rngs::OsRng;
+    use rand::TryRngCore;
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut bytes = vec![0u8; len];
+    OsRng
+        .try_fill_bytes(&mut bytes)
+        .expect("the operating system's random source is available");
+    bytes
+        .iter()
+        .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
+        .collect()
+}
+
+/// Whether credentials may assume any clientId: an API key, or a token
+/// whose clientId is the wildcard `*` (TD6, CD2a, RSA7b4).
+fn may_assume_any_client_id(credentials: &Credentials) -> bool {
+    credentials.expires_ms.is_none() || credentials.client_id.as_deref() == Some("*")
+}
+
+/// Which clientId a realtime connection has, given its credentials and the
+/// `clientId` it asked for in the connect query (RTN2d, RSA15a, RSA15b).
+pub fn resolve_client_id(
+    credentials: &Credentials,
+    asked: Option<&str>,
+    key_auth: bool,
+) -> Result<Option<String>, AblyError> {
+    let mismatch = || {
+        AblyError::new(
+            40102,
+            401,
+            "the clientId asked for does not match the credentials' clientId",
+        )
+    };
+    match (credentials.client_id.as_deref(), asked) {
+        (Some("*"), asked) => Ok(asked.map(str::to_string)),
+        (Some(own), Some(asked)) if own != asked => Err(mismatch()),
+        (Some(own), _) => Ok(Some(own.to_string())),
+        (None, Some(asked)) if key_auth => Ok(Some(asked.to_string())),
+        (None, Some(_)) => Err(mismatch()),
+        (None, None) => Ok(None),
+    }
+}
+
+/// The clientId a message or presence item is published under, or why it
+/// may not be (RTL6g, RSL1m, TD6):
+/// - an identified client (`identified`) speaks only for itself: a message
+///   naming another clientId is refused, one naming none gets the client's;
+/// - an unidentified client whose credentials may assume any clientId (an
+///   API key, or a wildcard token) may name any;
+/// - any other unidentified client may name none.
+///
+/// A realtime connection is identified by the clientId it connected as; a
+/// REST request by its credentials' clientId, unless that is the wildcard.
+pub fn speaker(
+    identified: Option<&str>,
+    credentials: &Credentials,
+    asked: Option<&Value>,
+) -> Result<Option<String>, AblyError> {
+    let refused = |why: &str| AblyError::new(40012, 400, why.to_string());
+    match (asked, identified) {
+        (None | Some(Value::Null), own) => Ok(own.map(str::to_string)),
+        (Some(Value::String(asked)), Some(own)) if asked == own => Ok(Some(own.to_string())),
+        (Some(Value::String(_)), Some(_)) => Err(refused(
+            "the message's clientId is not the client's clientId",
+        )),
+        (Some(Value::String(asked)), None) if may_assume_any_client_id(credentials) => {
+            Ok(Some(asked.clone()))
+        }
+        (Some(Value::String(_)), None) => Err(refused(
+            "an unidentified client without a wildcard clientId cannot name a clientId",
+        )),
+        (Some(_), _) => Err(refused("clientId must be a string")),
+    }
+}
+
+/// The clientId REST credentials identify: theirs, unless it is the wildcard.
+pub fn identified_by(credentials: &Credentials) -> Option<&str> {
+    credentials.client_id.as_deref().filter(|c| *c != "*")
+}
+
+/// A client may attach where its capability allows subscribe, publish or
+/// presence: attaching is how a realtime client does any of them (RTL4,
+/// RTL6c, RTP8); `history` alone does not need it.
+pub fn may_attach(ops: OpSet) -> bool {
+    [
+        Operation::Subscribe,
+        Operation::Publish,
+        Operation::Presence,
+    ]
+    .iter()
+    .any(|op| ops.allows(*op))
+}
+
+/// The message as delivered and stored: id, clientId, connectionId and
+/// timestamp filled in, data and encoding passed through untouched.
+pub fn stored_message(
+    item: &Value,
+    default_id: String,
+    client_id: Option<String>,
+    connection_id: Option<&str>,
+    now: u64,
+) -> Value {
+    let mut message = serde_json::Map::new();
+    let id = item
+        .get("id")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .unwrap_or(default_id);
+    message.insert("id".into(), json!(id));
+    for field in ["name", "data", "encoding"] {
+        if let Some(v) = item.get(field).filter(|v| !v.is_null()) {
+            message.insert(field.into(), v.clone());
+        }
+    }
+    if let Some(extras) = item.get("extras").and_then(Value::as_object) {
+        // A client-supplied delta marker would send ably-js into a re-attach loop.
+        let mut extras = extras.clone();
+        extras.remove("delta");
+        if !extras.is_empty() {
+            message.insert("extras".into(), Value::Object(extras));
+        }
+    }
+    if let Some(client_id) = client_id {
+        message.insert("clientId".into(), json!(client_id));
+    }
+    if let Some(connection_id) = connection_id {
+        message.insert("connectionId".into(), json!(connection_id));
+    }
+    message.insert("timestamp".into(), json!(now));
+    Value::Object(message)
+}
+
+/// Ably counts a message's name, data, clientId and extras against the limit (TO3l8).
+pub fn message_size(item: &Value) -> usize {
+    let text = |v: Option<&Value>| match v {
+        None | Some(Value::Null) => 0,
+        Some(Value::String(s)) => s.len(),
+        Some(other) => other.to_string().len(),
+    };
+    text(item.get("id"))
+        + text(item.get("name"))
+        + text(item.get("data"))
+        + text(item.get("clientId"))
+        + text(item.get("extras"))
+}
+
+pub fn valid_channel_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("a channel name must not be empty");
+    }
+    if name.len() > 512 {
+        return Err("a channel name is at most 512 bytes");
+    }
+    if name.chars().any(char::is_control) {
+        return Err("a channel name must not hold control characters");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capability::Capability;
+
+    fn credentials(client_id: Option<&str>, key: bool) -> Credentials {
+        Credentials {
+            key_name: "app.key".into(),
+            client_id: client_id.map(str::to_string),
+            capability: Capability::parse_json(r#"{"*":["*"]}"#).unwrap(),
+            expires_ms: (!key).then_some(1),
+        }
+    }
+
+    #[test]
+    fn an_identified_client_speaks_only_for_itself() {
+        let alice = credentials(Some("alice"), false);
+        let own = identified_by(&alice);
+        assert_eq!(
+            speaker(own, &alice, None).unwrap().as_deref(),
+            Some("alice")
+        );
+        assert_eq!(
+            speaker(own, &alice, Some(&json!("alice")))
+                .unwrap()
+                .as_deref(),
+            Some("alice")
+        );
+        assert_eq!(
+            speaker(own, &alice, Some(&json!("bob"))).unwrap_err().code,
+            40012
+        );
+    }
+
+    #[test]
+    fn keys_and_wildcard_tokens_may_name_any_client_and_others_none() {
+        let wildcard = credentials(Some("*"), false);
+        assert_eq!(identified_by(&wildcard), None);
+        assert_eq!(speaker(None, &wildcard, None).unwrap(), None);
+        assert_eq!(
+            speaker(None, &wildcard, Some(&json!("bob")))
+                .unwrap()
+                .as_deref(),
+            Some("bob")
+        );
+        let key = credentials(None, true);
+        assert_eq!(
+            speaker(None, &key, Some(&json!("bob"))).unwrap().as_deref(),
+            Some("bob")
+        );
+        let anonymous = credentials(None, false);
+        assert_eq!(speaker(None, &anonymous, None).unwrap(), None);
+        assert_eq!(
+            speaker(None, &anonymous, Some(&json!("bob")))
+                .unwrap_err()
+                .code,
+            40012
+        );
+    }
+
+    #[test]
+    fn a_clientid_that_is_not_a_string_is_refused() {
+        let key = credentials(None, true);
+        assert_eq!(
+            speaker(None, &key, Some(&json!(7))).unwrap_err().code,
+            40012
+        );
+    }
+
+    #[test]
+    fn attaching_needs_subscribe_publish_or_presence() {
+        let capability = Capability::parse_json(r#"{"a":["history"],"b":["publish"]}"#).unwrap();
+        assert!(!may_attach(capability.ops_for_channel("a")));
+        assert!(may_attach(capability.ops_for_channel("b")));
+        assert!(!may_attach(capability.ops_for_channel("c")));
+    }
+}
