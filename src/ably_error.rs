@@ -12,12 +12,12 @@ use actix_web::HttpResponse;
 use serde_json::{Map, Value};
 
 /// The longest `X-Ably-Errormessage` value sent; the body keeps the whole message.
-pub const MAX_HEADER_MESSAGE: usize = 512;
+pub(crate) const MAX_HEADER_MESSAGE: usize = 512;
 
 /// One Ably-shaped error response, built by `render`.
 #[derive(Debug, Clone)]
 #[must_use]
-pub struct ErrorResponse {
+pub(crate) struct ErrorResponse {
     status: StatusCode,
     code: u32,
     message: String,
@@ -28,7 +28,7 @@ pub struct ErrorResponse {
 }
 
 impl ErrorResponse {
-    pub fn new(status: StatusCode, code: u32, message: impl Into<String>) -> ErrorResponse {
+    pub(crate) fn new(status: StatusCode, code: u32, message: impl Into<String>) -> ErrorResponse {
         ErrorResponse {
             status,
             code,
@@ -39,20 +39,20 @@ impl ErrorResponse {
     }
 
     /// Adds a field inside `error` (the sidecar's stable `reason`).
-    pub fn error_field(mut self, name: &str, value: impl Into<Value>) -> ErrorResponse {
+    pub(crate) fn error_field(mut self, name: &str, value: impl Into<Value>) -> ErrorResponse {
         self.error_fields.insert(name.into(), value.into());
         self
     }
 
     /// Adds fields beside `error` (readiness detail).
-    pub fn top_level(mut self, fields: Map<String, Value>) -> ErrorResponse {
+    pub(crate) fn top_level(mut self, fields: Map<String, Value>) -> ErrorResponse {
         self.top_level.extend(fields);
         self
     }
 
     /// The body as JSON, content-type exactly `application/json`, the Ably
     /// headers, and `Cache-Control: no-store` (an error must not be cached).
-    pub fn render(self) -> HttpResponse {
+    pub(crate) fn render(self) -> HttpResponse {
         let mut error = self.error_fields;
         error.insert("code".into(), self.code.into());
         error.insert("statusCode".into(), self.status.as_u16().into());
@@ -71,7 +71,7 @@ impl ErrorResponse {
 /// A header value must be visible ASCII or space (RFC 9110 §5.5); anything
 /// else becomes `?` so the message stays readable, and it is cut at
 /// `MAX_HEADER_MESSAGE` bytes.
-pub fn header_safe(message: &str) -> String {
+pub(crate) fn header_safe(message: &str) -> String {
     message
         .chars()
         .map(|c| {

@@ -8,10 +8,10 @@ use std::fmt;
 
 /// Longest channel pattern accepted, in bytes. Ably channel names are short in
 /// practice; the bound keeps capability JSON (and so tokens) small.
-pub const MAX_PATTERN_LEN: usize = 256;
+pub(crate) const MAX_PATTERN_LEN: usize = 256;
 
 /// Most resources a capability may hold.
-pub const MAX_RESOURCES: usize = 100;
+pub(crate) const MAX_RESOURCES: usize = 100;
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum CapabilityError {
@@ -38,13 +38,13 @@ macro_rules! operations {
         pub enum Operation { $($variant),+ }
 
         impl Operation {
-            pub const ALL: &'static [Operation] = &[$(Operation::$variant),+];
+            pub(crate) const ALL: &'static [Operation] = &[$(Operation::$variant),+];
 
-            pub fn as_str(self) -> &'static str {
+            pub(crate) fn as_str(self) -> &'static str {
                 match self { $(Operation::$variant => $name),+ }
             }
 
-            pub fn parse(s: &str) -> Option<Operation> {
+            pub(crate) fn parse(s: &str) -> Option<Operation> {
                 match s { $($name => Some(Operation::$variant),)+ _ => None }
             }
         }
@@ -86,11 +86,11 @@ pub struct OpSet {
 }
 
 impl OpSet {
-    pub const EMPTY: OpSet = OpSet {
+    pub(crate) const EMPTY: OpSet = OpSet {
         bits: 0,
         star: false,
     };
-    pub const STAR: OpSet = OpSet {
+    pub(crate) const STAR: OpSet = OpSet {
         bits: 0,
         star: true,
     };
@@ -99,7 +99,8 @@ impl OpSet {
         1 << (op as u32)
     }
 
-    pub fn of(ops: &[Operation]) -> OpSet {
+    #[cfg(test)]
+    fn of(ops: &[Operation]) -> OpSet {
         OpSet {
             bits: ops.iter().fold(0, |acc, op| acc | Self::bit(*op)),
             star: false,
@@ -107,7 +108,7 @@ impl OpSet {
     }
 
     /// Parses an operation list with Ably's rules: known names, or `"*"` alone, never empty.
-    pub fn parse<S: AsRef<str>>(names: &[S]) -> Result<OpSet, CapabilityError> {
+    pub(crate) fn parse<S: AsRef<str>>(names: &[S]) -> Result<OpSet, CapabilityError> {
         if names.is_empty() {
             return Err(CapabilityError::EmptyOperations);
         }
@@ -128,20 +129,16 @@ impl OpSet {
         Ok(set)
     }
 
-    pub fn is_empty(self) -> bool {
+    pub(crate) fn is_empty(self) -> bool {
         !self.star && self.bits == 0
     }
 
-    pub fn is_star(self) -> bool {
-        self.star
-    }
-
     #[must_use]
-    pub fn allows(self, op: Operation) -> bool {
+    pub(crate) fn allows(self, op: Operation) -> bool {
         self.star || self.bits & Self::bit(op) != 0
     }
 
-    pub fn union(self, other: OpSet) -> OpSet {
+    pub(crate) fn union(self, other: OpSet) -> OpSet {
         if self.star || other.star {
             OpSet::STAR
         } else {
@@ -152,7 +149,7 @@ impl OpSet {
         }
     }
 
-    pub fn intersect(self, other: OpSet) -> OpSet {
+    pub(crate) fn intersect(self, other: OpSet) -> OpSet {
         match (self.star, other.star) {
             (true, true) => OpSet::STAR,
             (true, false) => other,
@@ -165,7 +162,7 @@ impl OpSet {
     }
 
     /// Operation names in canonical (sorted) order.
-    pub fn names(self) -> Vec<&'static str> {
+    pub(crate) fn names(self) -> Vec<&'static str> {
         if self.star {
             return vec!["*"];
         }
@@ -203,7 +200,7 @@ impl ChannelPattern {
     /// (Ably would read `orders:**` as a literal name, which is never what a
     /// policy author meant), as are empty segments and characters that cannot
     /// appear in a channel name.
-    pub fn parse(raw: &str) -> Result<ChannelPattern, CapabilityError> {
+    pub(crate) fn parse(raw: &str) -> Result<ChannelPattern, CapabilityError> {
         let invalid = |why| CapabilityError::InvalidPattern(raw.to_string(), why);
         if raw.is_empty() {
             return Err(invalid("it is empty"));
@@ -258,7 +255,7 @@ impl ChannelPattern {
         })
     }
 
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.raw
     }
 
@@ -268,7 +265,7 @@ impl ChannelPattern {
 
     /// Whether a concrete channel name is matched by this pattern.
     #[must_use]
-    pub fn matches(&self, channel: &str) -> bool {
+    pub(crate) fn matches(&self, channel: &str) -> bool {
         if self.is_everything() {
             return true;
         }
@@ -300,7 +297,7 @@ impl ChannelPattern {
 
     /// Whether every channel matched by `other` is also matched by `self`.
     #[must_use]
-    pub fn covers(&self, other: &ChannelPattern) -> bool {
+    pub(crate) fn covers(&self, other: &ChannelPattern) -> bool {
         if self.is_everything() {
             return true;
         }
@@ -367,12 +364,12 @@ pub struct Capability {
 }
 
 impl Capability {
-    pub fn new() -> Capability {
+    pub(crate) fn new() -> Capability {
         Capability::default()
     }
 
     /// Adds operations to a pattern, merging with what it already has.
-    pub fn grant(&mut self, pattern: ChannelPattern, ops: OpSet) {
+    pub(crate) fn grant(&mut self, pattern: ChannelPattern, ops: OpSet) {
         if ops.is_empty() {
             return;
         }
@@ -380,15 +377,15 @@ impl Capability {
         *entry = entry.union(ops);
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.grants.is_empty()
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.grants.len()
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&ChannelPattern, OpSet)> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&ChannelPattern, OpSet)> {
         self.grants.iter().map(|(k, v)| (&k.0, *v))
     }
 
@@ -399,7 +396,7 @@ impl Capability {
         Capability::from_value(&value)
     }
 
-    pub fn from_value(value: &serde_json::Value) -> Result<Capability, CapabilityError> {
+    pub(crate) fn from_value(value: &serde_json::Value) -> Result<Capability, CapabilityError> {
         let object = value
             .as_object()
             .ok_or_else(|| CapabilityError::Malformed("not an object".into()))?;
@@ -480,19 +477,21 @@ impl Capability {
     }
 
     /// The operations this capability allows on one concrete channel.
-    pub fn ops_for_channel(&self, channel: &str) -> OpSet {
+    pub(crate) fn ops_for_channel(&self, channel: &str) -> OpSet {
         self.iter()
             .filter(|(pattern, _)| pattern.matches(channel))
             .fold(OpSet::EMPTY, |acc, (_, ops)| acc.union(ops))
     }
 
     #[must_use]
-    pub fn allows(&self, channel: &str, op: Operation) -> bool {
+    pub(crate) fn allows(&self, channel: &str, op: Operation) -> bool {
         self.ops_for_channel(channel).allows(op)
     }
 
-    /// Whether `self` grants nothing beyond `other`.
-    pub fn is_within(&self, other: &Capability) -> bool {
+    /// Whether `self` grants nothing beyond `other`: the narrowing law the
+    /// property tests and fuzz targets check.
+    #[cfg(test)]
+    pub(crate) fn is_within(&self, other: &Capability) -> bool {
         self.iter().all(|(pattern, ops)| {
             let covered = other
                 .iter()

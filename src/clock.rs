@@ -21,7 +21,7 @@ pub trait Clock: Send + Sync + 'static {
 pub type SharedClock = Arc<dyn Clock>;
 
 #[derive(Debug, Default, Clone, Copy)]
-pub struct SystemClock;
+pub(crate) struct SystemClock;
 
 impl Clock for SystemClock {
     fn now_ms(&self) -> u64 {
@@ -50,10 +50,6 @@ pub struct ManualClock(AtomicU64);
 impl ManualClock {
     pub fn at_ms(ms: u64) -> Arc<ManualClock> {
         Arc::new(ManualClock(AtomicU64::new(ms)))
-    }
-
-    pub fn set_ms(&self, ms: u64) {
-        self.0.store(ms, Ordering::SeqCst);
     }
 
     pub fn advance_secs(&self, secs: u64) {

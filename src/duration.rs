@@ -7,15 +7,15 @@ use std::time::Duration;
 /// A duration that did not parse; names the field it was read from.
 #[derive(Debug, thiserror::Error)]
 #[error("{field}: {text:?} is not a duration like \"90s\", \"5m\" or \"1h\" ({cause})")]
-pub struct DurationError {
-    pub field: String,
+pub(crate) struct DurationError {
+    pub(crate) field: String,
     text: String,
     cause: humantime::DurationError,
 }
 
 impl DurationError {
     /// What is wrong, without the field name (for errors that name it apart).
-    pub fn reason(&self) -> String {
+    pub(crate) fn reason(&self) -> String {
         format!(
             "{:?} is not a duration like \"90s\", \"5m\" or \"1h\" ({})",
             self.text, self.cause
@@ -23,7 +23,7 @@ impl DurationError {
     }
 }
 
-pub fn parse_duration(field: &str, text: &str) -> Result<Duration, DurationError> {
+pub(crate) fn parse_duration(field: &str, text: &str) -> Result<Duration, DurationError> {
     humantime::parse_duration(text.trim()).map_err(|cause| DurationError {
         field: field.to_string(),
         text: text.to_string(),

@@ -5,16 +5,16 @@ compile_error!("choose exactly one crypto backend: feature \"aws-lc\" or \"rust-
 #[cfg(not(any(feature = "aws-lc", feature = "rust-crypto")))]
 compile_error!("choose a crypto backend: feature \"aws-lc\" or \"rust-crypto\"");
 
-pub mod ably_error;
+mod ably_error;
 pub mod broker;
 pub mod capability;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod dev;
-pub mod duration;
+mod duration;
 pub mod http;
-pub mod metrics;
+mod metrics;
 pub mod policy;
 pub mod signing;
 pub mod upstream;

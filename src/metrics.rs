@@ -39,7 +39,7 @@ struct OutcomeLabels {
     outcome: &'static str,
 }
 
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     latency: Family<RouteLabels, Histogram>,
@@ -56,15 +56,15 @@ impl std::fmt::Debug for Metrics {
 
 /// The policy's state as metrics see it.
 #[derive(Debug, Default)]
-pub struct PolicyGauges {
+pub(crate) struct PolicyGauges {
     /// 1 while the last load or reload succeeded.
-    pub healthy: bool,
-    pub roles: usize,
-    pub loaded_unix: u64,
+    pub(crate) healthy: bool,
+    pub(crate) roles: usize,
+    pub(crate) loaded_unix: u64,
 }
 
 impl Metrics {
-    pub fn new(
+    pub(crate) fn new(
         verifier: Option<Arc<Verifier>>,
         policy: Arc<RwLock<PolicyGauges>>,
         extra: Option<Box<dyn Collector>>,
@@ -123,7 +123,7 @@ impl Metrics {
     /// route's path, or `other`: see `crate::http`'s route table), never the
     /// request's own path, so a scan of random paths cannot create unbounded
     /// series.
-    pub fn observe_request(
+    pub(crate) fn observe_request(
         &self,
         route: &'static str,
         status: u16,
@@ -142,7 +142,7 @@ impl Metrics {
             .observe(latency.as_secs_f64());
     }
 
-    pub fn token_issued(&self, roles: &[String], format: &'static str) {
+    pub(crate) fn token_issued(&self, roles: &[String], format: &'static str) {
         for role in roles {
             self.tokens
                 .get_or_create(&TokenLabels {
@@ -153,19 +153,19 @@ impl Metrics {
         }
     }
 
-    pub fn roles_ignored(&self, count: usize) {
+    pub(crate) fn roles_ignored(&self, count: usize) {
         if count > 0 {
             self.ignored_roles.inc_by(count as u64);
         }
     }
 
-    pub fn policy_reload(&self, outcome: &'static str) {
+    pub(crate) fn policy_reload(&self, outcome: &'static str) {
         self.policy_reloads
             .get_or_create(&OutcomeLabels { outcome })
             .inc();
     }
 
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut out = String::with_capacity(8 * 1024);
         prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");

@@ -27,12 +27,11 @@ const MAX_NONCES: usize = 100_000;
 
 /// What an authenticated client may do, and until when.
 #[derive(Debug, Clone)]
-pub struct Credentials {
-    pub key_name: String,
-    pub client_id: Option<String>,
-    pub capability: Capability,
+pub(crate) struct Credentials {
+    pub(crate) client_id: Option<String>,
+    pub(crate) capability: Capability,
     /// None for API-key connections, which do not expire.
-    pub expires_ms: Option<u64>,
+    pub(crate) expires_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -41,7 +40,7 @@ struct Issued {
     expires_ms: u64,
 }
 
-pub struct BrokerAuth {
+pub(crate) struct BrokerAuth {
     keys: Vec<ApiKey>,
     clock: SharedClock,
     tokens: Mutex<HashMap<String, Issued>>,
@@ -81,7 +80,7 @@ fn full_capability() -> Capability {
 }
 
 impl BrokerAuth {
-    pub fn new(keys: Vec<ApiKey>, clock: SharedClock) -> BrokerAuth {
+    pub(crate) fn new(keys: Vec<ApiKey>, clock: SharedClock) -> BrokerAuth {
         BrokerAuth {
             keys,
             clock,
@@ -90,7 +89,7 @@ impl BrokerAuth {
         }
     }
 
-    pub fn now_ms(&self) -> u64 {
+    pub(crate) fn now_ms(&self) -> u64 {
         self.clock.now_ms()
     }
 
@@ -106,7 +105,7 @@ impl BrokerAuth {
 
     /// `POST /keys/{keyName}/requestToken` with a signed TokenRequest:
     /// returns TokenDetails.
-    pub fn request_token(&self, key_name: &str, body: &Value) -> Result<Value, AblyError> {
+    pub(crate) fn request_token(&self, key_name: &str, body: &Value) -> Result<Value, AblyError> {
         let body = body
             .as_object()
             .ok_or_else(|| bad_request("the token request must be a JSON object"))?;
@@ -166,7 +165,6 @@ impl BrokerAuth {
                 .map_err(|e| bad_request(format!("capability: {e}")))?
         };
         let credentials = Credentials {
-            key_name: key_name.to_string(),
             client_id: client_id.map(str::to_string),
             capability,
             expires_ms: Some(now + ttl),
@@ -239,7 +237,7 @@ impl BrokerAuth {
     }
 
     /// An opaque token from `requestToken`, or an Ably JWT.
-    pub fn authenticate_token(&self, token: &str) -> Result<Credentials, AblyError> {
+    pub(crate) fn authenticate_token(&self, token: &str) -> Result<Credentials, AblyError> {
         let now = self.now_ms();
         if token.contains('.') {
             return self.authenticate_jwt(token, now);
@@ -256,7 +254,7 @@ impl BrokerAuth {
 
     fn authenticate_jwt(&self, token: &str, now_ms: u64) -> Result<Credentials, AblyError> {
         let invalid = |why: String| AblyError::new(40144, 401, format!("invalid JWT: {why}"));
-        let (key, claims) = verify_ably_jwt(token, &self.keys).map_err(|e| match e {
+        let (_, claims) = verify_ably_jwt(token, &self.keys).map_err(|e| match e {
             JwtError::UnknownKey(_) => AblyError::new(40101, 401, e.to_string()),
             other => invalid(other.to_string()),
         })?;
@@ -270,7 +268,6 @@ impl BrokerAuth {
         let capability = Capability::parse_json(&claims.capability)
             .map_err(|e| invalid(format!("x-ably-capability: {e}")))?;
         Ok(Credentials {
-            key_name: key.name().to_string(),
             client_id: claims.client_id.filter(|c| !c.is_empty()),
             capability,
             expires_ms: Some(claims.exp.saturating_mul(1000)),
@@ -279,7 +276,7 @@ impl BrokerAuth {
 
     /// `key=appId.keyId:secret`: the whole key's capability. Callers allow it
     /// only from loopback.
-    pub fn authenticate_key(&self, whole: &str) -> Result<Credentials, AblyError> {
+    pub(crate) fn authenticate_key(&self, whole: &str) -> Result<Credentials, AblyError> {
         let given: ApiKey = whole.parse().map_err(|_| {
             AblyError::new(40101, 401, "the key is not of the form appId.keyId:secret")
         })?;
@@ -288,7 +285,6 @@ impl BrokerAuth {
             return Err(AblyError::new(40101, 401, "invalid key secret"));
         }
         Ok(Credentials {
-            key_name: key.name().to_string(),
             client_id: None,
             capability: full_capability(),
             expires_ms: None,

@@ -29,8 +29,8 @@ use super::protocol::{self, action, flag, AblyError, Encoded, Format, SharedFram
 use super::BrokerState;
 use crate::capability::{OpSet, Operation};
 
-pub const CONNECTION_STATE_TTL_MS: u64 = 120_000;
-pub const MAX_IDLE_INTERVAL_MS: u64 = 15_000;
+pub(crate) const CONNECTION_STATE_TTL_MS: u64 = 120_000;
+pub(crate) const MAX_IDLE_INTERVAL_MS: u64 = 15_000;
 const YEAR_MS: u64 = 365 * 24 * 3600 * 1000;
 
 /// Every write has a deadline: a client that stops reading fills the
@@ -759,7 +759,7 @@ async fn refuse(
 /// Runs one connection to its end. `credentials` is the outcome of the
 /// connect-time authentication: on failure the client gets the error as a
 /// frame (ably-js ignores HTTP errors on the upgrade).
-pub async fn run(
+pub(crate) async fn run(
     session: actix_ws::Session,
     stream: actix_ws::MessageStream,
     state: Arc<BrokerState>,

@@ -14,15 +14,15 @@ use super::protocol::{action, presence_action, SharedFrame};
 use crate::clock::SharedClock;
 
 /// A frame queued for one connection; shared by every recipient.
-pub type Frame = Arc<SharedFrame>;
+pub(crate) type Frame = Arc<SharedFrame>;
 
 /// How a connection is reached: a bounded queue, and a signal raised when
 /// the queue overflows so the connection can be dropped rather than grow.
 #[derive(Clone)]
-pub struct Outbox {
-    pub tx: mpsc::Sender<Frame>,
-    pub lagged: Arc<Notify>,
-    pub lagging: Arc<AtomicBool>,
+pub(crate) struct Outbox {
+    pub(crate) tx: mpsc::Sender<Frame>,
+    pub(crate) lagged: Arc<Notify>,
+    pub(crate) lagging: Arc<AtomicBool>,
 }
 
 impl Outbox {
@@ -34,10 +34,10 @@ impl Outbox {
 }
 
 /// A connection's subscription to a channel.
-pub struct Subscriber {
-    pub outbox: Outbox,
+pub(crate) struct Subscriber {
+    pub(crate) outbox: Outbox,
     /// Whether it hears its own messages (RTN2b).
-    pub echo: bool,
+    pub(crate) echo: bool,
 }
 
 #[derive(Clone)]
@@ -103,9 +103,9 @@ impl Channel {
 
 /// How many channels the broker holds state for, and one connection holds.
 #[derive(Debug, Clone, Copy)]
-pub struct ChannelLimits {
-    pub max_channels: usize,
-    pub per_connection: usize,
+pub(crate) struct ChannelLimits {
+    pub(crate) max_channels: usize,
+    pub(crate) per_connection: usize,
 }
 
 /// What taking part in a channel adds to the counts the limits bound. The
@@ -113,7 +113,7 @@ pub struct ChannelLimits {
 /// count it passes in is exact; the broker-wide count is read under the
 /// hub's lock, with the change, so concurrent clients cannot overshoot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Claim {
+pub(crate) enum Claim {
     /// The connection holds the channel already: no limit applies.
     Held,
     /// The channel would be new to the connection, which holds `holding`
@@ -126,45 +126,45 @@ pub enum Claim {
 
 /// A channel limit would be exceeded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ChannelLimitReached;
+pub(crate) struct ChannelLimitReached;
 
 #[derive(Debug, Clone, Copy)]
-pub struct HistoryLimits {
-    pub max_messages: usize,
-    pub max_age: Duration,
+pub(crate) struct HistoryLimits {
+    pub(crate) max_messages: usize,
+    pub(crate) max_age: Duration,
 }
 
 /// A presence change asked for by a connection.
-pub struct PresenceChange {
-    pub action: u64,
-    pub client_id: String,
-    pub data: Option<Value>,
-    pub encoding: Option<Value>,
+pub(crate) struct PresenceChange {
+    pub(crate) action: u64,
+    pub(crate) client_id: String,
+    pub(crate) data: Option<Value>,
+    pub(crate) encoding: Option<Value>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Direction {
+pub(crate) enum Direction {
     Backwards,
     Forwards,
 }
 
 #[derive(Debug, Clone)]
-pub struct HistoryQuery {
-    pub limit: usize,
-    pub direction: Direction,
-    pub start: Option<u64>,
-    pub end: Option<u64>,
+pub(crate) struct HistoryQuery {
+    pub(crate) limit: usize,
+    pub(crate) direction: Direction,
+    pub(crate) start: Option<u64>,
+    pub(crate) end: Option<u64>,
     /// Continue after this sequence number (pagination cursor).
-    pub cursor: Option<u64>,
+    pub(crate) cursor: Option<u64>,
 }
 
-pub struct HistoryPage {
-    pub messages: Vec<Value>,
+pub(crate) struct HistoryPage {
+    pub(crate) messages: Vec<Value>,
     /// The cursor for the next page, when there is one.
-    pub next: Option<u64>,
+    pub(crate) next: Option<u64>,
 }
 
-pub struct Hub {
+pub(crate) struct Hub {
     channels: Mutex<HashMap<String, Channel>>,
     limits: HistoryLimits,
     seq: AtomicU64,
@@ -173,7 +173,7 @@ pub struct Hub {
 }
 
 impl Hub {
-    pub fn new(limits: HistoryLimits, clock: SharedClock) -> Hub {
+    pub(crate) fn new(limits: HistoryLimits, clock: SharedClock) -> Hub {
         Hub {
             channels: Mutex::new(HashMap::new()),
             limits,
@@ -183,7 +183,7 @@ impl Hub {
         }
     }
 
-    pub fn now_ms(&self) -> u64 {
+    pub(crate) fn now_ms(&self) -> u64 {
         self.clock.now_ms()
     }
 
@@ -191,21 +191,21 @@ impl Hub {
         self.channels.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn channel_count(&self) -> usize {
+    pub(crate) fn channel_count(&self) -> usize {
         self.lock().len()
     }
 
     /// Messages published since start (their history sequence numbers).
-    pub fn messages_published(&self) -> u64 {
+    pub(crate) fn messages_published(&self) -> u64 {
         self.seq.load(Ordering::Relaxed)
     }
 
     /// Frames queued to subscribers since start.
-    pub fn deliveries(&self) -> u64 {
+    pub(crate) fn deliveries(&self) -> u64 {
         self.deliveries.load(Ordering::Relaxed)
     }
 
-    pub fn subscribe(&self, channel: &str, connection_id: &str, subscriber: Subscriber) {
+    pub(crate) fn subscribe(&self, channel: &str, connection_id: &str, subscriber: Subscriber) {
         self.lock()
             .entry(channel.to_string())
             .or_default()
@@ -231,7 +231,7 @@ impl Hub {
 
     /// Whether `claim` fits the limits now: for answering in order before
     /// the change is made (which checks again).
-    pub fn admits(&self, channel: &str, claim: Claim, limits: ChannelLimits) -> bool {
+    pub(crate) fn admits(&self, channel: &str, claim: Claim, limits: ChannelLimits) -> bool {
         !Hub::refuses(&self.lock(), channel, claim, limits)
     }
 
@@ -239,7 +239,7 @@ impl Hub {
     /// (`Some`) or stops delivery to it (`None`, a capability without
     /// subscribe), all under one lock. Returns the members a subscriber is
     /// sent in a SYNC.
-    pub fn attach(
+    pub(crate) fn attach(
         &self,
         channel: &str,
         connection_id: &str,
@@ -277,7 +277,7 @@ impl Hub {
 
     /// Removes the connection from a channel: it stops receiving, and its
     /// members leave (as Ably does on detach).
-    pub fn unsubscribe(&self, channel: &str, connection_id: &str) {
+    pub(crate) fn unsubscribe(&self, channel: &str, connection_id: &str) {
         self.update(channel, |hub, state| {
             state.subscribers.remove(connection_id);
             hub.leave_all(channel, state, connection_id);
@@ -285,14 +285,14 @@ impl Hub {
     }
 
     /// Stops delivering to the connection, keeping its presence.
-    pub fn drop_subscriber(&self, channel: &str, connection_id: &str) {
+    pub(crate) fn drop_subscriber(&self, channel: &str, connection_id: &str) {
         self.update(channel, |_, state| {
             state.subscribers.remove(connection_id);
         });
     }
 
     /// Makes the connection's members leave, keeping its subscription.
-    pub fn leave(&self, channel: &str, connection_id: &str) {
+    pub(crate) fn leave(&self, channel: &str, connection_id: &str) {
         self.update(channel, |hub, state| {
             hub.leave_all(channel, state, connection_id)
         });
@@ -347,7 +347,7 @@ impl Hub {
     /// Publishes messages (already given ids, clientIds and timestamps) to the
     /// channel's subscribers and its history. With `limits`, a channel the
     /// broker does not hold is created only within them.
-    pub fn publish(
+    pub(crate) fn publish(
         &self,
         channel: &str,
         frame: Value,
@@ -393,7 +393,7 @@ impl Hub {
     /// Applies presence changes from one connection and broadcasts them,
     /// once `claim` fits the limits. `id_base` is `connId:msgSerial`; each
     /// item gets `:index`.
-    pub fn presence(
+    pub(crate) fn presence(
         &self,
         channel: &str,
         connection_id: &str,
@@ -463,7 +463,7 @@ impl Hub {
     }
 
     /// The current members as PRESENT entries, for SYNC and REST.
-    pub fn members(&self, channel: &str) -> Vec<Value> {
+    pub(crate) fn members(&self, channel: &str) -> Vec<Value> {
         self.lock()
             .get(channel)
             .map(|state| {
@@ -476,13 +476,14 @@ impl Hub {
             .unwrap_or_default()
     }
 
-    pub fn has_members(&self, channel: &str) -> bool {
+    #[cfg(test)]
+    fn has_members(&self, channel: &str) -> bool {
         self.lock()
             .get(channel)
             .is_some_and(|s| !s.members.is_empty())
     }
 
-    pub fn history(&self, channel: &str, query: &HistoryQuery) -> HistoryPage {
+    pub(crate) fn history(&self, channel: &str, query: &HistoryQuery) -> HistoryPage {
         let now = self.now_ms();
         let mut channels = self.lock();
         let Some(state) = channels.get_mut(channel) else {
@@ -526,7 +527,7 @@ impl Hub {
     }
 
     /// Drops history past its age and forgets empty channels.
-    pub fn sweep(&self) {
+    pub(crate) fn sweep(&self) {
         let now = self.now_ms();
         let mut channels = self.lock();
         for state in channels.values_mut() {
@@ -537,7 +538,7 @@ impl Hub {
 }
 
 /// The presence SYNC frame for a channel: one frame, empty cursor (done).
-pub fn sync_frame(channel: &str, members: Vec<Value>, sync_id: &str) -> Value {
+pub(crate) fn sync_frame(channel: &str, members: Vec<Value>, sync_id: &str) -> Value {
     let mut frame = Map::new();
     frame.insert("action".into(), json!(action::SYNC));
     frame.insert("channel".into(), json!(channel));

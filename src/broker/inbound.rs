@@ -10,7 +10,7 @@ use super::protocol::{self, action, AblyError, DecodeError, Format};
 
 /// One protocol message from a client, by action (TR2).
 #[derive(Debug, Clone, PartialEq)]
-pub enum Inbound {
+pub(crate) enum Inbound {
     /// Echoed back, with the client's `id` when it sent one (RTN13, RTN23).
     Heartbeat {
         id: Option<Value>,
@@ -51,7 +51,7 @@ pub enum Inbound {
 
 /// Why a frame is not a protocol message. Each is fatal to the connection.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
-pub enum FrameError {
+pub(crate) enum FrameError {
     #[error("malformed protocol message: {0}")]
     Decode(#[from] DecodeError),
     #[error("malformed protocol message: no numeric action")]
@@ -69,11 +69,11 @@ impl From<FrameError> for AblyError {
 
 impl Inbound {
     /// Decodes a WebSocket frame (text: JSON, binary: msgpack) and parses it.
-    pub fn parse(bytes: &[u8], format: Format) -> Result<Inbound, FrameError> {
+    pub(crate) fn parse(bytes: &[u8], format: Format) -> Result<Inbound, FrameError> {
         Inbound::from_frame(protocol::decode(bytes, format)?)
     }
 
-    pub fn from_frame(frame: Value) -> Result<Inbound, FrameError> {
+    pub(crate) fn from_frame(frame: Value) -> Result<Inbound, FrameError> {
         let Value::Object(mut fields) = frame else {
             return Err(FrameError::NoAction);
         };
@@ -125,18 +125,18 @@ impl Inbound {
 /// What the client asked for in the WebSocket URL (RTN2a, RTN2b, RTN2d,
 /// RTN15b resume, RTN16k recover; `heartbeats` as ably-js sends it).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConnectParams {
-    pub format: Format,
-    pub echo: bool,
-    pub heartbeats: bool,
-    pub client_id: Option<String>,
+pub(crate) struct ConnectParams {
+    pub(crate) format: Format,
+    pub(crate) echo: bool,
+    pub(crate) heartbeats: bool,
+    pub(crate) client_id: Option<String>,
     /// The connection key of `resume=` or `recover=`.
-    pub resume: Option<String>,
+    pub(crate) resume: Option<String>,
 }
 
 /// The credential in the WebSocket URL (RTN2e). Not `Debug`: it holds a
 /// token or a key secret.
-pub enum Presented {
+pub(crate) enum Presented {
     Token(String),
     Key(String),
     Nothing,
@@ -163,7 +163,7 @@ impl ConnectParams {
     /// given twice, say) counts as empty: the client then fails for want of
     /// credentials, with Ably's error, rather than on the HTTP upgrade,
     /// which ably-js ignores.
-    pub fn from_query(query: &str) -> (ConnectParams, Presented) {
+    pub(crate) fn from_query(query: &str) -> (ConnectParams, Presented) {
         let query: ConnectQuery = serde_urlencoded::from_str(query).unwrap_or_default();
         let params = ConnectParams {
             format: if query.format.as_deref() == Some("msgpack") {

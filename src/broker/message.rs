@@ -9,7 +9,7 @@ use super::auth::Credentials;
 use super::protocol::AblyError;
 use crate::capability::{OpSet, Operation};
 
-pub fn random_id(len: usize) -> String {
+pub(crate) fn random_id(len: usize) -> String {
     use rand::rngs::OsRng;
     use rand::TryRngCore;
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
@@ -31,7 +31,7 @@ fn may_assume_any_client_id(credentials: &Credentials) -> bool {
 
 /// Which clientId a realtime connection has, given its credentials and the
 /// `clientId` it asked for in the connect query (RTN2d, RSA15a, RSA15b).
-pub fn resolve_client_id(
+pub(crate) fn resolve_client_id(
     credentials: &Credentials,
     asked: Option<&str>,
     key_auth: bool,
@@ -63,7 +63,7 @@ pub fn resolve_client_id(
 ///
 /// A realtime connection is identified by the clientId it connected as; a
 /// REST request by its credentials' clientId, unless that is the wildcard.
-pub fn speaker(
+pub(crate) fn speaker(
     identified: Option<&str>,
     credentials: &Credentials,
     asked: Option<&Value>,
@@ -86,14 +86,14 @@ pub fn speaker(
 }
 
 /// The clientId REST credentials identify: theirs, unless it is the wildcard.
-pub fn identified_by(credentials: &Credentials) -> Option<&str> {
+pub(crate) fn identified_by(credentials: &Credentials) -> Option<&str> {
     credentials.client_id.as_deref().filter(|c| *c != "*")
 }
 
 /// A client may attach where its capability allows subscribe, publish or
 /// presence: attaching is how a realtime client does any of them (RTL4,
 /// RTL6c, RTP8); `history` alone does not need it.
-pub fn may_attach(ops: OpSet) -> bool {
+pub(crate) fn may_attach(ops: OpSet) -> bool {
     [
         Operation::Subscribe,
         Operation::Publish,
@@ -105,7 +105,7 @@ pub fn may_attach(ops: OpSet) -> bool {
 
 /// The message as delivered and stored: id, clientId, connectionId and
 /// timestamp filled in, data and encoding passed through untouched.
-pub fn stored_message(
+pub(crate) fn stored_message(
     item: &Value,
     default_id: String,
     client_id: Option<String>,
@@ -143,7 +143,7 @@ pub fn stored_message(
 }
 
 /// Ably counts a message's name, data, clientId and extras against the limit (TO3l8).
-pub fn message_size(item: &Value) -> usize {
+pub(crate) fn message_size(item: &Value) -> usize {
     let text = |v: Option<&Value>| match v {
         None | Some(Value::Null) => 0,
         Some(Value::String(s)) => s.len(),
@@ -156,7 +156,7 @@ pub fn message_size(item: &Value) -> usize {
         + text(item.get("extras"))
 }
 
-pub fn valid_channel_name(name: &str) -> Result<(), &'static str> {
+pub(crate) fn valid_channel_name(name: &str) -> Result<(), &'static str> {
     if name.is_empty() {
         return Err("a channel name must not be empty");
     }
@@ -176,7 +176,6 @@ mod tests {
 
     fn credentials(client_id: Option<&str>, key: bool) -> Credentials {
         Credentials {
-            key_name: "app.key".into(),
             client_id: client_id.map(str::to_string),
             capability: Capability::parse_json(r#"{"*":["*"]}"#).unwrap(),
             expires_ms: (!key).then_some(1),

@@ -4,14 +4,14 @@
 //! uses to grant them. State lives in memory, bounded. A development and test
 //! tool: production traffic goes to Ably.
 
-pub mod auth;
-pub mod connection;
-pub mod hub;
-pub mod inbound;
+pub(crate) mod auth;
+pub(crate) mod connection;
+pub(crate) mod hub;
+pub(crate) mod inbound;
 pub(crate) mod message;
 mod metrics;
-pub mod protocol;
-pub mod rest;
+pub(crate) mod protocol;
+pub(crate) mod rest;
 
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -61,10 +61,10 @@ impl Default for Limits {
     }
 }
 
-pub struct BrokerState {
-    pub hub: Hub,
-    pub auth: BrokerAuth,
-    pub limits: Limits,
+pub(crate) struct BrokerState {
+    pub(crate) hub: Hub,
+    pub(crate) auth: BrokerAuth,
+    pub(crate) limits: Limits,
     connections: AtomicUsize,
     /// Connections closed within the connection-state TTL, by key, so a
     /// client that resumes (e.g. after renewing an expired token) keeps its
@@ -86,7 +86,7 @@ struct Recent {
 const MAX_RECENT: usize = 10_000;
 
 /// Held while a connection counts against `max_connections`.
-pub struct Slot(Arc<BrokerState>);
+pub(crate) struct Slot(Arc<BrokerState>);
 
 impl Drop for Slot {
     fn drop(&mut self) {
@@ -105,16 +105,16 @@ impl BrokerState {
         admitted.then(|| Slot(self.clone()))
     }
 
-    pub fn connection_count(&self) -> usize {
+    pub(crate) fn connection_count(&self) -> usize {
         self.connections.load(Ordering::SeqCst)
     }
 
     /// Tells every connection to say DISCONNECTED and close.
-    pub fn disconnect_all(&self) {
+    pub(crate) fn disconnect_all(&self) {
         self.stopping.send_replace(true);
     }
 
-    pub fn stopping(&self) -> tokio::sync::watch::Receiver<bool> {
+    pub(crate) fn stopping(&self) -> tokio::sync::watch::Receiver<bool> {
         self.stopping.subscribe()
     }
 
@@ -146,6 +146,18 @@ impl BrokerState {
         let entry = recent.remove(key)?;
         let fresh = now.saturating_sub(entry.closed_ms) < connection::CONNECTION_STATE_TTL_MS;
         (fresh && entry.client_id.as_deref() == client_id).then_some(entry.id)
+    }
+}
+
+/// Reaches a running broker from outside its task.
+#[derive(Clone)]
+pub struct BrokerHandle(Arc<BrokerState>);
+
+impl BrokerHandle {
+    /// Tells every connection to say DISCONNECTED and close, as a stopping
+    /// broker does, so clients reconnect later instead of waiting on a dead socket.
+    pub fn disconnect_all(&self) {
+        self.0.disconnect_all();
     }
 }
 
@@ -219,8 +231,9 @@ impl Broker {
         self.port
     }
 
-    pub fn state(&self) -> Arc<BrokerState> {
-        self.state.clone()
+    /// A handle that outlives `run_until_stopped` taking the broker.
+    pub fn handle(&self) -> BrokerHandle {
+        BrokerHandle(self.state.clone())
     }
 
     /// The broker's gauges and counters, read at scrape time, for another

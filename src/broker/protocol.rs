@@ -8,56 +8,58 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use serde_json::{json, Map, Value};
 
-pub mod action {
-    pub const HEARTBEAT: u64 = 0;
-    pub const ACK: u64 = 1;
-    pub const NACK: u64 = 2;
-    pub const CONNECT: u64 = 3;
-    pub const CONNECTED: u64 = 4;
-    pub const DISCONNECT: u64 = 5;
-    pub const DISCONNECTED: u64 = 6;
-    pub const CLOSE: u64 = 7;
-    pub const CLOSED: u64 = 8;
-    pub const ERROR: u64 = 9;
-    pub const ATTACH: u64 = 10;
-    pub const ATTACHED: u64 = 11;
-    pub const DETACH: u64 = 12;
-    pub const DETACHED: u64 = 13;
-    pub const PRESENCE: u64 = 14;
-    pub const MESSAGE: u64 = 15;
-    pub const SYNC: u64 = 16;
-    pub const AUTH: u64 = 17;
+pub(crate) mod action {
+    pub(crate) const HEARTBEAT: u64 = 0;
+    pub(crate) const ACK: u64 = 1;
+    pub(crate) const NACK: u64 = 2;
+    #[allow(dead_code)] // the table follows ably-js's protocolmessage.ts; no client sends it here
+    pub(crate) const CONNECT: u64 = 3;
+    pub(crate) const CONNECTED: u64 = 4;
+    pub(crate) const DISCONNECT: u64 = 5;
+    pub(crate) const DISCONNECTED: u64 = 6;
+    pub(crate) const CLOSE: u64 = 7;
+    pub(crate) const CLOSED: u64 = 8;
+    pub(crate) const ERROR: u64 = 9;
+    pub(crate) const ATTACH: u64 = 10;
+    pub(crate) const ATTACHED: u64 = 11;
+    pub(crate) const DETACH: u64 = 12;
+    pub(crate) const DETACHED: u64 = 13;
+    pub(crate) const PRESENCE: u64 = 14;
+    pub(crate) const MESSAGE: u64 = 15;
+    pub(crate) const SYNC: u64 = 16;
+    pub(crate) const AUTH: u64 = 17;
 }
 
-pub mod flag {
-    pub const HAS_PRESENCE: u64 = 1 << 0;
-    pub const RESUMED: u64 = 1 << 2;
-    pub const PRESENCE: u64 = 1 << 16;
-    pub const PUBLISH: u64 = 1 << 17;
-    pub const SUBSCRIBE: u64 = 1 << 18;
-    pub const PRESENCE_SUBSCRIBE: u64 = 1 << 19;
+pub(crate) mod flag {
+    pub(crate) const HAS_PRESENCE: u64 = 1 << 0;
+    pub(crate) const RESUMED: u64 = 1 << 2;
+    pub(crate) const PRESENCE: u64 = 1 << 16;
+    pub(crate) const PUBLISH: u64 = 1 << 17;
+    pub(crate) const SUBSCRIBE: u64 = 1 << 18;
+    pub(crate) const PRESENCE_SUBSCRIBE: u64 = 1 << 19;
 }
 
-pub mod presence_action {
-    pub const ABSENT: u64 = 0;
-    pub const PRESENT: u64 = 1;
-    pub const ENTER: u64 = 2;
-    pub const LEAVE: u64 = 3;
-    pub const UPDATE: u64 = 4;
+pub(crate) mod presence_action {
+    #[allow(dead_code)] // the table follows ably-js's presencemessage.ts; never sent here
+    pub(crate) const ABSENT: u64 = 0;
+    pub(crate) const PRESENT: u64 = 1;
+    pub(crate) const ENTER: u64 = 2;
+    pub(crate) const LEAVE: u64 = 3;
+    pub(crate) const UPDATE: u64 = 4;
 }
 
 /// An Ably error: what clients see as `ErrorInfo`. ably-js drops a whole
 /// frame whose `error` lacks any of `message`, `code`, `statusCode`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message} ({code})")]
-pub struct AblyError {
-    pub code: u32,
-    pub status: u16,
-    pub message: String,
+pub(crate) struct AblyError {
+    pub(crate) code: u32,
+    pub(crate) status: u16,
+    pub(crate) message: String,
 }
 
 impl AblyError {
-    pub fn new(code: u32, status: u16, message: impl Into<String>) -> AblyError {
+    pub(crate) fn new(code: u32, status: u16, message: impl Into<String>) -> AblyError {
         AblyError {
             code,
             status,
@@ -65,39 +67,39 @@ impl AblyError {
         }
     }
 
-    pub fn to_value(&self) -> Value {
+    pub(crate) fn to_value(&self) -> Value {
         json!({"message": self.message, "code": self.code, "statusCode": self.status})
     }
 
     /// 40140–40149: the client renews its token and tries again.
-    pub fn is_token_error(&self) -> bool {
+    pub(crate) fn is_token_error(&self) -> bool {
         (40140..40150).contains(&self.code)
     }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
+pub(crate) enum Format {
     Json,
     MsgPack,
 }
 
 /// An encoded frame, ready for the socket.
 #[derive(Debug, Clone)]
-pub enum Encoded {
+pub(crate) enum Encoded {
     Text(String),
     Binary(Vec<u8>),
 }
 
 /// A frame delivered to many connections: encoded at most once per format.
 #[derive(Debug)]
-pub struct SharedFrame {
+pub(crate) struct SharedFrame {
     value: Value,
     json: std::sync::OnceLock<String>,
     msgpack: std::sync::OnceLock<Vec<u8>>,
 }
 
 impl SharedFrame {
-    pub fn new(value: Value) -> SharedFrame {
+    pub(crate) fn new(value: Value) -> SharedFrame {
         SharedFrame {
             value,
             json: std::sync::OnceLock::new(),
@@ -105,7 +107,7 @@ impl SharedFrame {
         }
     }
 
-    pub fn encoded(&self, format: Format) -> Encoded {
+    pub(crate) fn encoded(&self, format: Format) -> Encoded {
         match format {
             Format::Json => Encoded::Text(self.json.get_or_init(|| self.value.to_string()).clone()),
             Format::MsgPack => Encoded::Binary(
@@ -128,7 +130,7 @@ impl std::ops::Deref for SharedFrame {
     }
 }
 
-pub fn encode(value: &Value, format: Format) -> Encoded {
+pub(crate) fn encode(value: &Value, format: Format) -> Encoded {
     match format {
         Format::Json => Encoded::Text(value.to_string()),
         Format::MsgPack => Encoded::Binary(
@@ -137,7 +139,7 @@ pub fn encode(value: &Value, format: Format) -> Encoded {
     }
 }
 
-pub fn encode_bytes(value: &Value, format: Format) -> Vec<u8> {
+pub(crate) fn encode_bytes(value: &Value, format: Format) -> Vec<u8> {
     match encode(value, format) {
         Encoded::Text(t) => t.into_bytes(),
         Encoded::Binary(b) => b,
@@ -148,13 +150,13 @@ pub fn encode_bytes(value: &Value, format: Format) -> Vec<u8> {
 const MAX_DEPTH: usize = 64;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum DecodeError {
+pub(crate) enum DecodeError {
     #[error("the frame is not valid {0}")]
     Syntax(&'static str),
 }
 
 /// Decodes one protocol message (or a REST body) in either format.
-pub fn decode(bytes: &[u8], format: Format) -> Result<Value, DecodeError> {
+pub(crate) fn decode(bytes: &[u8], format: Format) -> Result<Value, DecodeError> {
     let value = match format {
         Format::Json => serde_json::from_slice(bytes).map_err(|_| DecodeError::Syntax("JSON"))?,
         Format::MsgPack => {

@@ -17,7 +17,7 @@ use super::protocol::{self, action, AblyError, Format};
 use super::BrokerState;
 use crate::capability::Operation;
 
-pub const MAX_REST_BODY: usize = 1024 * 1024;
+pub(crate) const MAX_REST_BODY: usize = 1024 * 1024;
 
 impl actix_web::ResponseError for AblyError {
     fn status_code(&self) -> StatusCode {
@@ -131,13 +131,13 @@ fn require(credentials: &Credentials, channel: &str, op: Operation) -> Result<()
     }
 }
 
-pub async fn time(state: web::Data<BrokerState>) -> HttpResponse {
+pub(crate) async fn time(state: web::Data<BrokerState>) -> HttpResponse {
     HttpResponse::Ok()
         .insert_header(("content-type", "application/json"))
         .body(format!("[{}]", state.hub.now_ms()))
 }
 
-pub async fn request_token(
+pub(crate) async fn request_token(
     req: HttpRequest,
     path: web::Path<String>,
     body: web::Bytes,
@@ -151,7 +151,7 @@ pub async fn request_token(
         .body(details.to_string()))
 }
 
-pub async fn publish(
+pub(crate) async fn publish(
     req: HttpRequest,
     path: web::Path<String>,
     body: web::Bytes,
@@ -225,7 +225,7 @@ pub async fn publish(
 }
 
 #[derive(serde::Deserialize)]
-pub struct HistoryParams {
+pub(crate) struct HistoryParams {
     limit: Option<String>,
     direction: Option<String>,
     start: Option<String>,
@@ -244,7 +244,7 @@ fn parse_number(value: &Option<String>, name: &str) -> Result<Option<u64>, AblyE
         .transpose()
 }
 
-pub async fn history(
+pub(crate) async fn history(
     req: HttpRequest,
     path: web::Path<String>,
     params: web::Query<HistoryParams>,
@@ -305,7 +305,7 @@ pub async fn history(
     Ok(response)
 }
 
-pub async fn presence(
+pub(crate) async fn presence(
     req: HttpRequest,
     path: web::Path<String>,
     state: web::Data<BrokerState>,
@@ -320,7 +320,7 @@ pub async fn presence(
     ))
 }
 
-pub async fn not_found(req: HttpRequest) -> HttpResponse {
+pub(crate) async fn not_found(req: HttpRequest) -> HttpResponse {
     let path: String = req.path().chars().take(200).collect();
     actix_web::ResponseError::error_response(&AblyError::new(
         40400,

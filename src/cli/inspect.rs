@@ -16,7 +16,7 @@ use crate::signing::{verify_ably_jwt, verify_token_request_mac, ApiKey, TokenReq
 use crate::upstream::jwks::KeySet;
 
 #[derive(Args)]
-pub struct InspectArgs {
+pub(crate) struct InspectArgs {
     /// The token, TokenRequest JSON, or - to read standard input.
     token: String,
     /// Ably API key to verify a TokenRequest's mac or an Ably JWT's signature
@@ -28,7 +28,7 @@ pub struct InspectArgs {
     jwks: Option<std::path::PathBuf>,
 }
 
-pub fn inspect(args: InspectArgs) -> Result<ExitCode, Failure> {
+pub(crate) fn inspect(args: InspectArgs) -> Result<ExitCode, Failure> {
     let mut text = args.token.clone();
     if text == "-" {
         text.clear();

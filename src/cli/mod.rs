@@ -13,7 +13,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
 #[command(name = "ably-tokend", version, about = "Token-authentication sidecar for Ably", long_about = None)]
-pub struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
     command: Command,
 }
@@ -120,7 +120,7 @@ impl From<LogFormatArg> for crate::config::LogFormat {
 }
 
 /// A failure a person can act on: printed as one line on stderr, exit 1.
-pub struct Failure(pub String);
+pub(crate) struct Failure(pub(crate) String);
 
 impl<E: std::fmt::Display> From<E> for Failure {
     fn from(e: E) -> Failure {

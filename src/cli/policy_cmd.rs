@@ -11,7 +11,7 @@ use crate::capability::Capability;
 use crate::config::parse_duration;
 use crate::policy::{Asked, ClaimPointer, Policy, Request};
 
-pub fn check(files: &[PathBuf]) -> Result<ExitCode, Failure> {
+pub(crate) fn check(files: &[PathBuf]) -> Result<ExitCode, Failure> {
     let mut failed = false;
     for file in files {
         if file.to_string_lossy().ends_with(".tests.toml") {
@@ -40,7 +40,7 @@ pub fn check(files: &[PathBuf]) -> Result<ExitCode, Failure> {
     })
 }
 
-pub fn test(dir: &std::path::Path) -> Result<ExitCode, Failure> {
+pub(crate) fn test(dir: &std::path::Path) -> Result<ExitCode, Failure> {
     let files =
         crate::policy::cases::find(dir).map_err(|e| Failure(format!("{}: {e}", dir.display())))?;
     if files.is_empty() {
@@ -84,7 +84,7 @@ pub fn test(dir: &std::path::Path) -> Result<ExitCode, Failure> {
 }
 
 #[derive(Args)]
-pub struct ExplainArgs {
+pub(crate) struct ExplainArgs {
     /// The policy file.
     #[arg(long)]
     policy: PathBuf,
@@ -112,7 +112,7 @@ pub struct ExplainArgs {
     max_ttl: String,
 }
 
-pub fn explain(args: ExplainArgs) -> Result<ExitCode, Failure> {
+pub(crate) fn explain(args: ExplainArgs) -> Result<ExitCode, Failure> {
     let policy = Policy::load(&args.policy)?;
     let text = match args.claims.strip_prefix('@') {
         Some(path) => {

@@ -50,7 +50,10 @@ fn load(config: Option<PathBuf>) -> Result<Settings, Failure> {
     Settings::load(config.as_deref()).map_err(|e| Failure(format!("configuration: {e}")))
 }
 
-pub fn serve(config: Option<PathBuf>, log_format: Option<LogFormat>) -> Result<ExitCode, Failure> {
+pub(crate) fn serve(
+    config: Option<PathBuf>,
+    log_format: Option<LogFormat>,
+) -> Result<ExitCode, Failure> {
     let settings = load(config)?;
     settings
         .require_issuers()
@@ -77,7 +80,10 @@ pub fn serve(config: Option<PathBuf>, log_format: Option<LogFormat>) -> Result<E
     })
 }
 
-pub fn broker(config: Option<PathBuf>, log_format: Option<LogFormat>) -> Result<ExitCode, Failure> {
+pub(crate) fn broker(
+    config: Option<PathBuf>,
+    log_format: Option<LogFormat>,
+) -> Result<ExitCode, Failure> {
     let settings = load(config)?;
     init_logging(
         log_format.unwrap_or(settings.log.format),
@@ -100,15 +106,15 @@ pub fn broker(config: Option<PathBuf>, log_format: Option<LogFormat>) -> Result<
 }
 
 /// The `dev` command's flags.
-pub struct DevOptions {
-    pub port: u16,
-    pub broker_port: u16,
-    pub policy: Option<PathBuf>,
-    pub json_line: bool,
-    pub cors_origins: Vec<String>,
+pub(crate) struct DevOptions {
+    pub(crate) port: u16,
+    pub(crate) broker_port: u16,
+    pub(crate) policy: Option<PathBuf>,
+    pub(crate) json_line: bool,
+    pub(crate) cors_origins: Vec<String>,
 }
 
-pub fn dev(options: DevOptions) -> Result<ExitCode, Failure> {
+pub(crate) fn dev(options: DevOptions) -> Result<ExitCode, Failure> {
     let DevOptions {
         port,
         broker_port,

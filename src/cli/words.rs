@@ -3,7 +3,7 @@
 use std::time::{Duration, UNIX_EPOCH};
 
 /// `2026-11-24T21:00:00Z (in 59m 58s)` or `(… ago)`.
-pub fn time(secs: i64, now_secs: i64) -> String {
+pub(crate) fn time(secs: i64, now_secs: i64) -> String {
     let at = if secs >= 0 {
         humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs as u64)).to_string()
     } else {
@@ -18,6 +18,6 @@ pub fn time(secs: i64, now_secs: i64) -> String {
     }
 }
 
-pub fn duration_ms(ms: u64) -> String {
+pub(crate) fn duration_ms(ms: u64) -> String {
     humantime::format_duration(Duration::from_millis(ms)).to_string()
 }

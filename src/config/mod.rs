@@ -20,14 +20,14 @@ use crate::policy::ClaimPointer;
 use crate::signing::{ApiKey, KeySecret};
 use raw::{RawAbly, RawBroker, RawIssuer, RawLog, RawPolicy, RawServer, RawSettings};
 
-pub use validate::check_cors_origins;
+pub(crate) use validate::check_cors_origins;
 
-pub const DEFAULT_CONFIG_FILE: &str = "ably-tokend.toml";
+pub(crate) const DEFAULT_CONFIG_FILE: &str = "ably-tokend.toml";
 const ENV_PREFIX: &str = "ABLY_TOKEND";
 
 /// Ably's own ceiling on a token's life: a longer `ttl` is refused with
 /// error 40003 "Excessive value for TTL" (https://ably.com/docs/errors/codes).
-pub const ABLY_MAX_TTL: Duration = Duration::from_secs(24 * 3600);
+pub(crate) const ABLY_MAX_TTL: Duration = Duration::from_secs(24 * 3600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -47,48 +47,48 @@ fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
 /// The whole configuration, validated.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub server: ServerSettings,
-    pub ably: AblySettings,
-    pub issuers: Vec<IssuerSettings>,
-    pub policy: PolicySettings,
-    pub broker: BrokerSettings,
-    pub log: LogSettings,
+    pub(crate) server: ServerSettings,
+    pub(crate) ably: AblySettings,
+    pub(crate) issuers: Vec<IssuerSettings>,
+    pub(crate) policy: PolicySettings,
+    pub(crate) broker: BrokerSettings,
+    pub(crate) log: LogSettings,
 }
 
 #[derive(Debug, Clone)]
-pub struct ServerSettings {
-    pub bind: SocketAddr,
-    pub cors_allowed_origins: Vec<String>,
+pub(crate) struct ServerSettings {
+    pub(crate) bind: SocketAddr,
+    pub(crate) cors_allowed_origins: Vec<String>,
     /// Cookies that may carry the session token, in order of preference.
-    pub session_cookies: Vec<String>,
-    pub max_body_bytes: usize,
+    pub(crate) session_cookies: Vec<String>,
+    pub(crate) max_body_bytes: usize,
     /// Requests per second per client address; 0 turns the limit off.
-    pub rate_limit_per_second: u32,
-    pub rate_limit_burst: u32,
-    pub shutdown_timeout: Duration,
-    pub workers: usize,
+    pub(crate) rate_limit_per_second: u32,
+    pub(crate) rate_limit_burst: u32,
+    pub(crate) shutdown_timeout: Duration,
+    pub(crate) workers: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum TokenFormat {
+pub(crate) enum TokenFormat {
     TokenRequest,
     Jwt,
 }
 
 #[derive(Debug, Clone)]
-pub struct AblySettings {
+pub(crate) struct AblySettings {
     /// Never empty; the first key signs, the others are accepted by the broker
     /// and by `token inspect` (key rotation).
-    pub keys: Vec<ApiKey>,
-    pub token_format: TokenFormat,
-    pub default_ttl: Duration,
-    pub max_ttl: Duration,
+    pub(crate) keys: Vec<ApiKey>,
+    pub(crate) token_format: TokenFormat,
+    pub(crate) default_ttl: Duration,
+    pub(crate) max_ttl: Duration,
 }
 
 impl AblySettings {
     /// One key that signs, with the documented token format and lifetimes.
-    pub fn with_key(key: ApiKey) -> AblySettings {
+    pub(crate) fn with_key(key: ApiKey) -> AblySettings {
         let (default_ttl, max_ttl) =
             validate::ttls(&RawAbly::default()).expect("the documented defaults are valid");
         AblySettings {
@@ -99,44 +99,44 @@ impl AblySettings {
         }
     }
 
-    pub fn signing_key(&self) -> &ApiKey {
+    pub(crate) fn signing_key(&self) -> &ApiKey {
         &self.keys[0]
     }
 }
 
 #[derive(Debug, Clone)]
-pub enum KeySource {
+pub(crate) enum KeySource {
     Jwks(JwksSettings),
     /// HS256/384/512 shared secret, for development issuers.
     Secret(KeySecret),
 }
 
 #[derive(Debug, Clone)]
-pub struct JwksSettings {
-    pub url: reqwest::Url,
-    pub cache_ttl: Duration,
-    pub refetch_cooldown: Duration,
-    pub stale_for: Duration,
-    pub timeout: Duration,
+pub(crate) struct JwksSettings {
+    pub(crate) url: reqwest::Url,
+    pub(crate) cache_ttl: Duration,
+    pub(crate) refetch_cooldown: Duration,
+    pub(crate) stale_for: Duration,
+    pub(crate) timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
-pub struct IssuerSettings {
-    pub name: String,
-    pub issuer: String,
-    pub keys: KeySource,
-    pub audiences: Vec<String>,
-    pub authorized_parties: Vec<String>,
-    pub algorithms: Vec<Algorithm>,
-    pub leeway: Duration,
-    pub roles_claim: ClaimPointer,
-    pub client_id_claim: ClaimPointer,
+pub(crate) struct IssuerSettings {
+    pub(crate) name: String,
+    pub(crate) issuer: String,
+    pub(crate) keys: KeySource,
+    pub(crate) audiences: Vec<String>,
+    pub(crate) authorized_parties: Vec<String>,
+    pub(crate) algorithms: Vec<Algorithm>,
+    pub(crate) leeway: Duration,
+    pub(crate) roles_claim: ClaimPointer,
+    pub(crate) client_id_claim: ClaimPointer,
 }
 
 impl IssuerSettings {
     /// An issuer that signs with a shared secret (HS256), every other field
     /// at its documented default; checked as an `[[issuers]]` table would be.
-    pub fn with_secret(
+    pub(crate) fn with_secret(
         name: &str,
         issuer: &str,
         secret: &str,
@@ -146,9 +146,9 @@ impl IssuerSettings {
 }
 
 #[derive(Debug, Clone)]
-pub struct PolicySettings {
-    pub path: PathBuf,
-    pub watch: bool,
+pub(crate) struct PolicySettings {
+    pub(crate) path: PathBuf,
+    pub(crate) watch: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -160,16 +160,16 @@ pub struct BrokerSettings {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     Json,
     Pretty,
 }
 
 #[derive(Debug, Clone)]
-pub struct LogSettings {
-    pub format: LogFormat,
+pub(crate) struct LogSettings {
+    pub(crate) format: LogFormat,
     /// A tracing filter such as `info` or `ably_tokend=debug,info`.
-    pub level: String,
+    pub(crate) level: String,
 }
 
 // The defaults of each section are the documented ones a file that omits the
@@ -200,13 +200,13 @@ impl Default for LogSettings {
 }
 
 /// Parses `"90s"`, `"5m"`, `"1h"`.
-pub fn parse_duration(field: &str, text: &str) -> Result<Duration, ConfigError> {
+pub(crate) fn parse_duration(field: &str, text: &str) -> Result<Duration, ConfigError> {
     crate::duration::parse_duration(field, text).map_err(|e| invalid(e.field.clone(), e.reason()))
 }
 
 impl Settings {
     /// The sidecar needs at least one issuer; the broker alone needs none.
-    pub fn require_issuers(&self) -> Result<(), ConfigError> {
+    pub(crate) fn require_issuers(&self) -> Result<(), ConfigError> {
         if self.issuers.is_empty() {
             return Err(invalid(
                 "issuers",
@@ -218,7 +218,7 @@ impl Settings {
 
     /// Loads `path` (or `ably-tokend.toml` when present), then the environment.
     /// An explicitly named file must exist.
-    pub fn load(path: Option<&Path>) -> Result<Settings, ConfigError> {
+    pub(crate) fn load(path: Option<&Path>) -> Result<Settings, ConfigError> {
         let (file, required) = match path {
             Some(p) => (p.to_path_buf(), true),
             None => (PathBuf::from(DEFAULT_CONFIG_FILE), false),
@@ -228,7 +228,7 @@ impl Settings {
     }
 
     /// Like `load`, with the environment passed in (tests).
-    pub fn load_from(
+    pub(crate) fn load_from(
         file: &Path,
         required: bool,
         env: &[(String, String)],

@@ -9,25 +9,25 @@ use super::{LogFormat, TokenFormat};
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub(super) struct RawSettings {
-    pub server: RawServer,
-    pub ably: RawAbly,
-    pub issuers: Vec<RawIssuer>,
-    pub policy: RawPolicy,
-    pub broker: RawBroker,
-    pub log: RawLog,
+    pub(crate) server: RawServer,
+    pub(crate) ably: RawAbly,
+    pub(crate) issuers: Vec<RawIssuer>,
+    pub(crate) policy: RawPolicy,
+    pub(crate) broker: RawBroker,
+    pub(crate) log: RawLog,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(super) struct RawServer {
-    pub bind: String,
-    pub cors_allowed_origins: Vec<String>,
-    pub session_cookies: Vec<String>,
-    pub max_body_bytes: usize,
-    pub rate_limit_per_second: u32,
-    pub rate_limit_burst: u32,
-    pub shutdown_timeout: String,
-    pub workers: usize,
+    pub(crate) bind: String,
+    pub(crate) cors_allowed_origins: Vec<String>,
+    pub(crate) session_cookies: Vec<String>,
+    pub(crate) max_body_bytes: usize,
+    pub(crate) rate_limit_per_second: u32,
+    pub(crate) rate_limit_burst: u32,
+    pub(crate) shutdown_timeout: String,
+    pub(crate) workers: usize,
 }
 
 impl Default for RawServer {
@@ -50,11 +50,11 @@ impl Default for RawServer {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(super) struct RawAbly {
-    pub api_key: Option<String>,
-    pub api_keys: Vec<String>,
-    pub token_format: TokenFormat,
-    pub default_ttl: String,
-    pub max_ttl: String,
+    pub(crate) api_key: Option<String>,
+    pub(crate) api_keys: Vec<String>,
+    pub(crate) token_format: TokenFormat,
+    pub(crate) default_ttl: String,
+    pub(crate) max_ttl: String,
 }
 
 impl Default for RawAbly {
@@ -72,35 +72,35 @@ impl Default for RawAbly {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawIssuer {
-    pub name: String,
-    pub issuer: String,
-    pub jwks_url: Option<String>,
-    pub secret: Option<String>,
+    pub(crate) name: String,
+    pub(crate) issuer: String,
+    pub(crate) jwks_url: Option<String>,
+    pub(crate) secret: Option<String>,
     #[serde(default)]
-    pub audiences: Vec<String>,
+    pub(crate) audiences: Vec<String>,
     #[serde(default)]
-    pub authorized_parties: Vec<String>,
-    pub algorithms: Option<Vec<String>>,
+    pub(crate) authorized_parties: Vec<String>,
+    pub(crate) algorithms: Option<Vec<String>>,
     #[serde(default = "default_leeway")]
-    pub leeway: String,
+    pub(crate) leeway: String,
     #[serde(default = "default_roles_claim")]
-    pub roles_claim: String,
+    pub(crate) roles_claim: String,
     #[serde(default = "default_client_id_claim")]
-    pub client_id_claim: String,
+    pub(crate) client_id_claim: String,
     #[serde(default = "default_cache_ttl")]
-    pub jwks_cache_ttl: String,
+    pub(crate) jwks_cache_ttl: String,
     #[serde(default = "default_cooldown")]
-    pub jwks_refetch_cooldown: String,
+    pub(crate) jwks_refetch_cooldown: String,
     #[serde(default = "default_stale_for")]
-    pub jwks_stale_for: String,
+    pub(crate) jwks_stale_for: String,
     #[serde(default = "default_timeout")]
-    pub jwks_timeout: String,
+    pub(crate) jwks_timeout: String,
 }
 
 impl RawIssuer {
     /// An `[[issuers]]` entry with a shared secret and every other field
     /// left at its default, as if the file named only these three.
-    pub fn with_secret(name: &str, issuer: &str, secret: &str) -> RawIssuer {
+    pub(crate) fn with_secret(name: &str, issuer: &str, secret: &str) -> RawIssuer {
         RawIssuer {
             name: name.into(),
             issuer: issuer.into(),
@@ -145,8 +145,8 @@ fn default_timeout() -> String {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(super) struct RawPolicy {
-    pub path: String,
-    pub watch: bool,
+    pub(crate) path: String,
+    pub(crate) watch: bool,
 }
 
 impl Default for RawPolicy {
@@ -161,9 +161,9 @@ impl Default for RawPolicy {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(super) struct RawBroker {
-    pub bind: String,
-    pub history_max_messages: usize,
-    pub history_max_age: String,
+    pub(crate) bind: String,
+    pub(crate) history_max_messages: usize,
+    pub(crate) history_max_age: String,
 }
 
 impl Default for RawBroker {
@@ -179,8 +179,8 @@ impl Default for RawBroker {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(super) struct RawLog {
-    pub format: LogFormat,
-    pub level: String,
+    pub(crate) format: LogFormat,
+    pub(crate) level: String,
 }
 
 impl Default for RawLog {

@@ -68,7 +68,7 @@ fn parse_bind(field: &str, text: &str) -> Result<SocketAddr, ConfigError> {
 
 /// Each entry must be a bare origin (`scheme://host[:port]`), the form a
 /// browser sends in `Origin` and the CORS layer compares exactly.
-pub fn check_cors_origins(origins: &[String]) -> Result<(), ConfigError> {
+pub(crate) fn check_cors_origins(origins: &[String]) -> Result<(), ConfigError> {
     for (i, origin) in origins.iter().enumerate() {
         let ok = reqwest::Url::parse(origin)
             .map(|u| {

@@ -11,7 +11,7 @@ use serde_json::json;
 use crate::config::IssuerSettings;
 use crate::signing::hmac_sha256;
 
-pub const DEV_ISSUER: &str = "ably-tokend-dev";
+pub(crate) const DEV_ISSUER: &str = "ably-tokend-dev";
 
 /// `bytes` random bytes as URL-safe base64 without padding.
 pub(super) fn random_text(bytes: usize) -> String {
@@ -61,7 +61,7 @@ impl DevIssuer {
 
     /// The `[[issuers]]` entry that accepts what `mint` signs: roles from
     /// `/roles`, the client id from `/sub`.
-    pub fn issuer_settings(&self) -> IssuerSettings {
+    pub(crate) fn issuer_settings(&self) -> IssuerSettings {
         IssuerSettings::with_secret("dev", DEV_ISSUER, &self.secret)
             .expect("32 random bytes make a valid secret")
     }

@@ -8,7 +8,7 @@ mod issuer;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-pub use issuer::{DevIssuer, DEV_ISSUER};
+pub use issuer::DevIssuer;
 
 use crate::broker::{Broker, Limits};
 use crate::clock;

@@ -9,7 +9,7 @@ use super::routes::Route;
 use super::AppState;
 
 #[derive(Deserialize)]
-pub struct SessionQuery {
+pub(crate) struct SessionQuery {
     sub: Option<String>,
     /// Comma-separated role names.
     roles: Option<String>,
@@ -17,7 +17,10 @@ pub struct SessionQuery {
     ttl: Option<u64>,
 }
 
-pub async fn mint(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub(crate) async fn mint(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     // Parsed here rather than by an extractor, so a bad query gets Ably's error shape.
     let query = web::Query::<SessionQuery>::from_query(req.query_string()).map_err(|_| {
         ApiError::bad_request(

@@ -13,7 +13,7 @@ use crate::policy::Denial;
 use crate::upstream::UpstreamError;
 
 #[derive(Debug, thiserror::Error)]
-pub enum ApiError {
+pub(crate) enum ApiError {
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
     #[error(transparent)]
@@ -36,18 +36,18 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    pub fn bad_request(reason: &'static str, message: impl Into<String>) -> ApiError {
+    pub(crate) fn bad_request(reason: &'static str, message: impl Into<String>) -> ApiError {
         ApiError::BadRequest {
             reason,
             message: message.into(),
         }
     }
 
-    pub fn invalid_capability(e: CapabilityError) -> ApiError {
+    pub(crate) fn invalid_capability(e: CapabilityError) -> ApiError {
         ApiError::bad_request("invalid_capability", format!("capability: {e}"))
     }
 
-    pub fn reason(&self) -> &'static str {
+    pub(crate) fn reason(&self) -> &'static str {
         match self {
             ApiError::Upstream(e) => e.reason(),
             ApiError::Denied(d) => d.reason(),
@@ -81,12 +81,16 @@ impl ResponseError for ApiError {
 
 /// Builds an Ably-shaped error response; also used for errors raised outside
 /// handlers (readiness, actix's own extractor errors).
-pub fn error_response(status: StatusCode, reason: &'static str, message: &str) -> HttpResponse {
+pub(crate) fn error_response(
+    status: StatusCode,
+    reason: &'static str,
+    message: &str,
+) -> HttpResponse {
     error_response_with(status, reason, message, serde_json::Map::new())
 }
 
 /// As `error_response`, with more top-level fields beside `error`.
-pub fn error_response_with(
+pub(crate) fn error_response_with(
     status: StatusCode,
     reason: &'static str,
     message: &str,

@@ -8,14 +8,14 @@ use super::error::error_response_with;
 use super::AppState;
 use crate::upstream::Readiness;
 
-pub async fn healthz() -> HttpResponse {
+pub(crate) async fn healthz() -> HttpResponse {
     HttpResponse::Ok()
         .insert_header(("content-type", "application/json"))
         .body(r#"{"status":"ok"}"#)
 }
 
 /// Ready once a policy is loaded and every JWKS issuer has usable keys.
-pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+pub(crate) async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
         .insert_header(("content-type", "text/plain; version=0.0.4; charset=utf-8"))
         .body(state.metrics.render())
@@ -31,7 +31,7 @@ fn policy_detail(state: &AppState) -> serde_json::Value {
     })
 }
 
-pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+pub(crate) async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let mut problems = Vec::new();
     let issuers: Vec<_> = state
         .verifier

@@ -22,7 +22,7 @@ use actix_web::{web, App, HttpRequest, HttpServer};
 use prometheus_client::collector::Collector;
 use tracing_actix_web::TracingLogger;
 
-pub use error::{error_response, ApiError};
+pub(crate) use error::{error_response, ApiError};
 
 use crate::clock::{self, SharedClock};
 use crate::config::Settings;
@@ -40,21 +40,21 @@ const CORS_HEADERS: &[&str] = &[
     "ably-agent",
 ];
 
-pub struct AppState {
-    pub settings: Settings,
-    pub verifier: Arc<Verifier>,
-    pub clock: SharedClock,
-    pub metrics: Metrics,
+pub(crate) struct AppState {
+    pub(crate) settings: Settings,
+    pub(crate) verifier: Arc<Verifier>,
+    pub(crate) clock: SharedClock,
+    pub(crate) metrics: Metrics,
     /// Set only by `ably-tokend dev`: serves `/dev/session`.
-    pub dev_issuer: Option<DevIssuer>,
+    pub(crate) dev_issuer: Option<DevIssuer>,
     /// The policy in force and its reloads.
-    pub policy: Store,
+    pub(crate) policy: Store,
     /// A copy of the store's status that metrics read at scrape time.
     policy_gauges: Arc<RwLock<PolicyGauges>>,
 }
 
 impl AppState {
-    pub fn new(
+    pub(crate) fn new(
         settings: Settings,
         policy: Policy,
         clock: SharedClock,
@@ -164,10 +164,6 @@ impl Application {
 
     pub fn port(&self) -> u16 {
         self.port
-    }
-
-    pub fn state(&self) -> web::Data<AppState> {
-        self.state.clone()
     }
 
     pub async fn run_until_stopped(self) -> std::io::Result<()> {

@@ -17,7 +17,7 @@ use crate::upstream::UpstreamError;
 
 /// The session token: `Authorization: Bearer …` wins over the cookies, which
 /// are tried in the configured order.
-pub fn session_token(req: &HttpRequest, cookies: &[String]) -> Result<String, ApiError> {
+pub(crate) fn session_token(req: &HttpRequest, cookies: &[String]) -> Result<String, ApiError> {
     if let Some(value) = req.headers().get(header::AUTHORIZATION) {
         let value = value.as_bytes();
         if value.len() > 7 && value[..7].eq_ignore_ascii_case(b"bearer ") {
@@ -59,13 +59,13 @@ fn find_cookie(req: &HttpRequest, name: &str) -> Option<String> {
 
 /// What the client asked for, and in which format it wants the answer.
 #[derive(Debug, Default)]
-pub struct TokenParams {
-    pub asked: Asked,
-    pub format: Option<TokenFormat>,
+pub(crate) struct TokenParams {
+    pub(crate) asked: Asked,
+    pub(crate) format: Option<TokenFormat>,
 }
 
 /// Merges query parameters with a form or JSON body; the body wins.
-pub fn token_params(req: &HttpRequest, body: &[u8]) -> Result<TokenParams, ApiError> {
+pub(crate) fn token_params(req: &HttpRequest, body: &[u8]) -> Result<TokenParams, ApiError> {
     let mut fields: Vec<(String, Value)> =
         serde_urlencoded::from_str::<Vec<(String, String)>>(req.query_string())
             .map_err(|_| {

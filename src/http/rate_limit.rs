@@ -18,10 +18,10 @@ use super::routes::Route;
 /// Above this many tracked addresses, idle ones are forgotten.
 const MAX_TRACKED: usize = 100_000;
 
-pub struct Limiter(Option<DefaultKeyedRateLimiter<IpAddr>>, AtomicU64);
+pub(crate) struct Limiter(Option<DefaultKeyedRateLimiter<IpAddr>>, AtomicU64);
 
 impl Limiter {
-    pub fn new(per_second: u32, burst: u32) -> Limiter {
+    pub(crate) fn new(per_second: u32, burst: u32) -> Limiter {
         let limiter = NonZeroU32::new(per_second).map(|rate| {
             let burst = NonZeroU32::new(burst).unwrap_or(rate);
             RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
@@ -62,7 +62,7 @@ fn client_key(ip: IpAddr) -> IpAddr {
     }
 }
 
-pub async fn middleware(
+pub(crate) async fn middleware(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {

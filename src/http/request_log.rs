@@ -16,22 +16,22 @@ use tracing_actix_web::{RequestId, RootSpanBuilder};
 
 /// What a handler learned about the request, for its log line.
 #[derive(Debug, Clone, Default)]
-pub struct LogFields {
-    pub reason: &'static str,
-    pub sub: Option<String>,
-    pub sid: Option<String>,
-    pub jti: Option<String>,
-    pub roles: Option<String>,
+pub(crate) struct LogFields {
+    pub(crate) reason: &'static str,
+    pub(crate) sub: Option<String>,
+    pub(crate) sid: Option<String>,
+    pub(crate) jti: Option<String>,
+    pub(crate) roles: Option<String>,
 }
 
 impl LogFields {
-    pub fn attach(self, response: &mut HttpResponse) {
+    pub(crate) fn attach(self, response: &mut HttpResponse) {
         response.extensions_mut().insert(self);
     }
 }
 
 /// Marks a response with its stable reason (errors and outcomes alike).
-pub fn mark(response: &mut HttpResponse, reason: &'static str) {
+pub(crate) fn mark(response: &mut HttpResponse, reason: &'static str) {
     let mut extensions = response.extensions_mut();
     match extensions.get_mut::<LogFields>() {
         Some(fields) => fields.reason = reason,
@@ -46,7 +46,7 @@ pub fn mark(response: &mut HttpResponse, reason: &'static str) {
 
 struct Started(Instant);
 
-pub struct RequestLog;
+pub(crate) struct RequestLog;
 
 impl RootSpanBuilder for RequestLog {
     fn on_request_start(request: &ServiceRequest) -> Span {

@@ -15,7 +15,7 @@ use crate::signing::{new_nonce, sign_ably_jwt, sign_token_request, Grant};
 use crate::upstream::Session;
 
 #[derive(Clone, Copy)]
-pub enum Endpoint {
+pub(crate) enum Endpoint {
     /// Answers in the configured format, or `?format=`.
     Token,
     /// Always an Ably JWT.
@@ -31,7 +31,7 @@ impl Endpoint {
     }
 }
 
-pub async fn ably_token(
+pub(crate) async fn ably_token(
     req: HttpRequest,
     body: web::Payload,
     state: web::Data<AppState>,
@@ -39,7 +39,7 @@ pub async fn ably_token(
     handle(Endpoint::Token, req, body, state).await
 }
 
-pub async fn ably_jwt(
+pub(crate) async fn ably_jwt(
     req: HttpRequest,
     body: web::Payload,
     state: web::Data<AppState>,

@@ -66,18 +66,18 @@ struct AskSpec {
 }
 
 /// One case's outcome.
-pub struct CaseResult {
-    pub name: String,
+pub(crate) struct CaseResult {
+    pub(crate) name: String,
     /// None when it passed; else what differed.
-    pub failure: Option<String>,
+    pub(crate) failure: Option<String>,
 }
 
 /// One test file's outcome; `error` when the file itself could not be run.
-pub struct FileResult {
-    pub file: PathBuf,
-    pub policy: PathBuf,
-    pub error: Option<String>,
-    pub cases: Vec<CaseResult>,
+pub(crate) struct FileResult {
+    pub(crate) file: PathBuf,
+    pub(crate) policy: PathBuf,
+    pub(crate) error: Option<String>,
+    pub(crate) cases: Vec<CaseResult>,
 }
 
 fn json(value: &toml::Value) -> Value {
@@ -85,7 +85,7 @@ fn json(value: &toml::Value) -> Value {
 }
 
 /// The test files in `dir` (`*.tests.toml`), sorted.
-pub fn find(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+pub(crate) fn find(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.to_string_lossy().ends_with(".tests.toml"))
@@ -94,7 +94,7 @@ pub fn find(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-pub fn run_file(file: &Path) -> FileResult {
+pub(crate) fn run_file(file: &Path) -> FileResult {
     let mut result = FileResult {
         file: file.to_path_buf(),
         policy: PathBuf::new(),

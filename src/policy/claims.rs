@@ -8,11 +8,14 @@ use std::str::FromStr;
 pub struct ClaimPointer(String);
 
 impl ClaimPointer {
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
 
-    pub fn lookup<'v>(&self, claims: &'v serde_json::Value) -> Option<&'v serde_json::Value> {
+    pub(crate) fn lookup<'v>(
+        &self,
+        claims: &'v serde_json::Value,
+    ) -> Option<&'v serde_json::Value> {
         claims.pointer(&self.0)
     }
 }

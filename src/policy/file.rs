@@ -7,32 +7,32 @@ use toml::Spanned;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawPolicy {
-    pub version: Spanned<i64>,
+pub(crate) struct RawPolicy {
+    pub(crate) version: Spanned<i64>,
     #[serde(default)]
-    pub default_roles: Vec<Spanned<String>>,
+    pub(crate) default_roles: Vec<Spanned<String>>,
     #[serde(default)]
-    pub roles: BTreeMap<Spanned<String>, RawRole>,
+    pub(crate) roles: BTreeMap<Spanned<String>, RawRole>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawRole {
+pub(crate) struct RawRole {
     #[serde(default)]
-    pub description: Option<String>,
+    pub(crate) description: Option<String>,
     #[serde(default)]
-    pub ttl: Option<Spanned<String>>,
-    pub capabilities: Spanned<Vec<RawGrant>>,
+    pub(crate) ttl: Option<Spanned<String>>,
+    pub(crate) capabilities: Spanned<Vec<RawGrant>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawGrant {
-    pub channel: Spanned<String>,
-    pub operations: Spanned<Vec<Spanned<String>>>,
+pub(crate) struct RawGrant {
+    pub(crate) channel: Spanned<String>,
+    pub(crate) operations: Spanned<Vec<Spanned<String>>>,
 }
 
 /// 1-based line of a byte offset.
-pub fn line_of(text: &str, offset: usize) -> usize {
+pub(crate) fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
 }

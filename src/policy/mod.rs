@@ -2,11 +2,11 @@
 //! operations. A file is compiled once into a `Policy` that answers requests
 //! without re-parsing; every load error names the file, line and field path.
 
-pub mod cases;
+pub(crate) mod cases;
 mod claims;
 mod file;
 mod store;
-pub mod template;
+pub(crate) mod template;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -20,10 +20,10 @@ use crate::duration::parse_duration;
 pub use claims::ClaimPointer;
 use template::{ChannelTemplate, Rendered, Values};
 
-pub use store::{ReloadOutcome, Status, Store};
+pub(crate) use store::{ReloadOutcome, Store};
 
 /// Largest policy file read.
-pub const MAX_POLICY_BYTES: u64 = 1024 * 1024;
+pub(crate) const MAX_POLICY_BYTES: u64 = 1024 * 1024;
 const MAX_ROLES: usize = 1000;
 const MAX_GRANTS_PER_ROLE: usize = 100;
 /// Most roles read from one token's claim.
@@ -33,10 +33,10 @@ const MAX_CLIENT_ID_LEN: usize = 256;
 /// A load-time error: `file:line: field.path: reason`.
 #[derive(Debug, Clone, thiserror::Error)]
 pub struct PolicyError {
-    pub file: PathBuf,
-    pub line: Option<usize>,
-    pub path: String,
-    pub reason: String,
+    pub(crate) file: PathBuf,
+    pub(crate) line: Option<usize>,
+    pub(crate) path: String,
+    pub(crate) reason: String,
 }
 
 impl fmt::Display for PolicyError {
@@ -60,15 +60,15 @@ struct Grant {
 
 #[derive(Debug, Clone)]
 pub struct Role {
-    pub name: String,
-    pub description: Option<String>,
-    pub ttl: Option<Duration>,
+    pub(crate) name: String,
+    pub(crate) description: Option<String>,
+    pub(crate) ttl: Option<Duration>,
     grants: Vec<Grant>,
 }
 
 #[derive(Debug, Clone)]
 pub struct Policy {
-    pub source: PathBuf,
+    pub(crate) source: PathBuf,
     default_roles: Vec<String>,
     roles: BTreeMap<String, Role>,
 }
@@ -95,7 +95,7 @@ pub enum Denial {
 }
 
 impl Denial {
-    pub fn reason(&self) -> &'static str {
+    pub(crate) fn reason(&self) -> &'static str {
         match self {
             Denial::NoRole(_) => "no_role",
             Denial::RoleGrantsNothing => "role_grants_nothing",
@@ -130,7 +130,7 @@ pub struct Decision {
     /// Roles that are defined in the policy and applied, in policy order.
     pub roles: Vec<String>,
     /// How many roles the token named that the policy does not define.
-    pub ignored_roles: usize,
+    pub(crate) ignored_roles: usize,
     pub capability: Capability,
     pub client_id: String,
     pub ttl: Duration,
@@ -139,22 +139,22 @@ pub struct Decision {
 /// One capability rule as applied to a request.
 #[derive(Debug, Clone)]
 pub struct RuleTrace {
-    pub role: String,
-    pub template: String,
+    pub(crate) role: String,
+    pub(crate) template: String,
     /// The rendered pattern, or why a value was rejected.
-    pub outcome: Result<String, String>,
-    pub operations: Vec<&'static str>,
+    pub(crate) outcome: Result<String, String>,
+    pub(crate) operations: Vec<&'static str>,
 }
 
 /// How a decision was reached, for `policy explain`.
 #[derive(Debug, Clone, Default)]
 pub struct Trace {
-    pub claimed_roles: Vec<String>,
-    pub default_roles: Vec<String>,
-    pub undefined_roles: Vec<String>,
-    pub rules: Vec<RuleTrace>,
-    pub granted: Option<Capability>,
-    pub ttl_caps: Vec<(String, Duration)>,
+    pub(crate) claimed_roles: Vec<String>,
+    pub(crate) default_roles: Vec<String>,
+    pub(crate) undefined_roles: Vec<String>,
+    pub(crate) rules: Vec<RuleTrace>,
+    pub(crate) granted: Option<Capability>,
+    pub(crate) ttl_caps: Vec<(String, Duration)>,
 }
 
 impl Policy {
@@ -317,11 +317,11 @@ impl Policy {
         })
     }
 
-    pub fn role(&self, name: &str) -> Option<&Role> {
+    pub(crate) fn role(&self, name: &str) -> Option<&Role> {
         self.roles.get(name)
     }
 
-    pub fn role_names(&self) -> impl Iterator<Item = &str> {
+    pub(crate) fn role_names(&self) -> impl Iterator<Item = &str> {
         self.roles.keys().map(String::as_str)
     }
 
@@ -329,7 +329,7 @@ impl Policy {
         self.decide(request, None)
     }
 
-    pub fn explain(&self, request: &Request<'_>) -> (Trace, Result<Decision, Denial>) {
+    pub(crate) fn explain(&self, request: &Request<'_>) -> (Trace, Result<Decision, Denial>) {
         let mut trace = Trace::default();
         let result = self.decide(request, Some(&mut trace));
         (trace, result)

@@ -7,7 +7,7 @@ use super::ClaimPointer;
 use crate::capability::{CapabilityError, ChannelPattern};
 
 /// Longest value inserted into a pattern.
-pub const MAX_VALUE_LEN: usize = 128;
+pub(crate) const MAX_VALUE_LEN: usize = 128;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Part {
@@ -17,7 +17,7 @@ enum Part {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChannelTemplate {
+pub(crate) struct ChannelTemplate {
     raw: String,
     parts: Vec<Part>,
 }
@@ -25,7 +25,7 @@ pub struct ChannelTemplate {
 /// Why a value could not be inserted; never the value itself when it might
 /// be long or hostile, only what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RejectedValue {
+pub(crate) enum RejectedValue {
     #[error("{0} is missing")]
     Missing(String),
     #[error("{0} is not a string")]
@@ -39,13 +39,13 @@ pub enum RejectedValue {
 }
 
 /// The values a request fills templates with.
-pub struct Values<'a> {
-    pub client_id: &'a str,
-    pub claims: &'a Value,
+pub(crate) struct Values<'a> {
+    pub(crate) client_id: &'a str,
+    pub(crate) claims: &'a Value,
 }
 
 impl ChannelTemplate {
-    pub fn parse(raw: &str) -> Result<ChannelTemplate, String> {
+    pub(crate) fn parse(raw: &str) -> Result<ChannelTemplate, String> {
         let mut parts = Vec::new();
         let mut rest = raw;
         while let Some(open) = rest.find(['{', '}']) {
@@ -88,15 +88,16 @@ impl ChannelTemplate {
         Ok(template)
     }
 
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.raw
     }
 
-    pub fn is_static(&self) -> bool {
+    #[cfg(test)]
+    fn is_static(&self) -> bool {
         self.parts.iter().all(|p| matches!(p, Part::Literal(_)))
     }
 
-    pub fn render(&self, values: &Values<'_>) -> Result<ChannelPattern, Rendered> {
+    pub(crate) fn render(&self, values: &Values<'_>) -> Result<ChannelPattern, Rendered> {
         self.render_with(|part| match part {
             Part::ClientId => check("{clientId}", Some(&Value::String(values.client_id.into())))
                 .map(|_| values.client_id),
@@ -126,7 +127,7 @@ impl ChannelTemplate {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Rendered {
+pub(crate) enum Rendered {
     Value(RejectedValue),
     Pattern(CapabilityError),
 }

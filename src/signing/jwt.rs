@@ -8,21 +8,21 @@ use super::{constant_time_eq, hmac_sha256, ApiKey, Grant, KeySecret};
 /// the `x-ably-` prefix is reserved). Times are in seconds.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct AblyJwtClaims {
-    pub iat: u64,
-    pub exp: u64,
+    pub(crate) iat: u64,
+    pub(crate) exp: u64,
     /// Capability JSON as a string, not an object: Ably requires the text.
     #[serde(rename = "x-ably-capability")]
-    pub capability: String,
+    pub(crate) capability: String,
     #[serde(
         rename = "x-ably-clientId",
         default,
         skip_serializing_if = "Option::is_none"
     )]
-    pub client_id: Option<String>,
+    pub(crate) client_id: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum JwtError {
+pub(crate) enum JwtError {
     #[error("not a JWT: {0}")]
     Malformed(&'static str),
     #[error("the JWT header must be HS256 with a kid naming the key")]
@@ -82,7 +82,7 @@ struct IncomingHeader {
 }
 
 /// The key name (`kid`) of an Ably JWT, read without verifying anything.
-pub fn ably_jwt_key_name(token: &str) -> Result<String, JwtError> {
+pub(crate) fn ably_jwt_key_name(token: &str) -> Result<String, JwtError> {
     let header = token
         .split('.')
         .next()
@@ -100,7 +100,7 @@ pub fn ably_jwt_key_name(token: &str) -> Result<String, JwtError> {
 
 /// Verifies an Ably JWT against the configured keys (the `kid` picks one) and
 /// returns its claims. Expiry is the caller's business: it owns the clock.
-pub fn verify_ably_jwt<'k>(
+pub(crate) fn verify_ably_jwt<'k>(
     token: &str,
     keys: &'k [ApiKey],
 ) -> Result<(&'k ApiKey, AblyJwtClaims), JwtError> {

@@ -14,14 +14,14 @@ pub enum KeyError {
 /// The secret half of an API key. Deliberately has no `Display`, and its
 /// `Debug` prints a placeholder.
 #[derive(Clone)]
-pub struct KeySecret(String);
+pub(crate) struct KeySecret(String);
 
 impl KeySecret {
-    pub fn new(secret: String) -> KeySecret {
+    pub(crate) fn new(secret: String) -> KeySecret {
         KeySecret(secret)
     }
 
-    pub fn expose(&self) -> &[u8] {
+    pub(crate) fn expose(&self) -> &[u8] {
         self.0.as_bytes()
     }
 }
@@ -36,26 +36,21 @@ impl fmt::Debug for KeySecret {
 #[derive(Clone, Debug)]
 pub struct ApiKey {
     name: String,
-    app_id_len: usize,
     secret: KeySecret,
 }
 
 impl ApiKey {
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         &self.name
     }
 
-    pub fn app_id(&self) -> &str {
-        &self.name[..self.app_id_len]
-    }
-
-    pub fn secret(&self) -> &KeySecret {
+    pub(crate) fn secret(&self) -> &KeySecret {
         &self.secret
     }
 
     /// The whole `name:secret` text, for the rare places that must hand the key
     /// to something else (printing the `dev` stack's generated key).
-    pub fn expose_whole(&self) -> String {
+    pub(crate) fn expose_whole(&self) -> String {
         format!("{}:{}", self.name, self.secret.0)
     }
 }
@@ -85,7 +80,6 @@ impl FromStr for ApiKey {
         }
         Ok(ApiKey {
             name: name.to_string(),
-            app_id_len: app_id.len(),
             secret: KeySecret(secret.to_string()),
         })
     }
@@ -99,7 +93,6 @@ mod tests {
     fn parses_name_and_secret() {
         let key: ApiKey = "appId.keyId:keySecret".parse().unwrap();
         assert_eq!(key.name(), "appId.keyId");
-        assert_eq!(key.app_id(), "appId");
         assert_eq!(key.secret().expose(), b"keySecret");
     }
 

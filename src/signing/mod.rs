@@ -8,11 +8,12 @@ mod jwt;
 mod key;
 mod token_request;
 
-pub use jwt::{sign_ably_jwt, verify_ably_jwt, AblyJwtClaims, JwtError};
-pub use key::{ApiKey, KeyError, KeySecret};
-pub use token_request::{
-    new_nonce, sign_token_request, token_request_mac, verify_token_request_mac, TokenRequest,
-};
+pub use jwt::{sign_ably_jwt, AblyJwtClaims};
+pub(crate) use jwt::{verify_ably_jwt, JwtError};
+pub(crate) use key::KeySecret;
+pub use key::{ApiKey, KeyError};
+pub use token_request::{new_nonce, sign_token_request, TokenRequest};
+pub(crate) use token_request::{token_request_mac, verify_token_request_mac};
 
 use crate::capability::Capability;
 
@@ -30,7 +31,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 /// HMAC-SHA256 of the concatenated parts.
-pub fn hmac_sha256(secret: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+pub(crate) fn hmac_sha256(secret: &[u8], parts: &[&[u8]]) -> [u8; 32] {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC accepts any key length");
     for part in parts {
         mac.update(part);
@@ -39,7 +40,7 @@ pub fn hmac_sha256(secret: &[u8], parts: &[&[u8]]) -> [u8; 32] {
 }
 
 /// Constant-time equality for secrets and MACs.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     use subtle::ConstantTimeEq;
     a.len() == b.len() && bool::from(a.ct_eq(b))
 }

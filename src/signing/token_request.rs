@@ -11,17 +11,17 @@ use super::{constant_time_eq, hmac_sha256, ApiKey, Grant, KeySecret};
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct TokenRequest {
-    pub key_name: String,
+    pub(crate) key_name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ttl: Option<u64>,
+    pub(crate) ttl: Option<u64>,
     /// The capability as JSON *text*: the exact bytes the mac covers.
     #[serde(default)]
-    pub capability: String,
+    pub(crate) capability: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client_id: Option<String>,
-    pub timestamp: u64,
-    pub nonce: String,
-    pub mac: String,
+    pub(crate) client_id: Option<String>,
+    pub(crate) timestamp: u64,
+    pub(crate) nonce: String,
+    pub(crate) mac: String,
 }
 
 /// A nonce of 32 hex characters from the operating system's CSPRNG.
@@ -36,7 +36,7 @@ pub fn new_nonce() -> String {
 
 /// HMAC-SHA256 over `keyName\nttl\ncapability\nclientId\ntimestamp\nnonce\n`,
 /// an absent field written as the empty string; standard padded base64.
-pub fn token_request_mac(
+pub(crate) fn token_request_mac(
     secret: &KeySecret,
     key_name: &str,
     ttl: Option<u64>,
@@ -92,7 +92,7 @@ pub fn sign_token_request(key: &ApiKey, grant: &Grant<'_>, nonce: String) -> Tok
 
 /// Recomputes the mac with `secret` and compares in constant time.
 #[must_use]
-pub fn verify_token_request_mac(request: &TokenRequest, secret: &KeySecret) -> bool {
+pub(crate) fn verify_token_request_mac(request: &TokenRequest, secret: &KeySecret) -> bool {
     let expected = token_request_mac(
         secret,
         &request.key_name,

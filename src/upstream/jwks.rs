@@ -9,12 +9,12 @@ use jsonwebtoken::{Algorithm, DecodingKey};
 use serde_json::Value;
 
 /// Most keys read from one set; real issuers publish two or three.
-pub const MAX_KEYS: usize = 64;
+pub(crate) const MAX_KEYS: usize = 64;
 /// Largest JWKS document accepted.
-pub const MAX_JWKS_BYTES: usize = 256 * 1024;
+pub(crate) const MAX_JWKS_BYTES: usize = 256 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KeyKind {
+pub(crate) enum KeyKind {
     Rsa,
     EcP256,
     EcP384,
@@ -23,7 +23,7 @@ pub enum KeyKind {
 
 impl KeyKind {
     /// One algorithm family per key: the defence against RS/HS confusion.
-    pub fn accepts(self, alg: Algorithm) -> bool {
+    pub(crate) fn accepts(self, alg: Algorithm) -> bool {
         use Algorithm::*;
         match self {
             KeyKind::Rsa => matches!(alg, RS256 | RS384 | RS512 | PS256 | PS384 | PS512),
@@ -36,15 +36,15 @@ impl KeyKind {
 
 #[derive(Clone)]
 pub struct VerifyKey {
-    pub kid: Option<String>,
-    pub kind: KeyKind,
+    pub(crate) kid: Option<String>,
+    pub(crate) kind: KeyKind,
     /// The JWK's own `alg`, which further restricts the key when present.
-    pub alg: Option<Algorithm>,
+    pub(crate) alg: Option<Algorithm>,
     pub key: DecodingKey,
 }
 
 impl VerifyKey {
-    pub fn accepts(&self, alg: Algorithm) -> bool {
+    pub(crate) fn accepts(&self, alg: Algorithm) -> bool {
         self.kind.accepts(alg) && self.alg.is_none_or(|a| a == alg)
     }
 }
@@ -61,9 +61,9 @@ impl std::fmt::Debug for VerifyKey {
 
 #[derive(Debug, Default)]
 pub struct KeySet {
-    pub keys: Vec<VerifyKey>,
+    pub(crate) keys: Vec<VerifyKey>,
     /// Why each skipped key was skipped, for logs.
-    pub skipped: Vec<String>,
+    pub(crate) skipped: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -117,7 +117,8 @@ impl KeySet {
         }
     }
 
-    pub fn kids(&self) -> Vec<&str> {
+    #[cfg(test)]
+    fn kids(&self) -> Vec<&str> {
         self.keys.iter().filter_map(|k| k.kid.as_deref()).collect()
     }
 }

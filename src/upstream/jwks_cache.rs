@@ -27,20 +27,20 @@ type Moment = Duration;
 const FAILED_FETCH_BACKOFF: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Readiness {
+pub(crate) enum Readiness {
     Ready,
     NotReady(String),
 }
 
 /// A point-in-time view for health checks and metrics.
 #[derive(Debug, Clone)]
-pub struct CacheStatus {
-    pub key_count: usize,
-    pub age: Option<Duration>,
-    pub fetches: u64,
-    pub failures: u64,
-    pub last_error: Option<String>,
-    pub readiness: Readiness,
+pub(crate) struct CacheStatus {
+    pub(crate) key_count: usize,
+    pub(crate) age: Option<Duration>,
+    pub(crate) fetches: u64,
+    pub(crate) failures: u64,
+    pub(crate) last_error: Option<String>,
+    pub(crate) readiness: Readiness,
 }
 
 #[derive(Default)]
@@ -60,7 +60,7 @@ struct State {
     refreshing: bool,
 }
 
-pub struct JwksCache {
+pub(crate) struct JwksCache {
     issuer: String,
     settings: JwksSettings,
     client: reqwest::Client,
@@ -77,7 +77,7 @@ enum Why {
 }
 
 impl JwksCache {
-    pub fn new(
+    pub(crate) fn new(
         issuer: &str,
         settings: JwksSettings,
         client: reqwest::Client,
@@ -113,7 +113,7 @@ impl JwksCache {
     }
 
     /// The key for a token's `kid` and `alg`, fetching the set when needed.
-    pub async fn find(
+    pub(crate) async fn find(
         self: &Arc<Self>,
         kid: Option<&str>,
         alg: Algorithm,
@@ -283,14 +283,14 @@ impl JwksCache {
 
     /// Starts a fetch if there are no usable keys and none is under way; for
     /// start-up and readiness probes, which must not wait on the network.
-    pub fn prefetch(self: &Arc<Self>) {
+    pub(crate) fn prefetch(self: &Arc<Self>) {
         let needs = self.usable(&self.read(), self.now()).is_none();
         if needs {
             self.refresh_in_background();
         }
     }
 
-    pub fn status(&self) -> CacheStatus {
+    pub(crate) fn status(&self) -> CacheStatus {
         let now = self.now();
         let state = self.read();
         let usable = self.usable(&state, now);

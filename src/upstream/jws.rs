@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 use super::UpstreamError;
 
 /// Larger session tokens are refused before any parsing.
-pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+pub(crate) const MAX_TOKEN_BYTES: usize = 8 * 1024;
 
 #[derive(Debug)]
 pub struct UnverifiedToken<'a> {

@@ -2,7 +2,7 @@
 //! names, with that issuer's keys and algorithms, and returns its claims.
 
 pub mod jwks;
-pub mod jwks_cache;
+pub(crate) mod jwks_cache;
 pub mod jws;
 
 use std::collections::HashMap;
@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 
 use crate::clock::SharedClock;
 use crate::config::{IssuerSettings, KeySource};
-pub use jwks_cache::{CacheStatus, JwksCache, Readiness};
+pub(crate) use jwks_cache::{CacheStatus, JwksCache, Readiness};
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -52,7 +52,7 @@ pub enum UpstreamError {
 
 impl UpstreamError {
     /// The stable name used in responses, logs and metrics.
-    pub fn reason(&self) -> &'static str {
+    pub(crate) fn reason(&self) -> &'static str {
         match self {
             UpstreamError::Missing => "session_token_missing",
             UpstreamError::TokenTooLarge => "session_token_too_large",
@@ -75,13 +75,13 @@ impl UpstreamError {
 
 /// A verified session: whose it is, and every claim for the policy to read.
 #[derive(Debug, Clone)]
-pub struct Session {
-    pub issuer: Arc<IssuerSettings>,
-    pub claims: Value,
+pub(crate) struct Session {
+    pub(crate) issuer: Arc<IssuerSettings>,
+    pub(crate) claims: Value,
     /// For logs; the policy reads the client id from its configured claim.
-    pub sub: Option<String>,
-    pub sid: Option<String>,
-    pub jti: Option<String>,
+    pub(crate) sub: Option<String>,
+    pub(crate) sid: Option<String>,
+    pub(crate) jti: Option<String>,
 }
 
 enum Keys {
@@ -94,13 +94,13 @@ struct Issuer {
     keys: Keys,
 }
 
-pub struct Verifier {
+pub(crate) struct Verifier {
     by_iss: HashMap<String, Issuer>,
     clock: SharedClock,
 }
 
 impl Verifier {
-    pub fn new(issuers: &[IssuerSettings], clock: SharedClock) -> Verifier {
+    pub(crate) fn new(issuers: &[IssuerSettings], clock: SharedClock) -> Verifier {
         let client = reqwest::Client::builder()
             .user_agent(concat!("ably-tokend/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(std::time::Duration::from_secs(5))
@@ -150,7 +150,7 @@ impl Verifier {
     }
 
     /// Starts fetching every issuer's JWKS without waiting for it.
-    pub fn prefetch(&self) {
+    pub(crate) fn prefetch(&self) {
         for issuer in self.by_iss.values() {
             if let Keys::Jwks(cache) = &issuer.keys {
                 cache.prefetch();
@@ -159,7 +159,7 @@ impl Verifier {
     }
 
     /// Each JWKS issuer's name and cache status.
-    pub fn jwks_status(&self) -> Vec<(String, CacheStatus)> {
+    pub(crate) fn jwks_status(&self) -> Vec<(String, CacheStatus)> {
         let mut out: Vec<(String, CacheStatus)> = self
             .by_iss
             .values()
@@ -172,7 +172,7 @@ impl Verifier {
         out
     }
 
-    pub async fn verify(&self, token: &str) -> Result<Session, UpstreamError> {
+    pub(crate) async fn verify(&self, token: &str) -> Result<Session, UpstreamError> {
         let token = jws::parse(token)?;
         let iss = match token.claims.get("iss") {
             Some(Value::String(iss)) => iss.as_str(),

@@ -286,12 +286,12 @@ async fn broker_connections_get_disconnected_when_it_stops() {
         history_max_age: Duration::from_secs(60),
     };
     let broker = Broker::build(&settings, vec![key], clock::system(), Limits::default()).unwrap();
-    let (port, state) = (broker.port(), broker.state());
+    let (port, handle) = (broker.port(), broker.handle());
     actix_web::rt::spawn(broker.run_until_stopped());
     let url = format!("ws://127.0.0.1:{port}/?format=json&key={API_KEY}&clientId=c");
     let mut socket = Socket::connect(&url).await;
     assert_eq!(socket.next().await["action"], 4);
-    state.disconnect_all();
+    handle.disconnect_all();
     let frame = socket.next().await;
     assert_eq!(frame["action"], 6);
     assert_eq!(frame["error"]["code"], 80003);
