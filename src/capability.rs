@@ -33,7 +33,8 @@ pub enum CapabilityError {
 
 macro_rules! operations {
     ($($variant:ident = $name:literal),+ $(,)?) => {
-        /// One Ably operation (PROTOCOL §D).
+        /// One Ably capability operation, as listed in
+        /// <https://ably.com/docs/auth/capabilities> (capability operations).
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
         pub enum Operation { $($variant),+ }
 
@@ -188,8 +189,9 @@ enum Segment {
     Tail,
 }
 
-/// A parsed Ably resource name (PROTOCOL §D): optional `[qualifier]`, then
-/// `:`-separated segments where a whole segment may be `*`.
+/// A parsed Ably resource name: optional `[qualifier]`, then `:`-separated
+/// segments where a whole segment may be `*` (the rules under "Resource names
+/// and wildcards" in <https://ably.com/docs/auth/capabilities>).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChannelPattern {
     raw: String,
