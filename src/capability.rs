@@ -33,7 +33,8 @@ pub enum CapabilityError {
 
 macro_rules! operations {
     ($($variant:ident = $name:literal),+ $(,)?) => {
-        /// One Ably operation (PROTOCOL §D).
+        /// One Ably capability operation, as listed in
+        /// <https://ably.com/docs/auth/capabilities> (capability operations).
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
         pub enum Operation { $($variant),+ }
 
@@ -185,8 +186,9 @@ enum Segment {
     Tail,
 }
 
-/// A parsed Ably resource name (PROTOCOL §D): optional `[qualifier]`, then
-/// `:`-separated segments where a whole segment may be `*`.
+/// A parsed Ably resource name: optional `[qualifier]`, then `:`-separated
+/// segments where a whole segment may be `*` (the rules under "Resource names
+/// and wildcards" in <https://ably.com/docs/auth/capabilities>).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChannelPattern {
     raw: String,
@@ -490,7 +492,7 @@ impl Capability {
 
     /// Whether `self` grants nothing beyond `other`: the narrowing law the
     /// property tests and fuzz targets check.
-    #[cfg(test)]
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn is_within(&self, other: &Capability) -> bool {
         self.iter().all(|(pattern, ops)| {
             let covered = other
@@ -505,6 +507,157 @@ impl Capability {
 impl fmt::Display for Capability {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.to_canonical_json())
+    }
+}
+
+/// The capability laws, as assertions: stated once here, checked by the
+/// property tests below and by the `capability` fuzz target (`fuzz/`, through
+/// `crate::fuzzing`). Each panics with the offending input on a violation.
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) mod laws {
+    use super::*;
+
+    /// Probing walks at most this many patterns, so a fuzz input with a
+    /// hundred resources stays fast.
+    const MAX_PROBED_PATTERNS: usize = 32;
+
+    /// The canonical form parses back to the same capability, so what ably-js
+    /// signs is what the sidecar meant.
+    pub(crate) fn canonical_form_round_trips(cap: &Capability) {
+        let text = cap.to_canonical_json();
+        assert_eq!(
+            Capability::parse_json(&text).as_ref(),
+            Ok(cap),
+            "canonical form {text} does not parse back"
+        );
+    }
+
+    /// Narrowing never widens: `requested.narrowed_by(granted)` is within
+    /// both, and on every probed channel it allows no operation (and no
+    /// future-proof `*`) that either of them does not.
+    pub(crate) fn narrowing_never_widens(granted: &Capability, requested: &Capability) {
+        let narrowed = requested.narrowed_by(granted);
+        let show = || format!("granted {granted}, requested {requested}, narrowed {narrowed}");
+        assert!(
+            narrowed.is_within(granted),
+            "not within granted: {}",
+            show()
+        );
+        assert!(
+            narrowed.is_within(requested),
+            "not within requested: {}",
+            show()
+        );
+        for channel in probes(&[granted, requested, &narrowed]) {
+            let ops = narrowed.ops_for_channel(&channel);
+            for side in [granted, requested] {
+                let theirs = side.ops_for_channel(&channel);
+                // With `*` on one side only, the intersection is not `*`.
+                assert_eq!(
+                    ops.intersect(theirs),
+                    ops,
+                    "{channel:?} is widened: {}",
+                    show()
+                );
+            }
+        }
+        if !narrowed.is_empty() {
+            canonical_form_round_trips(&narrowed);
+        }
+    }
+
+    /// `covers` agrees with `matches`: a channel matched by a covered
+    /// pattern is matched by the covering one. `is_within` and
+    /// `narrowed_by` reason with `covers`; the broker decides with `matches`.
+    pub(crate) fn covers_agrees_with_matches(caps: &[&Capability]) {
+        let patterns: Vec<&ChannelPattern> = caps
+            .iter()
+            .flat_map(|c| c.iter().map(|(p, _)| p))
+            .take(MAX_PROBED_PATTERNS)
+            .collect();
+        let fillers = fillers(&patterns);
+        for wide in &patterns {
+            for narrow in &patterns {
+                if !wide.covers(narrow) {
+                    continue;
+                }
+                for channel in channels_of(narrow, &fillers) {
+                    assert!(
+                        narrow.matches(&channel),
+                        "{narrow} does not match its own probe {channel:?}"
+                    );
+                    assert!(
+                        wide.matches(&channel),
+                        "{wide} covers {narrow} but does not match {channel:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Concrete channels to test the capabilities on: each pattern with its
+    /// wildcards filled in.
+    fn probes(caps: &[&Capability]) -> Vec<String> {
+        let patterns: Vec<&ChannelPattern> = caps
+            .iter()
+            .flat_map(|c| c.iter().map(|(p, _)| p))
+            .take(MAX_PROBED_PATTERNS)
+            .collect();
+        let fillers = fillers(&patterns);
+        patterns
+            .iter()
+            .flat_map(|p| channels_of(p, &fillers))
+            .collect()
+    }
+
+    /// What a wildcard is replaced with: a name no pattern can contain (a
+    /// control character), and the first few literals the patterns use, so
+    /// probes also land where patterns overlap.
+    fn fillers(patterns: &[&ChannelPattern]) -> Vec<String> {
+        let mut fillers = vec!["\u{1}".to_string()];
+        for pattern in patterns {
+            for seg in &pattern.segments {
+                if let Segment::Literal(lit) = seg {
+                    if fillers.len() < 5 && !fillers.contains(lit) {
+                        fillers.push(lit.clone());
+                    }
+                }
+            }
+        }
+        fillers
+    }
+
+    /// Channels the pattern matches, one per filler, plus one where a tail
+    /// wildcard spans two segments.
+    fn channels_of(pattern: &ChannelPattern, fillers: &[String]) -> Vec<String> {
+        let prefix = match pattern.qualifier.as_deref() {
+            // `[*]*` matches everything, qualified or not.
+            Some("*") => {
+                return fillers
+                    .iter()
+                    .flat_map(|f| [f.clone(), format!("[meta]{f}"), format!("[queue]{f}")])
+                    .collect()
+            }
+            Some(q) => format!("[{q}]"),
+            None => String::new(),
+        };
+        let mut out = Vec::new();
+        for filler in fillers {
+            let segs: Vec<&str> = pattern
+                .segments
+                .iter()
+                .map(|seg| match seg {
+                    Segment::Literal(lit) => lit.as_str(),
+                    Segment::One | Segment::Tail => filler.as_str(),
+                })
+                .collect();
+            let channel = format!("{prefix}{}", segs.join(":"));
+            if pattern.segments.last() == Some(&Segment::Tail) {
+                out.push(format!("{channel}:{filler}"));
+            }
+            out.push(channel);
+        }
+        out
     }
 }
 
@@ -692,5 +845,76 @@ mod tests {
             Err(CapabilityError::Malformed(_))
         ));
         assert_eq!(Capability::parse_json("{}"), Err(CapabilityError::Empty));
+    }
+}
+
+/// The capability laws over generated capabilities. Resource names come from a
+/// small alphabet so patterns often overlap, cover or equal one another, where
+/// narrowing has work to do.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn segment() -> impl Strategy<Value = String> {
+        prop_oneof![
+            2 => Just("*".to_string()),
+            3 => prop::sample::select(vec!["a", "b", "orders", "user-1", "é"]).prop_map(String::from),
+        ]
+    }
+
+    fn pattern() -> impl Strategy<Value = ChannelPattern> {
+        let ordinary = (
+            prop::sample::select(vec!["", "", "", "[meta]", "[queue]"]),
+            prop::collection::vec(segment(), 1..4),
+        )
+            .prop_map(|(qualifier, segments)| format!("{qualifier}{}", segments.join(":")));
+        prop_oneof![9 => ordinary, 1 => Just("[*]*".to_string())]
+            .prop_map(|raw| ChannelPattern::parse(&raw).expect("generated patterns are valid"))
+    }
+
+    fn ops() -> impl Strategy<Value = OpSet> {
+        prop_oneof![
+            1 => Just(OpSet::STAR),
+            // A few operations, so overlaps between sides are common.
+            5 => prop::collection::vec(prop::sample::select(Operation::ALL[..6].to_vec()), 1..4)
+                .prop_map(|ops| OpSet::of(&ops)),
+            1 => prop::collection::vec(prop::sample::select(Operation::ALL), 1..17)
+                .prop_map(|ops| OpSet::of(&ops)),
+        ]
+    }
+
+    fn capability() -> impl Strategy<Value = Capability> {
+        prop::collection::vec((pattern(), ops()), 1..6).prop_map(|grants| {
+            let mut cap = Capability::new();
+            for (pattern, ops) in grants {
+                cap.grant(pattern, ops);
+            }
+            cap
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        #[test]
+        fn narrowing_never_widens(granted in capability(), requested in capability()) {
+            laws::narrowing_never_widens(&granted, &requested);
+        }
+
+        #[test]
+        fn narrowing_by_itself_changes_nothing(cap in capability()) {
+            prop_assert_eq!(cap.narrowed_by(&cap), cap);
+        }
+
+        #[test]
+        fn canonical_form_round_trips(cap in capability()) {
+            laws::canonical_form_round_trips(&cap);
+        }
+
+        #[test]
+        fn covers_agrees_with_matches(a in capability(), b in capability()) {
+            laws::covers_agrees_with_matches(&[&a, &b]);
+        }
     }
 }

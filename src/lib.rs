@@ -13,6 +13,8 @@ pub mod clock;
 pub mod config;
 pub mod dev;
 mod duration;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod http;
 mod metrics;
 pub mod policy;

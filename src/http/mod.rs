@@ -5,7 +5,7 @@
 mod dev_session;
 mod error;
 mod health;
-mod params;
+pub(crate) mod params;
 mod rate_limit;
 mod request_log;
 mod routes;

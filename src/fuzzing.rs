@@ -1,0 +1,208 @@
+//! Entry points for the cargo-fuzz targets in `fuzz/`: one function per
+//! parser of client input, taking raw bytes. Each feeds the bytes to the
+//! parser the server uses and asserts what must hold of whatever it returns;
+//! a panic is a finding. Built with the `fuzzing` feature (for `fuzz/`) and in
+//! unit tests, which replay the checked-in seed corpora so these functions and
+//! their seeds cannot rot while CI does not run the fuzzers.
+
+use std::path::Path;
+
+use crate::broker::inbound::Inbound;
+use crate::broker::protocol::{self, Format};
+use crate::capability::{laws, Capability};
+use crate::policy::Policy;
+use crate::upstream::jwks::{KeySet, MAX_KEYS};
+use crate::upstream::jws;
+
+/// Separates the two capabilities of a `capability` input; never valid UTF-8,
+/// so it cannot occur inside either JSON text.
+pub const CAPABILITY_SEPARATOR: u8 = 0xff;
+
+/// A session token as it arrives in `Authorization: Bearer` or a cookie:
+/// parsed without a key, the parts it returns must be the token's own.
+pub fn session_jws(data: &[u8]) {
+    let Ok(token) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(parsed) = jws::parse(token) {
+        assert_eq!(
+            format!("{}.{}", parsed.signing_input, parsed.signature),
+            token,
+            "the signing input and signature are not the token"
+        );
+        assert!(!parsed.signature.is_empty());
+        assert_eq!(parsed.signing_input.matches('.').count(), 1);
+    }
+}
+
+/// A JWKS document from an issuer: whatever keys survive are usable for
+/// signatures, and lookups over them do not panic.
+pub fn jwks_document(data: &[u8]) {
+    let Ok(set) = KeySet::parse(data) else {
+        return;
+    };
+    assert!(!set.keys.is_empty() && set.keys.len() <= MAX_KEYS);
+    assert!(set.keys.len() + set.skipped.len() <= MAX_KEYS);
+    for key in &set.keys {
+        if let Some(alg) = key.alg {
+            assert!(
+                key.kind.accepts(alg),
+                "{key:?} keeps an alg it cannot verify"
+            );
+            assert!(set.find(key.kid.as_deref(), alg).is_some() || key.kid.is_none());
+        }
+    }
+}
+
+/// Two capabilities, the granted one and the requested one, as JSON texts
+/// separated by [`CAPABILITY_SEPARATOR`] (a lone text is checked on its own).
+/// Checks the capability laws: the canonical form round-trips, narrowing
+/// never widens, and `covers` agrees with `matches`.
+pub fn capability_json(data: &[u8]) {
+    let mut texts = data.splitn(2, |b| *b == CAPABILITY_SEPARATOR);
+    let parse = |bytes: Option<&[u8]>| {
+        std::str::from_utf8(bytes?)
+            .ok()
+            .and_then(|text| Capability::parse_json(text).ok())
+    };
+    let granted = parse(texts.next());
+    let requested = parse(texts.next());
+    for cap in granted.iter().chain(requested.iter()) {
+        laws::canonical_form_round_trips(cap);
+    }
+    if let (Some(granted), Some(requested)) = (&granted, &requested) {
+        laws::narrowing_never_widens(granted, requested);
+        laws::covers_agrees_with_matches(&[granted, requested]);
+    }
+}
+
+/// A policy file: parsing never panics, and an error points at a line of
+/// the text.
+pub fn policy_toml(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Err(error) = Policy::parse(Path::new("fuzz.toml"), text) {
+        if let Some(line) = error.line {
+            assert!(
+                line >= 1 && line <= text.lines().count().max(1) + 1,
+                "line {line} is outside the text: {error}"
+            );
+        }
+        assert!(!error.to_string().is_empty());
+    }
+}
+
+/// A broker frame, decoded as the connection decodes it: as JSON if the first
+/// byte is even (a text message), as msgpack otherwise (a binary one), then
+/// parsed into the typed `Inbound` the connection dispatches on. A decoded
+/// frame encodes again, and a msgpack frame survives the trip whole.
+pub fn broker_frame(data: &[u8]) {
+    let Some((selector, bytes)) = data.split_first() else {
+        return;
+    };
+    let format = if selector % 2 == 0 {
+        Format::Json
+    } else {
+        Format::MsgPack
+    };
+    let Ok(frame) = protocol::decode(bytes, format) else {
+        return;
+    };
+    let _ = Inbound::from_frame(frame.clone());
+    let again = protocol::decode(&protocol::encode_bytes(&frame, format), format);
+    match format {
+        // serde_json may read a re-printed float one ulp off, so JSON is only
+        // required to decode again.
+        Format::Json => assert!(again.is_ok(), "{frame} does not decode after encoding"),
+        Format::MsgPack => assert_eq!(again.as_ref(), Ok(&frame), "msgpack round trip"),
+    }
+}
+
+/// Token-request parameters as ably-js sends them: `query\nbody`, with the
+/// first byte choosing the body's content type. Inputs a real request cannot
+/// carry (an invalid URI or header) are skipped.
+pub fn token_params(data: &[u8]) {
+    use actix_web::http::header::{HeaderValue, CONTENT_TYPE};
+
+    const CONTENT_TYPES: [&str; 4] = [
+        "application/x-www-form-urlencoded",
+        "application/json",
+        "Application/JSON; charset=utf-8",
+        "text/plain",
+    ];
+    let Some((selector, rest)) = data.split_first() else {
+        return;
+    };
+    let (query, body) = match rest.iter().position(|b| *b == b'\n') {
+        Some(at) => (&rest[..at], &rest[at + 1..]),
+        None => (rest, &[][..]),
+    };
+    let Ok(query) = std::str::from_utf8(query) else {
+        return;
+    };
+    let uri = format!("/ably/token?{query}");
+    if uri.parse::<actix_web::http::Uri>().is_err() {
+        return;
+    }
+    let content_type = CONTENT_TYPES[usize::from(*selector) % CONTENT_TYPES.len()];
+    let req = actix_web::test::TestRequest::post()
+        .uri(&uri)
+        .insert_header((CONTENT_TYPE, HeaderValue::from_static(content_type)))
+        .to_http_request();
+    if let Ok(params) = crate::http::params::token_params(&req, body) {
+        if let Some(cap) = &params.asked.capability {
+            laws::canonical_form_round_trips(cap);
+        }
+        if let Some(ttl) = params.asked.ttl {
+            assert!(!ttl.is_zero());
+        }
+        if let Some(client_id) = &params.asked.client_id {
+            assert!(!client_id.is_empty());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every seed in `fuzz/corpus/<target>/` passes its target's checks.
+    fn replay(target: &str, check: fn(&[u8])) {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fuzz/corpus")
+            .join(target);
+        let mut seeds = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            check(&std::fs::read(&path).unwrap());
+            seeds += 1;
+        }
+        assert!(seeds > 0, "{} holds no seeds", dir.display());
+    }
+
+    #[test]
+    fn seed_corpora_pass_their_checks() {
+        replay("session_jws", session_jws);
+        replay("jwks_document", jwks_document);
+        replay("capability_json", capability_json);
+        replay("policy_toml", policy_toml);
+        replay("broker_frame", broker_frame);
+        replay("token_params", token_params);
+    }
+
+    #[test]
+    fn a_lone_capability_and_empty_inputs_are_fine() {
+        capability_json(br#"{"a:*":["subscribe"]}"#);
+        for check in [
+            session_jws,
+            jwks_document,
+            capability_json,
+            policy_toml,
+            broker_frame,
+            token_params,
+        ] {
+            check(b"");
+        }
+    }
+}
