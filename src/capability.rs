@@ -570,11 +570,7 @@ pub(crate) mod laws {
     /// pattern is matched by the covering one. `is_within` and
     /// `narrowed_by` reason with `covers`; the broker decides with `matches`.
     pub(crate) fn covers_agrees_with_matches(caps: &[&Capability]) {
-        let patterns: Vec<&ChannelPattern> = caps
-            .iter()
-            .flat_map(|c| c.iter().map(|(p, _)| p))
-            .take(MAX_PROBED_PATTERNS)
-            .collect();
+        let patterns = probed_patterns(caps);
         let fillers = fillers(&patterns);
         for wide in &patterns {
             for narrow in &patterns {
@@ -595,14 +591,18 @@ pub(crate) mod laws {
         }
     }
 
+    /// The patterns the laws probe, bounded so a large input stays fast.
+    fn probed_patterns<'c>(caps: &[&'c Capability]) -> Vec<&'c ChannelPattern> {
+        caps.iter()
+            .flat_map(|c| c.iter().map(|(p, _)| p))
+            .take(MAX_PROBED_PATTERNS)
+            .collect()
+    }
+
     /// Concrete channels to test the capabilities on: each pattern with its
     /// wildcards filled in.
     fn probes(caps: &[&Capability]) -> Vec<String> {
-        let patterns: Vec<&ChannelPattern> = caps
-            .iter()
-            .flat_map(|c| c.iter().map(|(p, _)| p))
-            .take(MAX_PROBED_PATTERNS)
-            .collect();
+        let patterns = probed_patterns(caps);
         let fillers = fillers(&patterns);
         patterns
             .iter()
