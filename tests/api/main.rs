@@ -4,6 +4,7 @@
 //! prints the in-process app's tracing logs (level from `RUST_LOG`, default
 //! `info`). See `helpers::init_test_logging`.
 
+mod architecture;
 mod broker;
 mod cli;
 mod defences;
