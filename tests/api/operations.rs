@@ -34,16 +34,11 @@ capabilities = [{ channel = "announcements", operations = ["subscribe", "histroy
 
 /// An app whose policy is the file at `policy` (watched).
 async fn app_with_policy_file(jwks: &JwksServer, policy: &Path) -> TestApp {
-    let config = config_text(
-        &Issuers {
-            clerk: Some(jwks),
-            ..Default::default()
-        },
-        "",
-    ) + &format!(
-        "\n[policy]\npath = {:?}\nwatch = true\n",
-        policy.display().to_string()
-    );
+    let config = config_text(&Issuers::clerk(jwks), "")
+        + &format!(
+            "\n[policy]\npath = {:?}\nwatch = true\n",
+            policy.display().to_string()
+        );
     let settings = Settings::from_toml(&config).unwrap();
     TestApp::run(Application::build(settings).unwrap())
 }

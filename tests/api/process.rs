@@ -210,15 +210,12 @@ async fn sighup_reloads_the_policy() {
     let client = reqwest::Client::new();
     let session = key.sign(clerk_header(), &clerk_claims("user_1", None));
     let ask = || async {
-        let r: Value = client
-            .get(format!("{}/api/ably-token", running.base))
-            .bearer_auth(&session)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let r: Value = send_json(
+            client
+                .get(format!("{}/api/ably-token", running.base))
+                .bearer_auth(&session),
+        )
+        .await;
         r["capability"].as_str().unwrap().to_string()
     };
     assert!(ask().await.contains("orders:user_1:*"));
