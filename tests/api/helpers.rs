@@ -95,6 +95,13 @@ pub fn tempdir(tag: &str) -> PathBuf {
     dir
 }
 
+/// `contents` written to a file called `name` in a fresh `tempdir(tag)`.
+pub fn scratch_file(tag: &str, name: &str, contents: &str) -> PathBuf {
+    let file = tempdir(tag).join(name);
+    std::fs::write(&file, contents).unwrap();
+    file
+}
+
 pub const API_KEY: &str = "appId.keyId:keySecret-for-tests";
 pub const KEY_NAME: &str = "appId.keyId";
 pub const KEY_SECRET: &str = "keySecret-for-tests";
@@ -605,6 +612,13 @@ pub async fn clerk_app() -> (TestKey, JwksServer, TestApp) {
     let key = TestKey::rsa("rsa1", "k1");
     let (jwks, app) = app_trusting(&[&key], Issuers::clerk).await;
     (key, jwks, app)
+}
+
+/// Asserts that `response` is a 200 and returns its JSON body (a TokenRequest,
+/// mostly).
+pub async fn ok_json(response: reqwest::Response) -> Value {
+    assert_eq!(response.status(), 200, "status of {}", response.url());
+    response.json().await.unwrap()
 }
 
 /// Sends `request` and parses the answer's body as JSON, whatever its status

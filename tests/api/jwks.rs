@@ -39,8 +39,7 @@ async fn rotated_key_is_accepted_after_one_refetch() {
     jwks.publish(&[&old, &new]);
     let rotated = new.sign(clerk_header(), &clerk_claims("user_2", None));
     let response = app.get_token("/api/ably-token", &rotated).await;
-    assert_eq!(response.status(), 200);
-    let request: Value = response.json().await.unwrap();
+    let request = ok_json(response).await;
     assert_eq!(request["clientId"], "user_2");
     assert_eq!(jwks.fetches(), fetched + 1);
     // Both keys now verify without further fetches.

@@ -147,8 +147,7 @@ async fn ably_js_post_form_parameters_narrow_the_grant() {
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 200);
-    let request: Value = response.json().await.unwrap();
+    let request = ok_json(response).await;
     assert_eq!(
         request["capability"],
         r#"{"orders:42:status":["publish","subscribe"]}"#
@@ -171,8 +170,7 @@ async fn json_body_parameters_are_read_too_and_ttl_is_lowered_to_the_cap() {
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 200);
-    let request: Value = response.json().await.unwrap();
+    let request = ok_json(response).await;
     assert_eq!(
         request["capability"],
         r#"{"orders:user_1:9":["subscribe"]}"#
@@ -224,8 +222,7 @@ async fn auth0_session_signed_with_an_ec_key_is_accepted() {
         &auth0_claims("auth0|ec-user", &["support"]),
     );
     let response = app.get_token("/api/ably-token", &session).await;
-    assert_eq!(response.status(), 200);
-    let request: Value = response.json().await.unwrap();
+    let request = ok_json(response).await;
     assert_eq!(request["clientId"], "auth0|ec-user");
     assert_eq!(request["ttl"], 900_000);
     assert_eq!(request["mac"], independent_mac(&request));
