@@ -274,14 +274,7 @@ async fn rest_errors_have_ablys_shape() {
     let broker = broker(Limits::default()).await;
     let client = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{}", broker.port);
-    let time: Vec<u64> = client
-        .get(format!("{base}/time"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let time: Vec<u64> = send_json(client.get(format!("{base}/time"))).await;
     assert!(time[0] >= now_ms() - 5_000);
 
     let token = broker.jwt(r#"{"room":["subscribe"]}"#, Some("u"), 60_000, now_ms());

@@ -1,5 +1,6 @@
 //! The command line, run as a user would run it.
 
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use serde_json::Value;
@@ -40,16 +41,10 @@ fn policy_check_accepts_the_shipped_policies() {
 
 #[test]
 fn policy_check_reports_file_line_and_field_and_exits_1() {
-    let dir = tempdir();
-    let bad = dir.join("bad.toml");
-    std::fs::write(
-        &bad,
+    let (bad, err) = policy_check_exits_1(
+        "bad.toml",
         "version = 1\n[roles.support]\ncapabilities = [\n  { channel = \"orders:**\", operations = [\"subscribe\"] },\n]\n",
-    )
-    .unwrap();
-    let out = tokend(&["policy", "check", bad.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(1));
-    let err = stderr(&out);
+    );
     assert!(
         err.starts_with(&format!(
             "{}:4: roles.support.capabilities[0].channel: \"orders:**\" is not a valid channel pattern",
@@ -61,17 +56,12 @@ fn policy_check_reports_file_line_and_field_and_exits_1() {
 
 #[test]
 fn policy_check_says_why_a_pattern_is_invalid_once_on_one_line() {
-    let dir = tempdir();
-    let bad = dir.join("dollar.toml");
-    std::fs::write(
-        &bad,
+    let (bad, err) = policy_check_exits_1(
+        "dollar.toml",
         "version = 1\n[roles.board]\ncapabilities = [{ channel = \"board::$space\", operations = [\"subscribe\"] }]\n",
-    )
-    .unwrap();
-    let out = tokend(&["policy", "check", bad.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(1));
+    );
     assert_eq!(
-        stderr(&out),
+        err,
         format!(
             "{}:3: roles.board.capabilities[0].channel: \"board::$space\" is not a valid channel pattern: it has an empty segment\n",
             bad.display()
@@ -143,16 +133,10 @@ fn policy_test_reports_each_failure_and_exits_1() {
 
 #[test]
 fn policy_explain_shows_roles_rules_and_the_capability() {
-    let out = tokend(&[
-        "policy",
-        "explain",
-        "--policy",
-        "policies/default.toml",
-        "--roles-claim",
-        "/metadata/role",
-        "--claims",
+    let out = explain_default_policy(
         r#"{"sub":"agent_7","metadata":{"role":"support"}}"#,
-    ]);
+        &["--roles-claim", "/metadata/role"],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
     assert!(text.contains("result:        GRANTED"), "{text}");
@@ -166,14 +150,7 @@ fn policy_explain_shows_roles_rules_and_the_capability() {
 
 #[test]
 fn policy_explain_says_why_a_user_is_denied_and_exits_1() {
-    let out = tokend(&[
-        "policy",
-        "explain",
-        "--policy",
-        "policies/default.toml",
-        "--claims",
-        r#"{"sub":"a:*"}"#,
-    ]);
+    let out = explain_default_policy(r#"{"sub":"a:*"}"#, &[]);
     assert_eq!(out.status.code(), Some(1));
     let text = stdout(&out);
     assert!(text.contains("DENIED (template_value_rejected)"), "{text}");
@@ -182,18 +159,10 @@ fn policy_explain_says_why_a_user_is_denied_and_exits_1() {
 
 #[test]
 fn token_request_signs_and_token_inspect_verifies() {
-    let out = tokend(&[
-        "token",
-        "request",
-        "--key",
-        API_KEY,
-        "--capability",
+    let out = token_request(
         r#"{"chat:*":["subscribe"]}"#,
-        "--client-id",
-        "alice",
-        "--ttl",
-        "30m",
-    ]);
+        &["--client-id", "alice", "--ttl", "30m"],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     let request: Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(request["ttl"], 1_800_000);
@@ -216,15 +185,7 @@ fn token_request_signs_and_token_inspect_verifies() {
 
 #[test]
 fn token_inspect_decodes_an_ably_jwt_in_words() {
-    let out = tokend(&[
-        "token",
-        "request",
-        "--key",
-        API_KEY,
-        "--capability",
-        r#"{"*":["*"]}"#,
-        "--jwt",
-    ]);
+    let out = token_request(r#"{"*":["*"]}"#, &["--jwt"]);
     let jwt = stdout(&out).trim().to_string();
     let claims = independent_jwt_claims(&jwt);
     assert_eq!(claims["x-ably-capability"], r#"{"*":["*"]}"#);
@@ -243,16 +204,12 @@ fn token_inspect_decodes_an_ably_jwt_in_words() {
 fn token_inspect_verifies_an_upstream_jwt_against_a_jwks_file() {
     let key = TestKey::rsa("rsa1", "k1");
     let session = key.sign(clerk_header(), &clerk_claims("user_1", None));
-    let dir = tempdir();
-    let jwks = dir.join("jwks.json");
-    std::fs::write(&jwks, serde_json::json!({"keys": [key.jwk()]}).to_string()).unwrap();
-    let out = tokend(&[
-        "token",
-        "inspect",
-        &session,
-        "--jwks",
-        jwks.to_str().unwrap(),
-    ]);
+    let jwks = scratch_file(
+        "cli",
+        "jwks.json",
+        &serde_json::json!({"keys": [key.jwk()]}).to_string(),
+    );
+    let out = tokend(&["token", "inspect", &session, "--jwks", path(&jwks)]);
     let text = stdout(&out);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("session JWT"), "{text}");
@@ -271,14 +228,12 @@ fn usage_errors_exit_2() {
 
 #[test]
 fn serve_with_a_bad_config_names_the_field_and_hides_the_secret() {
-    let dir = tempdir();
-    let config = dir.join("bad.toml");
-    std::fs::write(
-        &config,
+    let config = scratch_file(
+        "cli",
+        "bad.toml",
         "[ably]\napi_key = \"appIdkeyId:hunter2-secret\"\n[[issuers]]\nname = \"x\"\nissuer = \"x\"\nsecret = \"0123456789abcdef0123456789abcdef\"\n",
-    )
-    .unwrap();
-    let out = tokend(&["serve", "--config", config.to_str().unwrap()]);
+    );
+    let out = tokend(&["serve", "--config", path(&config)]);
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
     assert!(err.contains("ably.api_key:"), "{err}");
@@ -298,6 +253,48 @@ fn help_never_shows_a_secret_from_the_environment() {
 }
 
 /// A scratch directory for this file's tests (the shared helper, tagged "cli").
-fn tempdir() -> std::path::PathBuf {
+fn tempdir() -> PathBuf {
     crate::helpers::tempdir("cli")
+}
+
+/// `policy explain` of the shipped default policy for a user with `claims`.
+fn explain_default_policy(claims: &str, more_args: &[&str]) -> Output {
+    let mut args = vec![
+        "policy",
+        "explain",
+        "--policy",
+        "policies/default.toml",
+        "--claims",
+        claims,
+    ];
+    args.extend_from_slice(more_args);
+    tokend(&args)
+}
+
+/// `token request` signed with the tests' API key for `capability`.
+fn token_request(capability: &str, more_args: &[&str]) -> Output {
+    let mut args = vec![
+        "token",
+        "request",
+        "--key",
+        API_KEY,
+        "--capability",
+        capability,
+    ];
+    args.extend_from_slice(more_args);
+    tokend(&args)
+}
+
+/// Writes `policy` to a scratch file called `name`, runs `policy check` on it,
+/// asserts that it exits 1 and returns the file and what it said on stderr.
+fn policy_check_exits_1(name: &str, policy: &str) -> (PathBuf, String) {
+    let file = scratch_file("cli", name, policy);
+    let out = tokend(&["policy", "check", path(&file)]);
+    assert_eq!(out.status.code(), Some(1));
+    (file, stderr(&out))
+}
+
+/// `file` as a command-line argument.
+fn path(file: &Path) -> &str {
+    file.to_str().unwrap()
 }

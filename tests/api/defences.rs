@@ -160,11 +160,7 @@ async fn enc_keys_and_unknown_key_types_are_skipped_without_poisoning_the_set() 
         {"kty": "oct", "kid": "sym", "k": URL_SAFE_NO_PAD.encode(b"secret")},
         good.jwk(),
     ]}));
-    let app = TestApp::spawn(Issuers {
-        clerk: Some(&jwks),
-        ..Default::default()
-    })
-    .await;
+    let app = TestApp::spawn(Issuers::clerk(&jwks)).await;
     let ok = good.sign(clerk_header(), &clerk_claims("user_1", None));
     assert_eq!(app.get_token("/api/ably-token", &ok).await.status(), 200);
     // A token naming the encryption key is refused even though its signature

@@ -54,12 +54,7 @@ async fn clerk_azp_outside_the_allowed_origins_is_rejected() {
 #[actix_web::test]
 async fn auth0_token_for_another_audience_is_rejected() {
     let key = TestKey::rsa("rsa2", "auth0-rsa");
-    let jwks = JwksServer::start(&[&key]).await;
-    let app = TestApp::spawn(Issuers {
-        auth0: Some(&jwks),
-        ..Default::default()
-    })
-    .await;
+    let (_jwks, app) = app_trusting(&[&key], Issuers::auth0).await;
     let mut claims = auth0_claims("auth0|1", &["support"]);
     claims["aud"] = json!("https://other-api.example.com");
     let response = app
@@ -94,13 +89,7 @@ async fn a_user_whose_roles_are_all_undefined_is_forbidden() {
         [roles.support]
         capabilities = [{ channel = "orders:*", operations = ["subscribe"] }]
     "#;
-    let config = config_text(
-        &Issuers {
-            clerk: Some(&jwks),
-            ..Default::default()
-        },
-        "",
-    );
+    let config = config_text(&Issuers::clerk(&jwks), "");
     let app = TestApp::spawn_with(&config, policy).await;
     let session = key.sign(clerk_header(), &clerk_claims("user_1", Some("guest")));
     let body = assert_error(

@@ -95,6 +95,13 @@ pub fn tempdir(tag: &str) -> PathBuf {
     dir
 }
 
+/// `contents` written to a file called `name` in a fresh `tempdir(tag)`.
+pub fn scratch_file(tag: &str, name: &str, contents: &str) -> PathBuf {
+    let file = tempdir(tag).join(name);
+    std::fs::write(&file, contents).unwrap();
+    file
+}
+
 pub const API_KEY: &str = "appId.keyId:keySecret-for-tests";
 pub const KEY_NAME: &str = "appId.keyId";
 pub const KEY_SECRET: &str = "keySecret-for-tests";
@@ -350,6 +357,32 @@ pub struct Issuers<'a> {
     pub jwks_extra: &'a str,
 }
 
+impl Issuers<'_> {
+    /// Only `jwks`, as the Clerk issuer.
+    pub fn clerk(jwks: &JwksServer) -> Issuers<'_> {
+        Issuers {
+            clerk: Some(jwks),
+            ..Default::default()
+        }
+    }
+
+    /// Only `jwks`, as the Auth0 issuer.
+    pub fn auth0(jwks: &JwksServer) -> Issuers<'_> {
+        Issuers {
+            auth0: Some(jwks),
+            ..Default::default()
+        }
+    }
+
+    /// Only `jwks`, as the generic OIDC issuer.
+    pub fn oidc(jwks: &JwksServer) -> Issuers<'_> {
+        Issuers {
+            oidc: Some(jwks),
+            ..Default::default()
+        }
+    }
+}
+
 pub const TEST_POLICY: &str = r#"
 version = 1
 default_roles = ["customer"]
@@ -469,8 +502,7 @@ impl TestApp {
     }
 
     pub async fn get_token(&self, path: &str, bearer: &str) -> reqwest::Response {
-        self.client
-            .get(format!("{}{path}", self.address))
+        self.request(reqwest::Method::GET, path)
             .bearer_auth(bearer)
             .send()
             .await
@@ -478,11 +510,19 @@ impl TestApp {
     }
 
     pub async fn get(&self, path: &str) -> reqwest::Response {
-        self.client
-            .get(format!("{}{path}", self.address))
+        self.request(reqwest::Method::GET, path)
             .send()
             .await
             .unwrap()
+    }
+
+    /// A request to `path` on the app, for a test to add headers and a body to.
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.client.request(method, self.url(path))
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
     }
 
     /// Waits until `/readyz` answers 200 (the first JWKS fetches are done) and
@@ -556,16 +596,35 @@ pub fn independent_jwt_claims(token: &str) -> Value {
     .claims
 }
 
+/// A JWKS server publishing `keys`, and the app trusting it as the issuer
+/// `issuers` names (`Issuers::clerk`, `Issuers::auth0` or `Issuers::oidc`).
+pub async fn app_trusting(
+    keys: &[&TestKey],
+    issuers: fn(&JwksServer) -> Issuers<'_>,
+) -> (JwksServer, TestApp) {
+    let jwks = JwksServer::start(keys).await;
+    let app = TestApp::spawn(issuers(&jwks)).await;
+    (jwks, app)
+}
+
 /// The common setup: one RSA key, its JWKS server, and the app trusting it as Clerk.
 pub async fn clerk_app() -> (TestKey, JwksServer, TestApp) {
     let key = TestKey::rsa("rsa1", "k1");
-    let jwks = JwksServer::start(&[&key]).await;
-    let app = TestApp::spawn(Issuers {
-        clerk: Some(&jwks),
-        ..Default::default()
-    })
-    .await;
+    let (jwks, app) = app_trusting(&[&key], Issuers::clerk).await;
     (key, jwks, app)
+}
+
+/// Asserts that `response` is a 200 and returns its JSON body (a TokenRequest,
+/// mostly).
+pub async fn ok_json(response: reqwest::Response) -> Value {
+    assert_eq!(response.status(), 200, "status of {}", response.url());
+    response.json().await.unwrap()
+}
+
+/// Sends `request` and parses the answer's body as JSON, whatever its status
+/// (for tests that assert on the body).
+pub async fn send_json<T: serde::de::DeserializeOwned>(request: reqwest::RequestBuilder) -> T {
+    request.send().await.unwrap().json().await.unwrap()
 }
 
 /// A WebSocket connection to the broker.

@@ -1,5 +1,6 @@
 //! The HTTP surface: health, readiness, limits, CORS, unknown routes.
 
+use reqwest::Method;
 use serde_json::{json, Value};
 
 use crate::helpers::*;
@@ -27,11 +28,7 @@ async fn readyz_is_503_while_an_issuer_has_no_keys() {
     let key = TestKey::rsa("rsa1", "k1");
     let jwks = JwksServer::start(&[&key]).await;
     jwks.publish_raw(json!({"keys": []}));
-    let app = TestApp::spawn(Issuers {
-        clerk: Some(&jwks),
-        ..Default::default()
-    })
-    .await;
+    let app = TestApp::spawn(Issuers::clerk(&jwks)).await;
     let body = wait_for("/readyz to report the fetch's error", || async {
         let response = app.get("/readyz").await;
         assert_eq!(response.status(), 503);
@@ -53,8 +50,7 @@ async fn oversized_body_is_413_in_ablys_shape() {
     let (key, _jwks, app) = clerk_app().await;
     let session = key.sign(clerk_header(), &clerk_claims("user_1", None));
     let response = app
-        .client
-        .post(format!("{}/api/ably-token", app.address))
+        .request(Method::POST, "/api/ably-token")
         .bearer_auth(&session)
         .header("content-type", "application/x-www-form-urlencoded")
         .body(format!("rnd={}", "1".repeat(20_000)))
@@ -63,8 +59,7 @@ async fn oversized_body_is_413_in_ablys_shape() {
         .unwrap();
     assert_error(response, 413, "body_too_large").await;
     let response = app
-        .client
-        .post(format!("{}/api/ably-token", app.address))
+        .request(Method::POST, "/api/ably-token")
         .bearer_auth(&session)
         .header("content-type", "text/xml")
         .body("<x/>")
@@ -78,14 +73,7 @@ async fn oversized_body_is_413_in_ablys_shape() {
 async fn requests_over_the_rate_limit_get_429_but_probes_do_not() {
     let key = TestKey::rsa("rsa1", "k1");
     let jwks = JwksServer::start(&[&key]).await;
-    let config = config_text(
-        &Issuers {
-            clerk: Some(&jwks),
-            ..Default::default()
-        },
-        "",
-    )
-    .replace(
+    let config = config_text(&Issuers::clerk(&jwks), "").replace(
         "rate_limit_per_second = 0",
         "rate_limit_per_second = 1\nrate_limit_burst = 3",
     );
@@ -104,11 +92,7 @@ async fn requests_over_the_rate_limit_get_429_but_probes_do_not() {
 async fn cors_preflight_is_answered_only_for_configured_origins() {
     let (_key, _jwks, app) = clerk_app().await;
     let preflight = |origin: &'static str| {
-        app.client
-            .request(
-                reqwest::Method::OPTIONS,
-                format!("{}/api/ably-token", app.address),
-            )
+        app.request(Method::OPTIONS, "/api/ably-token")
             .header("origin", origin)
             .header("access-control-request-method", "GET")
             .header("access-control-request-headers", "authorization")
@@ -138,8 +122,7 @@ async fn unknown_routes_and_methods_get_ably_shaped_errors() {
     let (_key, _jwks, app) = clerk_app().await;
     assert_error(app.get("/api/ably-tokens").await, 404, "not_found").await;
     let response = app
-        .client
-        .delete(format!("{}/api/ably-token", app.address))
+        .request(Method::DELETE, "/api/ably-token")
         .send()
         .await
         .unwrap();
@@ -147,8 +130,7 @@ async fn unknown_routes_and_methods_get_ably_shaped_errors() {
     assert_error(app.get("/dev/session").await, 404, "not_found").await;
     // Without the dev issuer the path is unknown, whatever the method.
     let response = app
-        .client
-        .post(format!("{}/dev/session", app.address))
+        .request(Method::POST, "/dev/session")
         .send()
         .await
         .unwrap();
@@ -182,15 +164,12 @@ async fn the_dev_stack_mints_sessions_the_sidecar_accepts() {
         .unwrap()
         .starts_with("text/plain"));
     let session = minted.text().await.unwrap();
-    let request: Value = client
-        .get(format!("{base}/api/ably-token"))
-        .bearer_auth(&session)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let request: Value = send_json(
+        client
+            .get(format!("{base}/api/ably-token"))
+            .bearer_auth(&session),
+    )
+    .await;
     assert_eq!(request["clientId"], "alice");
     assert_eq!(
         request["ttl"], 900_000,
@@ -202,15 +181,12 @@ async fn the_dev_stack_mints_sessions_the_sidecar_accepts() {
         .unwrap()
         .as_secs();
     let minted_here = issuer.mint("bob", &["support".to_string()], now, 60);
-    let request: Value = client
-        .get(format!("{base}/api/ably-token"))
-        .bearer_auth(&minted_here)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let request: Value = send_json(
+        client
+            .get(format!("{base}/api/ably-token"))
+            .bearer_auth(&minted_here),
+    )
+    .await;
     assert_eq!(request["clientId"], "bob");
 
     let bad = client

@@ -2,6 +2,7 @@
 //! timeouts and Cache-Control. The cache ages on a `ManualClock` the tests
 //! advance; nothing sleeps to wait for expiry.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use ably_tokend::clock::ManualClock;
@@ -9,16 +10,23 @@ use serde_json::Value;
 
 use crate::helpers::*;
 
+/// The app trusting `jwks` as Clerk with `jwks_extra` settings, on a clock the
+/// test advances.
+async fn app_on_manual_clock(jwks: &JwksServer, jwks_extra: &str) -> (Arc<ManualClock>, TestApp) {
+    let clock = ManualClock::at_ms(now_ms());
+    let issuers = Issuers {
+        jwks_extra,
+        ..Issuers::clerk(jwks)
+    };
+    let app = TestApp::spawn_with_clock(issuers, clock.clone()).await;
+    (clock, app)
+}
+
 #[actix_web::test]
 async fn rotated_key_is_accepted_after_one_refetch() {
     let old = TestKey::rsa("rsa1", "2024-key");
     let new = TestKey::rsa("rsa2", "2025-key");
-    let jwks = JwksServer::start(&[&old]).await;
-    let app = TestApp::spawn(Issuers {
-        clerk: Some(&jwks),
-        ..Default::default()
-    })
-    .await;
+    let (jwks, app) = app_trusting(&[&old], Issuers::clerk).await;
     let session = old.sign(clerk_header(), &clerk_claims("user_1", None));
     assert_eq!(
         app.get_token("/api/ably-token", &session).await.status(),
@@ -31,8 +39,7 @@ async fn rotated_key_is_accepted_after_one_refetch() {
     jwks.publish(&[&old, &new]);
     let rotated = new.sign(clerk_header(), &clerk_claims("user_2", None));
     let response = app.get_token("/api/ably-token", &rotated).await;
-    assert_eq!(response.status(), 200);
-    let request: Value = response.json().await.unwrap();
+    let request = ok_json(response).await;
     assert_eq!(request["clientId"], "user_2");
     assert_eq!(jwks.fetches(), fetched + 1);
     // Both keys now verify without further fetches.
@@ -50,12 +57,7 @@ async fn rotated_key_is_accepted_after_one_refetch() {
 #[actix_web::test]
 async fn a_flood_of_unknown_kids_causes_at_most_one_fetch_per_cooldown() {
     let key = TestKey::rsa("rsa1", "real");
-    let jwks = JwksServer::start(&[&key]).await;
-    let app = TestApp::spawn(Issuers {
-        clerk: Some(&jwks),
-        ..Default::default()
-    })
-    .await;
+    let (jwks, app) = app_trusting(&[&key], Issuers::clerk).await;
     app.wait_until_ready().await;
     let baseline = jwks.fetches();
 
@@ -96,16 +98,11 @@ async fn a_flood_of_unknown_kids_causes_at_most_one_fetch_per_cooldown() {
 async fn cached_keys_outlive_an_outage_until_the_stale_bound() {
     let key = TestKey::rsa("rsa1", "k1");
     let jwks = JwksServer::start(&[&key]).await;
-    let clock = ManualClock::at_ms(now_ms());
-    let app = TestApp::spawn_with_clock(
-        Issuers {
-            clerk: Some(&jwks),
-            jwks_extra: r#"jwks_cache_ttl = "1s"
+    let (clock, app) = app_on_manual_clock(
+        &jwks,
+        r#"jwks_cache_ttl = "1s"
             jwks_refetch_cooldown = "1s"
             jwks_stale_for = "2s""#,
-            ..Default::default()
-        },
-        clock.clone(),
     )
     .await;
     app.wait_until_ready().await;
@@ -146,9 +143,8 @@ async fn a_slow_jwks_endpoint_times_out_with_503() {
     let jwks = JwksServer::start(&[&key]).await;
     jwks.set_delay(Duration::from_secs(5));
     let app = TestApp::spawn(Issuers {
-        clerk: Some(&jwks),
         jwks_extra: r#"jwks_timeout = "300ms""#,
-        ..Default::default()
+        ..Issuers::clerk(&jwks)
     })
     .await;
     let session = key.sign(clerk_header(), &clerk_claims("user_1", None));
@@ -178,16 +174,7 @@ async fn cache_control_max_age_shortens_the_cache() {
     let key = TestKey::rsa("rsa1", "k1");
     let jwks = JwksServer::start(&[&key]).await;
     jwks.set_cache_control("public, max-age=1");
-    let clock = ManualClock::at_ms(now_ms());
-    let app = TestApp::spawn_with_clock(
-        Issuers {
-            clerk: Some(&jwks),
-            jwks_extra: r#"jwks_refetch_cooldown = "1s""#,
-            ..Default::default()
-        },
-        clock.clone(),
-    )
-    .await;
+    let (clock, app) = app_on_manual_clock(&jwks, r#"jwks_refetch_cooldown = "1s""#).await;
     let session = key.sign(clerk_header(), &clerk_claims("user_1", None));
     assert_eq!(
         app.get_token("/api/ably-token", &session).await.status(),

@@ -34,24 +34,28 @@ capabilities = [{ channel = "announcements", operations = ["subscribe", "histroy
 
 /// An app whose policy is the file at `policy` (watched).
 async fn app_with_policy_file(jwks: &JwksServer, policy: &Path) -> TestApp {
-    let config = config_text(
-        &Issuers {
-            clerk: Some(jwks),
-            ..Default::default()
-        },
-        "",
-    ) + &format!(
-        "\n[policy]\npath = {:?}\nwatch = true\n",
-        policy.display().to_string()
-    );
+    let config = config_text(&Issuers::clerk(jwks), "")
+        + &format!(
+            "\n[policy]\npath = {:?}\nwatch = true\n",
+            policy.display().to_string()
+        );
     let settings = Settings::from_toml(&config).unwrap();
     TestApp::run(Application::build(settings).unwrap())
 }
 
+/// A Clerk key's JWKS, the app trusting it and watching the policy file at
+/// `policy`, and a session of `user_1`'s signed by that key.
+async fn app_watching(policy: &Path) -> (JwksServer, TestApp, String) {
+    let key = TestKey::rsa("rsa1", "k1");
+    let jwks = JwksServer::start(&[&key]).await;
+    let app = app_with_policy_file(&jwks, policy).await;
+    let session = key.sign(clerk_header(), &clerk_claims("user_1", None));
+    (jwks, app, session)
+}
+
 async fn capability(app: &TestApp, session: &str) -> String {
     let response = app.get_token("/api/ably-token", session).await;
-    assert_eq!(response.status(), 200);
-    let request: Value = response.json().await.unwrap();
+    let request = ok_json(response).await;
     request["capability"].as_str().unwrap().to_string()
 }
 
@@ -116,13 +120,8 @@ async fn metrics_report_requests_tokens_jwks_and_policy() {
 
 #[actix_web::test]
 async fn a_changed_policy_file_is_applied_and_a_broken_one_refused() {
-    let key = TestKey::rsa("rsa1", "k1");
-    let jwks = JwksServer::start(&[&key]).await;
-    let dir = tempdir("reload");
-    let policy = dir.join("policy.toml");
-    std::fs::write(&policy, POLICY_V1).unwrap();
-    let app = app_with_policy_file(&jwks, &policy).await;
-    let session = key.sign(clerk_header(), &clerk_claims("user_1", None));
+    let policy = scratch_file("reload", "policy.toml", POLICY_V1);
+    let (_jwks, app, session) = app_watching(&policy).await;
     assert_eq!(
         capability(&app, &session).await,
         r#"{"announcements":["subscribe"]}"#
@@ -183,8 +182,6 @@ async fn a_changed_policy_file_is_applied_and_a_broken_one_refused() {
 async fn a_configmap_symlink_swap_is_picked_up() {
     // Kubernetes mounts policy.toml -> ..data/policy.toml, ..data -> ..2026_v1,
     // and updates by pointing ..data at a new directory in one rename.
-    let key = TestKey::rsa("rsa1", "k1");
-    let jwks = JwksServer::start(&[&key]).await;
     let dir = tempdir("configmap");
     for (version, text) in [("..v1", POLICY_V1), ("..v2", POLICY_V2)] {
         std::fs::create_dir_all(dir.join(version)).unwrap();
@@ -192,8 +189,7 @@ async fn a_configmap_symlink_swap_is_picked_up() {
     }
     std::os::unix::fs::symlink("..v1", dir.join("..data")).unwrap();
     std::os::unix::fs::symlink("..data/policy.toml", dir.join("policy.toml")).unwrap();
-    let app = app_with_policy_file(&jwks, &dir.join("policy.toml")).await;
-    let session = key.sign(clerk_header(), &clerk_claims("user_1", None));
+    let (_jwks, app, session) = app_watching(&dir.join("policy.toml")).await;
     assert_eq!(
         capability(&app, &session).await,
         r#"{"announcements":["subscribe"]}"#
@@ -209,13 +205,8 @@ async fn a_configmap_symlink_swap_is_picked_up() {
 
 #[actix_web::test]
 async fn reloading_under_load_fails_no_request_and_switches_once() {
-    let key = TestKey::rsa("rsa1", "k1");
-    let jwks = JwksServer::start(&[&key]).await;
-    let dir = tempdir("reload-load");
-    let policy = dir.join("policy.toml");
-    std::fs::write(&policy, POLICY_V1).unwrap();
-    let app = app_with_policy_file(&jwks, &policy).await;
-    let session = key.sign(clerk_header(), &clerk_claims("user_1", None));
+    let policy = scratch_file("reload-load", "policy.toml", POLICY_V1);
+    let (_jwks, app, session) = app_watching(&policy).await;
     assert_eq!(
         capability(&app, &session).await,
         r#"{"announcements":["subscribe"]}"#

@@ -97,32 +97,23 @@ async fn finish(mut running: Running) -> (Option<i32>, String, String) {
         std::future::ready(running.child.try_wait().unwrap())
     })
     .await;
-    let mut out = String::new();
-    let mut err = String::new();
-    running
-        .child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    running
-        .child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let out = read_all(running.child.stdout.take());
+    let err = read_all(running.child.stderr.take());
     (status.code(), out, err)
+}
+
+/// All that is left to read from a child's piped stdout or stderr.
+fn read_all(pipe: Option<impl Read>) -> String {
+    let mut text = String::new();
+    pipe.unwrap().read_to_string(&mut text).unwrap();
+    text
 }
 
 #[actix_web::test]
 async fn logs_have_one_line_per_request_and_never_a_secret_or_token() {
     let key = TestKey::rsa("rsa1", "k1");
     let jwks = JwksServer::start(&[&key]).await;
-    let dir = tempdir("logs");
-    let policy = dir.join("policy.toml");
-    std::fs::write(&policy, TEST_POLICY).unwrap();
+    let policy = scratch_file("logs", "policy.toml", TEST_POLICY);
     let running = serve(&jwks, &policy, "").await;
     let client = reqwest::Client::new();
     let url = format!("{}/api/ably-token", running.base);
@@ -203,22 +194,17 @@ async fn logs_have_one_line_per_request_and_never_a_secret_or_token() {
 async fn sighup_reloads_the_policy() {
     let key = TestKey::rsa("rsa1", "k1");
     let jwks = JwksServer::start(&[&key]).await;
-    let dir = tempdir("sighup");
-    let policy = dir.join("policy.toml");
-    std::fs::write(&policy, TEST_POLICY).unwrap();
+    let policy = scratch_file("sighup", "policy.toml", TEST_POLICY);
     let running = serve(&jwks, &policy, "").await;
     let client = reqwest::Client::new();
     let session = key.sign(clerk_header(), &clerk_claims("user_1", None));
     let ask = || async {
-        let r: Value = client
-            .get(format!("{}/api/ably-token", running.base))
-            .bearer_auth(&session)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let r: Value = send_json(
+            client
+                .get(format!("{}/api/ably-token", running.base))
+                .bearer_auth(&session),
+        )
+        .await;
         r["capability"].as_str().unwrap().to_string()
     };
     assert!(ask().await.contains("orders:user_1:*"));
@@ -244,9 +230,7 @@ async fn sigterm_lets_in_flight_requests_finish_and_exits_0() {
     let jwks = JwksServer::start(&[&key]).await;
     // The first JWKS fetch takes 1.5 s: requests are in flight when SIGTERM comes.
     jwks.set_delay(Duration::from_millis(1500));
-    let dir = tempdir("sigterm");
-    let policy = dir.join("policy.toml");
-    std::fs::write(&policy, TEST_POLICY).unwrap();
+    let policy = scratch_file("sigterm", "policy.toml", TEST_POLICY);
     let running = serve(&jwks, &policy, "").await;
     let session = key.sign(clerk_header(), &clerk_claims("user_1", None));
     let client = reqwest::Client::new();
@@ -264,8 +248,7 @@ async fn sigterm_lets_in_flight_requests_finish_and_exits_0() {
             .await
             .unwrap()
             .expect("the in-flight request completed");
-        assert_eq!(response.status(), 200);
-        let body: Value = response.json().await.unwrap();
+        let body = ok_json(response).await;
         assert_eq!(body["clientId"], "user_1");
     }
     // New connections are refused once it is stopping.

@@ -1,3 +1,4 @@
+use reqwest::Method;
 use serde_json::{json, Value};
 
 use crate::helpers::*;
@@ -9,12 +10,7 @@ fn capability(request: &Value) -> Value {
 #[actix_web::test]
 async fn clerk_session_gets_a_token_request_with_the_policy_capability() {
     let key = TestKey::rsa("rsa1", "ins_2abcRSA");
-    let jwks = JwksServer::start(&[&key]).await;
-    let app = TestApp::spawn(Issuers {
-        clerk: Some(&jwks),
-        ..Default::default()
-    })
-    .await;
+    let (_jwks, app) = app_trusting(&[&key], Issuers::clerk).await;
     let session = key.sign(clerk_header(), &clerk_claims("user_2xYz", None));
 
     let before = now_ms();
@@ -45,12 +41,7 @@ async fn clerk_session_gets_a_token_request_with_the_policy_capability() {
 #[actix_web::test]
 async fn clerk_support_role_merges_with_the_default_role_and_caps_the_ttl() {
     let key = TestKey::rsa("rsa1", "ins_2abcRSA");
-    let jwks = JwksServer::start(&[&key]).await;
-    let app = TestApp::spawn(Issuers {
-        clerk: Some(&jwks),
-        ..Default::default()
-    })
-    .await;
+    let (_jwks, app) = app_trusting(&[&key], Issuers::clerk).await;
     let session = key.sign(clerk_header(), &clerk_claims("user_agent", Some("support")));
     let request: Value = app
         .get_token("/api/ably-token", &session)
@@ -73,12 +64,7 @@ async fn clerk_support_role_merges_with_the_default_role_and_caps_the_ttl() {
 #[actix_web::test]
 async fn auth0_session_gets_an_ably_jwt_that_verifies_independently() {
     let key = TestKey::rsa("rsa2", "auth0-rsa");
-    let jwks = JwksServer::start(&[&key]).await;
-    let app = TestApp::spawn(Issuers {
-        auth0: Some(&jwks),
-        ..Default::default()
-    })
-    .await;
+    let (_jwks, app) = app_trusting(&[&key], Issuers::auth0).await;
     let session = key.sign(
         json!({"typ": "JWT"}),
         &auth0_claims("auth0|65f0c0ffee", &["support", "auditor"]),
@@ -121,12 +107,7 @@ async fn format_jwt_on_the_token_route_answers_a_jwt() {
 async fn ec_and_ed25519_signed_sessions_are_accepted() {
     let ec = TestKey::ec("ec1", "ec-key");
     let ed = TestKey::ed("ed1", "ed-key");
-    let jwks = JwksServer::start(&[&ec, &ed]).await;
-    let app = TestApp::spawn(Issuers {
-        oidc: Some(&jwks),
-        ..Default::default()
-    })
-    .await;
+    let (_jwks, app) = app_trusting(&[&ec, &ed], Issuers::oidc).await;
     for (key, sub) in [(&ec, "ec-user"), (&ed, "ed-user")] {
         let claims = json!({"iss": OIDC_ISS, "sub": sub, "exp": now() + 300, "iat": now(), "roles": ["org-admin"], "o": {"id": "org_7"}});
         let session = key.sign(json!({"typ": "JWT"}), &claims);
@@ -152,8 +133,7 @@ async fn ably_js_post_form_parameters_narrow_the_grant() {
     let session = key.sign(clerk_header(), &clerk_claims("user_1", Some("support")));
     // ably-js with authMethod "POST" sends its token params form-encoded, plus rnd.
     let response = app
-        .client
-        .post(format!("{}/api/ably-token", app.address))
+        .request(Method::POST, "/api/ably-token")
         .bearer_auth(&session)
         .form(&[
             (
@@ -167,8 +147,7 @@ async fn ably_js_post_form_parameters_narrow_the_grant() {
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 200);
-    let request: Value = response.json().await.unwrap();
+    let request = ok_json(response).await;
     assert_eq!(
         request["capability"],
         r#"{"orders:42:status":["publish","subscribe"]}"#
@@ -183,8 +162,7 @@ async fn json_body_parameters_are_read_too_and_ttl_is_lowered_to_the_cap() {
     let (key, _jwks, app) = clerk_app().await;
     let session = key.sign(clerk_header(), &clerk_claims("user_1", None));
     let response = app
-        .client
-        .post(format!("{}/api/ably-token", app.address))
+        .request(Method::POST, "/api/ably-token")
         .bearer_auth(&session)
         .json(
             &json!({"capability": {"orders:user_1:9": ["subscribe", "publish"]}, "ttl": 604800000}),
@@ -192,8 +170,7 @@ async fn json_body_parameters_are_read_too_and_ttl_is_lowered_to_the_cap() {
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 200);
-    let request: Value = response.json().await.unwrap();
+    let request = ok_json(response).await;
     assert_eq!(
         request["capability"],
         r#"{"orders:user_1:9":["subscribe"]}"#
@@ -208,32 +185,20 @@ async fn session_cookie_is_read_and_the_authorization_header_wins() {
     let bob = key.sign(clerk_header(), &clerk_claims("bob", None));
     let url = format!("{}/api/ably-token", app.address);
 
-    let cookie_only: Value = app
-        .client
-        .get(&url)
-        .header(
-            "cookie",
-            format!("theme=dark; __session={alice}; __client_uat=1700000000"),
-        )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let cookie_only: Value = send_json(app.client.get(&url).header(
+        "cookie",
+        format!("theme=dark; __session={alice}; __client_uat=1700000000"),
+    ))
+    .await;
     assert_eq!(cookie_only["clientId"], "alice");
 
-    let both: Value = app
-        .client
-        .get(&url)
-        .bearer_auth(&bob)
-        .header("cookie", format!("__session={alice}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let both: Value = send_json(
+        app.client
+            .get(&url)
+            .bearer_auth(&bob)
+            .header("cookie", format!("__session={alice}")),
+    )
+    .await;
     assert_eq!(both["clientId"], "bob");
 
     let bad_header = app
@@ -251,19 +216,13 @@ async fn session_cookie_is_read_and_the_authorization_header_wins() {
 async fn auth0_session_signed_with_an_ec_key_is_accepted() {
     let rsa = TestKey::rsa("rsa2", "auth0-rsa");
     let ec = TestKey::ec("ec1", "auth0-ec");
-    let jwks = JwksServer::start(&[&rsa, &ec]).await;
-    let app = TestApp::spawn(Issuers {
-        auth0: Some(&jwks),
-        ..Default::default()
-    })
-    .await;
+    let (_jwks, app) = app_trusting(&[&rsa, &ec], Issuers::auth0).await;
     let session = ec.sign(
         json!({"typ": "JWT"}),
         &auth0_claims("auth0|ec-user", &["support"]),
     );
     let response = app.get_token("/api/ably-token", &session).await;
-    assert_eq!(response.status(), 200);
-    let request: Value = response.json().await.unwrap();
+    let request = ok_json(response).await;
     assert_eq!(request["clientId"], "auth0|ec-user");
     assert_eq!(request["ttl"], 900_000);
     assert_eq!(request["mac"], independent_mac(&request));

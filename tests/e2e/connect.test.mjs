@@ -4,7 +4,7 @@
 // the way ably-js documents: 401 → disconnected (it will retry), 403 → failed.
 
 import assert from "node:assert/strict";
-import { after, before, describe, it } from "node:test";
+import { describe, it } from "node:test";
 
 import {
   closeClient,
@@ -15,6 +15,7 @@ import {
   realtime,
   startStack,
   stopStack,
+  useStack,
   within,
 } from "./helpers.mjs";
 
@@ -27,17 +28,11 @@ function jwtClaims(token) {
 }
 
 describe("connect through the sidecar's authUrl", () => {
-  let stack;
-  before(async () => {
-    stack = await startStack();
-  });
-  after(async () => {
-    await stopStack(stack);
-  });
+  const stack = useStack();
 
   for (const protocol of protocols) {
     it(`TokenRequest mode (/api/ably-token), ${protocol}: connected as the session's user`, TEST, async () => {
-      const alice = await realtime(stack, { sub: "alice", mode: "token", protocol });
+      const alice = await realtime(stack(), { sub: "alice", mode: "token", protocol });
       await connected(alice);
 
       assert.equal(alice.connection.state, "connected");
@@ -48,7 +43,7 @@ describe("connect through the sidecar's authUrl", () => {
       const details = alice.auth.tokenDetails;
       assert.ok(details?.token, "the TokenRequest was exchanged for a token");
       assert.equal(details.clientId, "alice", "the broker's TokenDetails carry the clientId");
-      assert.equal(details.keyName, stack.keyName);
+      assert.equal(details.keyName, stack().keyName);
       assert.ok(details.expires > details.issued, `expires ${details.expires} > issued ${details.issued}`);
       const capability = JSON.parse(details.capability);
       assert.deepEqual(capability["orders:alice:*"], ["history", "presence", "subscribe"]);
@@ -60,7 +55,7 @@ describe("connect through the sidecar's authUrl", () => {
     });
 
     it(`JWT mode (/api/ably-jwt), ${protocol}: connected as the session's user`, TEST, async () => {
-      const sam = await realtime(stack, { sub: "sam", roles: ["support"], mode: "jwt", protocol });
+      const sam = await realtime(stack(), { sub: "sam", roles: ["support"], mode: "jwt", protocol });
       await connected(sam);
 
       assert.equal(sam.connection.state, "connected");
@@ -79,8 +74,8 @@ describe("connect through the sidecar's authUrl", () => {
   }
 
   it("two clients get distinct connection ids", TEST, async () => {
-    const a = await realtime(stack, { sub: "alice" });
-    const b = await realtime(stack, { sub: "alice", mode: "jwt" });
+    const a = await realtime(stack(), { sub: "alice" });
+    const b = await realtime(stack(), { sub: "alice", mode: "jwt" });
     await Promise.all([connected(a), connected(b)]);
     assert.notEqual(a.connection.id, b.connection.id);
     assert.equal(a.auth.clientId, "alice");
@@ -89,7 +84,7 @@ describe("connect through the sidecar's authUrl", () => {
   });
 
   it("an invalid session: the sidecar answers 401, the client stays disconnected and will retry", TEST, async () => {
-    const client = await realtime(stack, { sub: "mallory", session: "not.a.jwt" });
+    const client = await realtime(stack(), { sub: "mallory", session: "not.a.jwt" });
     const change = await connectionState(client, "disconnected");
     assert.equal(client.connection.state, "disconnected");
     assert.equal(change.reason?.code, 80019, "ably-js wraps an authUrl failure as 80019");
@@ -100,16 +95,10 @@ describe("connect through the sidecar's authUrl", () => {
 });
 
 describe("a session the policy refuses (403)", () => {
-  let stack;
-  before(async () => {
-    stack = await startStack({ policy: fixture("staff-only.toml") });
-  });
-  after(async () => {
-    await stopStack(stack);
-  });
+  const stack = useStack({ policy: fixture("staff-only.toml") });
 
   it("fails the connection with the sidecar's 40300 as the cause", TEST, async () => {
-    const client = await realtime(stack, { sub: "alice" });
+    const client = await realtime(stack(), { sub: "alice" });
     const change = await connectionState(client, "failed");
     assert.equal(client.connection.state, "failed");
     assert.equal(change.reason?.code, 80019);
@@ -118,7 +107,7 @@ describe("a session the policy refuses (403)", () => {
   });
 
   it("a user with the policy's role connects under the custom policy", TEST, async () => {
-    const client = await realtime(stack, { sub: "stella", roles: ["staff"] });
+    const client = await realtime(stack(), { sub: "stella", roles: ["staff"] });
     await connected(client);
     assert.equal(client.auth.clientId, "stella");
     assert.deepEqual(JSON.parse(client.auth.tokenDetails.capability), {

@@ -10,6 +10,7 @@
 import { once } from "node:events";
 import http from "node:http";
 import path from "node:path";
+import { after, before } from "node:test";
 import { fileURLToPath } from "node:url";
 
 import Ably from "ably";
@@ -120,6 +121,22 @@ export async function stopStack(stack) {
 }
 
 export const assertNoSecretsLogged = shared.assertNoSecretsLogged;
+
+/**
+ * One stack for the enclosing `describe`: started in a `before` hook and stopped in an `after`
+ * hook (so its clients are closed and its log is checked for secrets once all its tests are done).
+ * Returns an accessor, since the stack exists only once the hook has run: `realtime(stack(), …)`.
+ */
+export function useStack(options) {
+  let stack;
+  before(async () => {
+    stack = await startStack(options);
+  });
+  after(async () => {
+    await stopStack(stack);
+  });
+  return () => stack;
+}
 
 // ---------------------------------------------------------------------------------------------
 // Sessions and clients

@@ -3,7 +3,7 @@
 // broker refuses with 40160.
 
 import assert from "node:assert/strict";
-import { after, before, describe, it } from "node:test";
+import { describe, it } from "node:test";
 
 import {
   closeClient,
@@ -12,27 +12,20 @@ import {
   protocols,
   realtime,
   rejection,
-  startStack,
-  stopStack,
   uniqueChannel,
+  useStack,
   within,
 } from "./helpers.mjs";
 
 const TEST = { timeout: 30_000 };
 
 describe("history", () => {
-  let stack;
-  before(async () => {
-    stack = await startStack();
-  });
-  after(async () => {
-    await stopStack(stack);
-  });
+  const stack = useStack();
 
   for (const protocol of protocols) {
     it(`alice reads sam's messages newest first, limit honoured, pages followed [${protocol}]`, TEST, async () => {
-      const alice = await realtime(stack, { sub: "alice", protocol });
-      const sam = await realtime(stack, { sub: "sam", roles: ["support"], protocol });
+      const alice = await realtime(stack(), { sub: "alice", protocol });
+      const sam = await realtime(stack(), { sub: "sam", roles: ["support"], protocol });
       await Promise.all([connected(alice), connected(sam)]);
       const name = uniqueChannel("orders:alice");
       const inbox = await messageInbox(alice, alice.channels.get(name));
@@ -78,7 +71,7 @@ describe("history", () => {
   }
 
   it("history of a channel nothing was published on is empty", TEST, async () => {
-    const alice = await realtime(stack, { sub: "alice" });
+    const alice = await realtime(stack(), { sub: "alice" });
     await connected(alice);
     const page = await within(alice.channels.get(uniqueChannel("orders:alice")).history(), "history of a quiet channel", {
       clients: [alice],
@@ -89,7 +82,7 @@ describe("history", () => {
   });
 
   it("history without the history capability is refused with 40160", TEST, async () => {
-    const alice = await realtime(stack, { sub: "alice" });
+    const alice = await realtime(stack(), { sub: "alice" });
     await connected(alice);
     // announcements: subscribe only for customers.
     const error = await rejection(alice.channels.get("announcements").history(), "alice's history of announcements", {

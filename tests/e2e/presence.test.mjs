@@ -3,7 +3,7 @@
 // Run in msgpack (the Node client's default) and in JSON.
 
 import assert from "node:assert/strict";
-import { after, before, describe, it } from "node:test";
+import { describe, it } from "node:test";
 
 import {
   closeClient,
@@ -13,27 +13,20 @@ import {
   protocols,
   realtime,
   rejection,
-  startStack,
-  stopStack,
   uniqueChannel,
+  useStack,
   within,
 } from "./helpers.mjs";
 
 const TEST = { timeout: 45_000 };
 
 describe("presence", () => {
-  let stack;
-  before(async () => {
-    stack = await startStack();
-  });
-  after(async () => {
-    await stopStack(stack);
-  });
+  const stack = useStack();
 
   for (const protocol of protocols) {
     it(`enter, update, get for a late joiner, leave, and leave on close [${protocol}]`, TEST, async () => {
-      const alice = await realtime(stack, { sub: "alice", protocol });
-      const sam = await realtime(stack, { sub: "sam", roles: ["support"], protocol, mode: "jwt" });
+      const alice = await realtime(stack(), { sub: "alice", protocol });
+      const sam = await realtime(stack(), { sub: "sam", roles: ["support"], protocol, mode: "jwt" });
       await Promise.all([connected(alice), connected(sam)]);
       const name = uniqueChannel("orders:alice");
       const aliceChannel = alice.channels.get(name);
@@ -71,7 +64,7 @@ describe("presence", () => {
       assert.deepEqual(memberSummary(await within(samChannel.presence.get(), "sam's presence.get()", { clients: [sam] })), expected);
 
       // A late joiner (another support agent) attaches now and gets the members through SYNC.
-      const sue = await realtime(stack, { sub: "sue", roles: ["support"], protocol });
+      const sue = await realtime(stack(), { sub: "sue", roles: ["support"], protocol });
       await connected(sue);
       const sueChannel = sue.channels.get(name);
       const atSue = await presenceInbox(sue, sueChannel);
@@ -111,9 +104,9 @@ describe("presence", () => {
     });
 
     it(`two connections of one user are two members [${protocol}]`, TEST, async () => {
-      const phone = await realtime(stack, { sub: "sam", roles: ["support"], protocol });
-      const laptop = await realtime(stack, { sub: "sam", roles: ["support"], protocol, mode: "jwt" });
-      const watcher = await realtime(stack, { sub: "alice", protocol });
+      const phone = await realtime(stack(), { sub: "sam", roles: ["support"], protocol });
+      const laptop = await realtime(stack(), { sub: "sam", roles: ["support"], protocol, mode: "jwt" });
+      const watcher = await realtime(stack(), { sub: "alice", protocol });
       await Promise.all([connected(phone), connected(laptop), connected(watcher)]);
       const name = uniqueChannel("orders:alice");
       await within(phone.channels.get(name).presence.enter("phone"), "enter from the phone", { clients: [phone] });
@@ -131,7 +124,7 @@ describe("presence", () => {
     });
 
     it(`entering presence without the presence capability is NACKed with 40160 [${protocol}]`, TEST, async () => {
-      const alice = await realtime(stack, { sub: "alice", protocol });
+      const alice = await realtime(stack(), { sub: "alice", protocol });
       await connected(alice);
       const channel = alice.channels.get("announcements"); // subscribe only
       await within(channel.attach(), "alice's attach to announcements", { clients: [alice] });

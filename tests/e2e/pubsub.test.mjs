@@ -5,7 +5,7 @@
 // refuses must reach the client as Ably error 40160.
 
 import assert from "node:assert/strict";
-import { after, before, describe, it } from "node:test";
+import { describe, it } from "node:test";
 
 import {
   channelState,
@@ -15,22 +15,15 @@ import {
   protocols,
   realtime,
   rejection,
-  startStack,
-  stopStack,
   uniqueChannel,
+  useStack,
   within,
 } from "./helpers.mjs";
 
 const TEST = { timeout: 30_000 };
 
 describe("publish and subscribe", () => {
-  let stack;
-  before(async () => {
-    stack = await startStack();
-  });
-  after(async () => {
-    await stopStack(stack);
-  });
+  const stack = useStack();
 
   const pairs = [
     ...protocols.map((p) => ({ alice: p, sam: p, title: p })),
@@ -40,8 +33,8 @@ describe("publish and subscribe", () => {
 
   for (const pair of pairs) {
     it(`sam (support) publishes to orders:alice:…, alice (customer) receives it [${pair.title}]`, TEST, async () => {
-      const alice = await realtime(stack, { sub: "alice", protocol: pair.alice });
-      const sam = await realtime(stack, { sub: "sam", roles: ["support"], protocol: pair.sam, mode: "jwt" });
+      const alice = await realtime(stack(), { sub: "alice", protocol: pair.alice });
+      const sam = await realtime(stack(), { sub: "sam", roles: ["support"], protocol: pair.sam, mode: "jwt" });
       await Promise.all([connected(alice), connected(sam)]);
       const name = uniqueChannel("orders:alice");
 
@@ -86,7 +79,7 @@ describe("publish and subscribe", () => {
 
   for (const protocol of protocols) {
     it(`a subscribed publisher receives its own message (echo) [${protocol}]`, TEST, async () => {
-      const sam = await realtime(stack, { sub: "sam", roles: ["support"], protocol });
+      const sam = await realtime(stack(), { sub: "sam", roles: ["support"], protocol });
       await connected(sam);
       const channel = sam.channels.get(uniqueChannel("orders:alice"));
       const inbox = await messageInbox(sam, channel);
@@ -98,8 +91,8 @@ describe("publish and subscribe", () => {
     });
 
     it(`with echoMessages: false the publisher is not sent its own message [${protocol}]`, TEST, async () => {
-      const sam = await realtime(stack, { sub: "sam", roles: ["support"], protocol, options: { echoMessages: false } });
-      const alice = await realtime(stack, { sub: "alice", protocol });
+      const sam = await realtime(stack(), { sub: "sam", roles: ["support"], protocol, options: { echoMessages: false } });
+      const alice = await realtime(stack(), { sub: "alice", protocol });
       await Promise.all([connected(sam), connected(alice)]);
       const name = uniqueChannel("orders:alice");
       const samInbox = await messageInbox(sam, sam.channels.get(name));
@@ -112,7 +105,7 @@ describe("publish and subscribe", () => {
     });
 
     it(`alice attaching orders:bob:… is refused with 40160 and the channel fails [${protocol}]`, TEST, async () => {
-      const alice = await realtime(stack, { sub: "alice", protocol });
+      const alice = await realtime(stack(), { sub: "alice", protocol });
       await connected(alice);
       const channel = alice.channels.get("orders:bob:status");
       const error = await rejection(channel.attach(), "alice's attach to orders:bob:status", { clients: [alice] });
@@ -131,8 +124,8 @@ describe("publish and subscribe", () => {
     });
 
     it(`alice publishing to orders:alice:status (subscribe-only for her) is NACKed with 40160 [${protocol}]`, TEST, async () => {
-      const alice = await realtime(stack, { sub: "alice", protocol });
-      const sam = await realtime(stack, { sub: "sam", roles: ["support"], protocol });
+      const alice = await realtime(stack(), { sub: "alice", protocol });
+      const sam = await realtime(stack(), { sub: "sam", roles: ["support"], protocol });
       await Promise.all([connected(alice), connected(sam)]);
       const name = uniqueChannel("orders:alice");
       const samInbox = await messageInbox(sam, sam.channels.get(name));
@@ -156,7 +149,7 @@ describe("publish and subscribe", () => {
     });
 
     it(`alice may subscribe to announcements but not publish there [${protocol}]`, TEST, async () => {
-      const alice = await realtime(stack, { sub: "alice", protocol });
+      const alice = await realtime(stack(), { sub: "alice", protocol });
       await connected(alice);
       const channel = alice.channels.get("announcements");
       await within(channel.attach(), "alice's attach to announcements", { clients: [alice] });
@@ -167,8 +160,8 @@ describe("publish and subscribe", () => {
     });
 
     it(`a detached channel receives nothing more [${protocol}]`, TEST, async () => {
-      const alice = await realtime(stack, { sub: "alice", protocol });
-      const sam = await realtime(stack, { sub: "sam", roles: ["support"], protocol });
+      const alice = await realtime(stack(), { sub: "alice", protocol });
+      const sam = await realtime(stack(), { sub: "sam", roles: ["support"], protocol });
       await Promise.all([connected(alice), connected(sam)]);
       const left = uniqueChannel("orders:alice");
       const kept = uniqueChannel("orders:alice");

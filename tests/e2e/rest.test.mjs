@@ -3,7 +3,7 @@
 // whose capability the broker enforces on REST too.
 
 import assert from "node:assert/strict";
-import { after, before, describe, it } from "node:test";
+import { describe, it } from "node:test";
 
 import {
   closeClient,
@@ -16,25 +16,18 @@ import {
   rejection,
   restAsUser,
   restWithKey,
-  startStack,
-  stopStack,
   uniqueChannel,
+  useStack,
   within,
 } from "./helpers.mjs";
 
 const TEST = { timeout: 30_000 };
 
 describe("Ably.Rest", () => {
-  let stack;
-  before(async () => {
-    stack = await startStack();
-  });
-  after(async () => {
-    await stopStack(stack);
-  });
+  const stack = useStack();
 
   it("time() answers the broker's clock", TEST, async () => {
-    const rest = restWithKey(stack);
+    const rest = restWithKey(stack());
     const before = Date.now();
     const time = await within(rest.time(), "rest.time()", { clients: [rest] });
     assert.equal(typeof time, "number");
@@ -43,12 +36,12 @@ describe("Ably.Rest", () => {
 
   for (const protocol of protocols) {
     it(`a backend publishes with the API key to orders:alice:status; alice receives it [${protocol}]`, TEST, async () => {
-      const alice = await realtime(stack, { sub: "alice", protocol });
+      const alice = await realtime(stack(), { sub: "alice", protocol });
       await connected(alice);
       const name = uniqueChannel("orders:alice:status");
       const inbox = await messageInbox(alice, alice.channels.get(name));
 
-      const rest = restWithKey(stack, { protocol });
+      const rest = restWithKey(stack(), { protocol });
       const channel = rest.channels.get(name);
       await within(channel.publish("status", { order: 42, status: "dispatched" }), "the REST publish", { clients: [rest] });
       await within(
@@ -74,7 +67,7 @@ describe("Ably.Rest", () => {
     });
 
     it(`REST history newest first with limit and pages [${protocol}]`, TEST, async () => {
-      const rest = restWithKey(stack, { protocol });
+      const rest = restWithKey(stack(), { protocol });
       const name = uniqueChannel("orders:alice");
       const channel = rest.channels.get(name);
       for (let i = 1; i <= 5; i++) {
@@ -94,8 +87,8 @@ describe("Ably.Rest", () => {
     });
 
     it(`REST presence lists the members realtime clients entered [${protocol}]`, TEST, async () => {
-      const alice = await realtime(stack, { sub: "alice", protocol });
-      const sam = await realtime(stack, { sub: "sam", roles: ["support"], protocol });
+      const alice = await realtime(stack(), { sub: "alice", protocol });
+      const sam = await realtime(stack(), { sub: "sam", roles: ["support"], protocol });
       await Promise.all([connected(alice), connected(sam)]);
       const name = uniqueChannel("orders:alice");
       const watch = await presenceInbox(sam, sam.channels.get(name));
@@ -106,7 +99,7 @@ describe("Ably.Rest", () => {
         "both enters",
       );
 
-      const rest = restWithKey(stack, { protocol });
+      const rest = restWithKey(stack(), { protocol });
       const page = await within(rest.channels.get(name).presence.get(), "REST presence.get()", { clients: [rest] });
       assert.deepEqual(memberSummary(page.items), [
         { clientId: "alice", data: { page: "checkout" } },
@@ -117,13 +110,13 @@ describe("Ably.Rest", () => {
   }
 
   it("a backend's announcement reaches every customer", TEST, async () => {
-    const alice = await realtime(stack, { sub: "alice" });
-    const bob = await realtime(stack, { sub: "bob", protocol: "json" });
+    const alice = await realtime(stack(), { sub: "alice" });
+    const bob = await realtime(stack(), { sub: "bob", protocol: "json" });
     await Promise.all([connected(alice), connected(bob)]);
     const atAlice = await messageInbox(alice, alice.channels.get("announcements"));
     const atBob = await messageInbox(bob, bob.channels.get("announcements"));
     const text = `maintenance at ${Date.now()}`;
-    await within(restWithKey(stack).channels.get("announcements").publish("notice", text), "the announcement", {});
+    await within(restWithKey(stack()).channels.get("announcements").publish("notice", text), "the announcement", {});
     for (const inbox of [atAlice, atBob]) {
       const m = await inbox.waitFor((x) => x.data === text, "the announcement");
       assert.equal(m.name, "notice");
@@ -133,9 +126,9 @@ describe("Ably.Rest", () => {
 
   it("a REST client authenticated through the authUrl reads its history but may not publish (40160)", TEST, async () => {
     const name = uniqueChannel("orders:alice");
-    await within(restWithKey(stack).channels.get(name).publish("status", "packed"), "the backend's publish", {});
+    await within(restWithKey(stack()).channels.get(name).publish("status", "packed"), "the backend's publish", {});
 
-    const aliceRest = await restAsUser(stack, { sub: "alice" });
+    const aliceRest = await restAsUser(stack(), { sub: "alice" });
     const channel = aliceRest.channels.get(name);
     const page = await within(channel.history(), "alice's REST history", { clients: [aliceRest] });
     assert.deepEqual(page.items.map((m) => [m.name, m.data]), [["status", "packed"]]);
@@ -155,10 +148,10 @@ describe("Ably.Rest", () => {
 
   it("a REST client with a JWT from the authUrl publishes where its role allows", TEST, async () => {
     const name = uniqueChannel("orders:alice");
-    const alice = await realtime(stack, { sub: "alice" });
+    const alice = await realtime(stack(), { sub: "alice" });
     await connected(alice);
     const inbox = await messageInbox(alice, alice.channels.get(name));
-    const samRest = await restAsUser(stack, { sub: "sam", roles: ["support"], mode: "jwt" });
+    const samRest = await restAsUser(stack(), { sub: "sam", roles: ["support"], mode: "jwt" });
     await within(samRest.channels.get(name).publish("status", "refunded"), "sam's REST publish", { clients: [samRest] });
     const m = await inbox.waitFor((x) => x.name === "status", "sam's REST message");
     assert.equal(m.data, "refunded");
