@@ -3,75 +3,16 @@
 
 use std::time::Duration;
 
-use ably_tokend::broker::{Broker, Limits};
-use ably_tokend::capability::Capability;
-use ably_tokend::clock;
-use ably_tokend::config::BrokerSettings;
-use ably_tokend::signing::{sign_ably_jwt, ApiKey, Grant};
+use ably_tokend::broker::Limits;
 use awc::ws::Frame;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
 use crate::helpers::*;
 
-struct TestBroker {
-    port: u16,
-    key: ApiKey,
-}
-
-async fn broker(limits: Limits) -> TestBroker {
-    let key: ApiKey = API_KEY.parse().unwrap();
-    let settings = BrokerSettings {
-        bind: "127.0.0.1:0".parse().unwrap(),
-        history_max_messages: 100,
-        history_max_age: Duration::from_secs(120),
-    };
-    let broker = Broker::build(&settings, vec![key.clone()], clock::system(), limits).unwrap();
-    let port = broker.port();
-    actix_web::rt::spawn(broker.run_until_stopped());
-    TestBroker { port, key }
-}
-
-impl TestBroker {
-    fn jwt(
-        &self,
-        capability: &str,
-        client_id: Option<&str>,
-        ttl_ms: u64,
-        issued_ms: u64,
-    ) -> String {
-        let capability = Capability::parse_json(capability).unwrap();
-        sign_ably_jwt(
-            &self.key,
-            &Grant {
-                capability: &capability,
-                client_id,
-                ttl_ms,
-                issued_ms,
-            },
-        )
-    }
-
-    async fn connect(&self, query: &str) -> Socket {
-        Socket::connect(&format!(
-            "ws://127.0.0.1:{}/?format=json&{query}",
-            self.port
-        ))
-        .await
-    }
-
-    async fn connect_as(&self, capability: &str, client_id: Option<&str>) -> Socket {
-        let token = self.jwt(capability, client_id, 60_000, now_ms());
-        let mut socket = self.connect(&format!("access_token={token}")).await;
-        let connected = socket.next().await;
-        assert_eq!(connected["action"], 4, "{connected}");
-        socket
-    }
-}
-
 #[actix_web::test]
 async fn a_malformed_frame_gets_an_error_and_the_socket_closes() {
-    let broker = broker(Limits::default()).await;
+    let broker = spawn_broker(Limits::default()).await;
     let mut socket = broker.connect_as(r#"{"*":["*"]}"#, Some("u")).await;
     socket.send_raw("{not json").await;
     let error = socket.next().await;
@@ -87,7 +28,7 @@ async fn a_malformed_frame_gets_an_error_and_the_socket_closes() {
 
 #[actix_web::test]
 async fn unknown_actions_are_ignored_and_heartbeats_are_echoed() {
-    let broker = broker(Limits::default()).await;
+    let broker = spawn_broker(Limits::default()).await;
     let mut socket = broker.connect_as(r#"{"*":["*"]}"#, Some("u")).await;
     socket.send(json!({"action": 99, "future": true})).await;
     socket.send(json!({"action": 0, "id": "ping-1"})).await;
@@ -96,7 +37,7 @@ async fn unknown_actions_are_ignored_and_heartbeats_are_echoed() {
 
 #[actix_web::test]
 async fn frames_sent_before_connected_arrives_are_handled_after_it() {
-    let broker = broker(Limits::default()).await;
+    let broker = spawn_broker(Limits::default()).await;
     let token = broker.jwt(r#"{"room":["subscribe"]}"#, Some("u"), 60_000, now_ms());
     let mut socket = broker.connect(&format!("access_token={token}")).await;
     // Sent without waiting for CONNECTED.
@@ -117,7 +58,7 @@ async fn frames_sent_before_connected_arrives_are_handled_after_it() {
 
 #[actix_web::test]
 async fn oversized_messages_are_nacked_with_40009() {
-    let broker = broker(Limits::default()).await;
+    let broker = spawn_broker(Limits::default()).await;
     let mut socket = broker.connect_as(r#"{"*":["*"]}"#, Some("u")).await;
     let big = "x".repeat(70_000);
     socket
@@ -138,7 +79,7 @@ async fn oversized_messages_are_nacked_with_40009() {
 
 #[actix_web::test]
 async fn frames_over_the_frame_limit_close_the_connection_with_an_error() {
-    let broker = broker(Limits {
+    let broker = spawn_broker(Limits {
         max_frame_size: 1024,
         ..Limits::default()
     })
@@ -155,7 +96,7 @@ async fn frames_over_the_frame_limit_close_the_connection_with_an_error() {
 
 #[actix_web::test]
 async fn an_attach_flood_is_cut_off_at_the_channel_limit() {
-    let broker = broker(Limits {
+    let broker = spawn_broker(Limits {
         max_channels_per_connection: 5,
         ..Limits::default()
     })
@@ -182,7 +123,7 @@ async fn an_attach_flood_is_cut_off_at_the_channel_limit() {
 
 #[actix_web::test]
 async fn capabilities_are_enforced_with_40160() {
-    let broker = broker(Limits::default()).await;
+    let broker = spawn_broker(Limits::default()).await;
     let mut socket = broker
         .connect_as(r#"{"room":["subscribe"]}"#, Some("u"))
         .await;
@@ -216,7 +157,7 @@ async fn capabilities_are_enforced_with_40160() {
 
 #[actix_web::test]
 async fn bad_and_expired_credentials_get_ablys_codes_as_frames() {
-    let broker = broker(Limits::default()).await;
+    let broker = spawn_broker(Limits::default()).await;
     let mut wrong_key = broker.connect("key=appId.keyId:wrong").await;
     let error = wrong_key.next().await;
     assert_eq!(
@@ -242,7 +183,7 @@ async fn bad_and_expired_credentials_get_ablys_codes_as_frames() {
 
 #[actix_web::test]
 async fn a_token_that_expires_mid_connection_gets_disconnected_40142() {
-    let broker = broker(Limits::default()).await;
+    let broker = spawn_broker(Limits::default()).await;
     let token = broker.jwt(r#"{"*":["*"]}"#, Some("u"), 1_500, now_ms());
     let mut socket = broker.connect(&format!("access_token={token}")).await;
     assert_eq!(socket.next().await["action"], 4);
@@ -253,7 +194,7 @@ async fn a_token_that_expires_mid_connection_gets_disconnected_40142() {
 
 #[actix_web::test]
 async fn msgpack_connections_get_binary_msgpack_frames() {
-    let broker = broker(Limits::default()).await;
+    let broker = spawn_broker(Limits::default()).await;
     let token = broker.jwt(r#"{"*":["*"]}"#, Some("u"), 60_000, now_ms());
     let url = format!(
         "ws://127.0.0.1:{}/?format=msgpack&access_token={token}",
@@ -271,7 +212,7 @@ async fn msgpack_connections_get_binary_msgpack_frames() {
 
 #[actix_web::test]
 async fn rest_errors_have_ablys_shape() {
-    let broker = broker(Limits::default()).await;
+    let broker = spawn_broker(Limits::default()).await;
     let client = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{}", broker.port);
     let time: Vec<u64> = send_json(client.get(format!("{base}/time"))).await;
@@ -307,7 +248,7 @@ async fn rest_errors_have_ablys_shape() {
 
 #[actix_web::test]
 async fn a_jwt_with_an_absurd_expiry_does_not_break_the_connection() {
-    let broker = broker(Limits::default()).await;
+    let broker = spawn_broker(Limits::default()).await;
     let token = broker.jwt(
         r#"{"*":["*"]}"#,
         Some("u"),
@@ -325,7 +266,7 @@ async fn a_jwt_with_an_absurd_expiry_does_not_break_the_connection() {
 
 #[actix_web::test]
 async fn a_narrower_token_in_band_stops_delivery_and_presence() {
-    let broker = broker(Limits::default()).await;
+    let broker = spawn_broker(Limits::default()).await;
     let mut alice = broker
         .connect_as(
             r#"{"room":["subscribe","publish","presence"]}"#,
@@ -380,7 +321,7 @@ async fn a_narrower_token_in_band_stops_delivery_and_presence() {
 
 #[actix_web::test]
 async fn presence_and_publish_cannot_get_around_the_channel_limits() {
-    let broker = broker(Limits {
+    let broker = spawn_broker(Limits {
         max_channels_per_connection: 3,
         ..Limits::default()
     })
@@ -421,7 +362,7 @@ async fn presence_and_publish_cannot_get_around_the_channel_limits() {
 
 #[actix_web::test]
 async fn a_client_that_stops_reading_is_dropped() {
-    let broker = broker(Limits {
+    let broker = spawn_broker(Limits {
         outbox_frames: 8,
         send_timeout: Duration::from_millis(300),
         ..Limits::default()
@@ -454,7 +395,7 @@ async fn a_client_that_stops_reading_is_dropped() {
 
 #[actix_web::test]
 async fn rest_and_realtime_apply_the_same_client_id_rule() {
-    let broker = broker(Limits::default()).await;
+    let broker = spawn_broker(Limits::default()).await;
     let client = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{}", broker.port);
     use base64::Engine;

@@ -13,10 +13,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use ably_tokend::broker::{Broker, BrokerHandle, Limits};
+use ably_tokend::capability::Capability;
 use ably_tokend::clock::{self, SharedClock};
+use ably_tokend::config::BrokerSettings;
 use ably_tokend::config::Settings;
 use ably_tokend::http::Application;
 use ably_tokend::policy::Policy;
+use ably_tokend::signing::{sign_ably_jwt, ApiKey, Grant};
 use actix_web::dev::ServerHandle;
 use actix_web::{web, App, HttpResponse, HttpServer};
 use awc::ws::{Frame, Message};
@@ -675,5 +679,63 @@ impl Socket {
             Ok(Some(Ok(Frame::Ping(_)))) => {}
             Ok(other) => panic!("expected silence, got {other:?}"),
         }
+    }
+}
+
+/// A broker on port 0 with the test key, for protocol edge cases and the
+/// shutdown test; `handle` reaches it after `run_until_stopped` took it.
+pub struct TestBroker {
+    pub port: u16,
+    pub key: ApiKey,
+    pub handle: BrokerHandle,
+}
+
+pub async fn spawn_broker(limits: Limits) -> TestBroker {
+    let key: ApiKey = API_KEY.parse().unwrap();
+    let settings = BrokerSettings {
+        bind: "127.0.0.1:0".parse().unwrap(),
+        history_max_messages: 100,
+        history_max_age: Duration::from_secs(120),
+    };
+    let broker = Broker::build(&settings, vec![key.clone()], clock::system(), limits).unwrap();
+    let (port, handle) = (broker.port(), broker.handle());
+    actix_web::rt::spawn(broker.run_until_stopped());
+    TestBroker { port, key, handle }
+}
+
+impl TestBroker {
+    pub fn jwt(
+        &self,
+        capability: &str,
+        client_id: Option<&str>,
+        ttl_ms: u64,
+        issued_ms: u64,
+    ) -> String {
+        let capability = Capability::parse_json(capability).unwrap();
+        sign_ably_jwt(
+            &self.key,
+            &Grant {
+                capability: &capability,
+                client_id,
+                ttl_ms,
+                issued_ms,
+            },
+        )
+    }
+
+    pub async fn connect(&self, query: &str) -> Socket {
+        Socket::connect(&format!(
+            "ws://127.0.0.1:{}/?format=json&{query}",
+            self.port
+        ))
+        .await
+    }
+
+    pub async fn connect_as(&self, capability: &str, client_id: Option<&str>) -> Socket {
+        let token = self.jwt(capability, client_id, 60_000, now_ms());
+        let mut socket = self.connect(&format!("access_token={token}")).await;
+        let connected = socket.next().await;
+        assert_eq!(connected["action"], 4, "{connected}");
+        socket
     }
 }

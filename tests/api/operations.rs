@@ -4,7 +4,6 @@
 use std::path::Path;
 use std::time::Duration;
 
-use ably_tokend::clock;
 use ably_tokend::config::Settings;
 use ably_tokend::http::Application;
 use serde_json::Value;
@@ -269,16 +268,8 @@ async fn reloading_under_load_fails_no_request_and_switches_once() {
 
 #[actix_web::test]
 async fn broker_connections_get_disconnected_when_it_stops() {
-    use ably_tokend::broker::{Broker, Limits};
-    let key: ably_tokend::signing::ApiKey = API_KEY.parse().unwrap();
-    let settings = ably_tokend::config::BrokerSettings {
-        bind: "127.0.0.1:0".parse().unwrap(),
-        history_max_messages: 10,
-        history_max_age: Duration::from_secs(60),
-    };
-    let broker = Broker::build(&settings, vec![key], clock::system(), Limits::default()).unwrap();
-    let (port, handle) = (broker.port(), broker.handle());
-    actix_web::rt::spawn(broker.run_until_stopped());
+    let TestBroker { port, handle, .. } =
+        spawn_broker(ably_tokend::broker::Limits::default()).await;
     let url = format!("ws://127.0.0.1:{port}/?format=json&key={API_KEY}&clientId=c");
     let mut socket = Socket::connect(&url).await;
     assert_eq!(socket.next().await["action"], 4);
