@@ -94,7 +94,7 @@ async fn a_space_scoped_token_reaches_its_spaces_channels_and_no_others() {
         .send(json!({"action": 15, "channel": "board::$cursors", "msgSerial": 0, "messages": [{"name": "cursorUpdate", "data": "{}"}]}))
         .await;
     // The echo of our own message and the ACK, in either order.
-    let mut frames = vec![socket.next().await, socket.next().await];
+    let mut frames = [socket.next().await, socket.next().await];
     frames.sort_by_key(|f| f["action"].as_u64());
     assert_eq!(frames[0], json!({"action": 1, "msgSerial": 0, "count": 1}));
     assert_eq!(frames[1]["action"], 15);
