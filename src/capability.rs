@@ -189,6 +189,17 @@ enum Segment {
 /// A parsed Ably resource name: optional `[qualifier]`, then `:`-separated
 /// segments where a whole segment may be `*` (the rules under "Resource names
 /// and wildcards" in <https://ably.com/docs/auth/capabilities>).
+///
+/// `::` is an empty segment, nothing more: those docs split names on every
+/// `:` and give no other meaning to an empty segment, and Ably's own SDKs
+/// name their channels that way (the Spaces SDK's `<space>::$space` and
+/// `<space>::$cursors`, per ably/spaces docs/channel-usage.md; Chat's
+/// `<room>::$chat`, whose room-scoped capability is written
+/// `your-room::$chat` in <https://ably.com/docs/chat/authentication>). So
+/// `board::$space` is the segments `board`, `` and `$space`; `board::*`
+/// matches `board::$space` and `board::$cursors`; and `board:*`, whose
+/// trailing `*` stands for one or more segments, matches them too, as does
+/// `*`. A `*` segment matches the empty segment like any other.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChannelPattern {
     raw: String,
@@ -200,8 +211,11 @@ pub struct ChannelPattern {
 impl ChannelPattern {
     /// Parses a pattern strictly: a `*` that is not a whole segment is refused
     /// (Ably would read `orders:**` as a literal name, which is never what a
-    /// policy author meant), as are empty segments and characters that cannot
-    /// appear in a channel name.
+    /// policy author meant), as are characters that cannot appear in a
+    /// channel name. Empty segments are allowed inside (`board::$space`) but
+    /// not first (a channel name may not start with `:`, so `:a` matches
+    /// nothing — <https://ably.com/docs/channels>) or last (`orders:` is
+    /// almost always `orders:*` mistyped).
     pub(crate) fn parse(raw: &str) -> Result<ChannelPattern, CapabilityError> {
         let invalid = |why| CapabilityError::InvalidPattern(raw.to_string(), why);
         if raw.is_empty() {
@@ -233,11 +247,23 @@ impl ChannelPattern {
         if rest.contains('[') || rest.contains(']') {
             return Err(invalid("[ and ] may only open the pattern as a qualifier"));
         }
+        if rest.is_empty() {
+            return Err(invalid("nothing follows the [qualifier]"));
+        }
+        if rest.starts_with(':') {
+            return Err(invalid(
+                "it starts with ':', and no channel name does (Ably refuses them)",
+            ));
+        }
+        if rest.ends_with(':') {
+            return Err(invalid(
+                "it ends with ':'; write ':*' for every channel under it",
+            ));
+        }
         let parts: Vec<&str> = rest.split(':').collect();
         let mut segments = Vec::with_capacity(parts.len());
         for (i, part) in parts.iter().enumerate() {
             let seg = match *part {
-                "" => return Err(invalid("it has an empty segment")),
                 "*" if i + 1 == parts.len() => Segment::Tail,
                 "*" => Segment::One,
                 p if p.contains('*') => {
@@ -722,9 +748,13 @@ mod tests {
         for bad in [
             "",
             "orders:**",
-            "a::b",
             "a:",
+            "a::",
             ":a",
+            "::$space",
+            "[meta]",
+            "[meta]:a",
+            "board::$sp*ce",
             "a b",
             "a,b",
             "[foo]x",
@@ -742,9 +772,61 @@ mod tests {
             "[queue]q",
             "[*]*",
             "a",
+            "board::$space",
+            "board::*",
+            "a:::b",
+            "board:*::$cursors",
+            "[meta]x::y",
         ] {
             assert!(ChannelPattern::parse(good).is_ok(), "{good:?} should parse");
         }
+    }
+
+    #[test]
+    fn a_double_colon_is_an_empty_segment() {
+        // The Spaces SDK's channels for a space named "board".
+        let space = "board::$space";
+        let cursors = "board::$cursors";
+        assert!(p("board::$space").matches(space));
+        assert!(!p("board::$space").matches(cursors));
+        assert!(!p("board::$space").matches("board:$space"));
+        assert!(!p("board::$space").matches("board"));
+        for wide in ["board::*", "board:*", "*", "board:*:$space", "[*]*"] {
+            assert!(p(wide).matches(space), "{wide} should match {space}");
+        }
+        assert!(p("board::*").matches(cursors));
+        assert!(!p("board:*:$space").matches(cursors));
+        // `board::*` is the space named "board", not the namespace.
+        assert!(!p("board::*").matches("board:other"));
+        assert!(!p("board::*").matches("boards::$space"));
+        assert!(p("board:*").matches("board:other::$space"));
+        assert!(!p("other::*").matches(space));
+
+        assert!(p("board:*").covers(&p("board::*")));
+        assert!(p("board::*").covers(&p("board::$space")));
+        assert!(p("board:*:$space").covers(&p("board::$space")));
+        assert!(!p("board::*").covers(&p("board:*")));
+        assert!(!p("board::$space").covers(&p("board::*")));
+    }
+
+    #[test]
+    fn double_colon_names_narrow_and_round_trip() {
+        let granted = Capability::parse_json(
+            r#"{"board:*":["subscribe","presence"],"board::$cursors":["publish"]}"#,
+        )
+        .unwrap();
+        let asked = Capability::parse_json(
+            r#"{"board::$space":["presence","publish"],"board::*":["publish","subscribe"]}"#,
+        )
+        .unwrap();
+        let narrowed = asked.narrowed_by(&granted);
+        assert_eq!(
+            narrowed.to_canonical_json(),
+            r#"{"board::$cursors":["publish"],"board::$space":["presence"],"board::*":["subscribe"]}"#
+        );
+        laws::canonical_form_round_trips(&narrowed);
+        assert!(narrowed.allows("board::$cursors", Operation::Publish));
+        assert!(!narrowed.allows("board::$space", Operation::Publish));
     }
 
     #[test]
@@ -859,14 +941,22 @@ mod properties {
     fn segment() -> impl Strategy<Value = String> {
         prop_oneof![
             2 => Just("*".to_string()),
-            3 => prop::sample::select(vec!["a", "b", "orders", "user-1", "é"]).prop_map(String::from),
+            3 => prop::sample::select(vec!["a", "b", "orders", "user-1", "é", "$space"]).prop_map(String::from),
+            // `::`, as in the Spaces SDK's `board::$space`.
+            1 => Just(String::new()),
         ]
     }
 
     fn pattern() -> impl Strategy<Value = ChannelPattern> {
         let ordinary = (
             prop::sample::select(vec!["", "", "", "[meta]", "[queue]"]),
-            prop::collection::vec(segment(), 1..4),
+            prop::collection::vec(segment(), 1..5).prop_filter(
+                "an empty segment is only allowed inside",
+                |segments| {
+                    !segments.first().is_some_and(String::is_empty)
+                        && !segments.last().is_some_and(String::is_empty)
+                },
+            ),
         )
             .prop_map(|(qualifier, segments)| format!("{qualifier}{}", segments.join(":")));
         prop_oneof![9 => ordinary, 1 => Just("[*]*".to_string())]

@@ -156,17 +156,51 @@ pub(crate) fn message_size(item: &Value) -> usize {
         + text(item.get("extras"))
 }
 
+/// Longest channel name accepted, in bytes. Ably sets no limit but advises
+/// staying well under 2048 characters, as names travel in REST URLs
+/// (<https://ably.com/docs/channels>); the broker's own bound keeps memory
+/// per channel small.
+pub(crate) const MAX_CHANNEL_NAME_LEN: usize = 512;
+
+/// Ably's channel-name rules (<https://ably.com/docs/channels>, "Use a
+/// channel"; error 40010, <https://ably.com/docs/platform/errors/codes/40010-invalid-channel-name>):
+/// a name is not empty, does not start with `:` (it delimits namespaces) or
+/// `[` (Ably reserves it for qualifiers such as `[meta]` and `[?rewind=1]`,
+/// which this broker does not implement), and holds no line break ("newline
+/// characters (or similar, e.g. carriage return or unicode page separator)",
+/// <https://faqs.ably.com/what-restrictions-are-there-on-channel-names>).
+/// Anything else is allowed: spaces, `::` as in the Spaces SDK's
+/// `board::$space`, any Unicode. The caller answers a refusal with 40010 and
+/// status 400, as Ably does.
 pub(crate) fn valid_channel_name(name: &str) -> Result<(), &'static str> {
     if name.is_empty() {
-        return Err("a channel name must not be empty");
+        return Err("invalid channel name: it must not be empty");
     }
-    if name.len() > 512 {
-        return Err("a channel name is at most 512 bytes");
+    if name.len() > MAX_CHANNEL_NAME_LEN {
+        return Err("invalid channel name: the embedded broker accepts at most 512 bytes");
     }
-    if name.chars().any(char::is_control) {
-        return Err("a channel name must not hold control characters");
+    if name.starts_with(':') {
+        return Err("invalid channel name: it must not start with ':', which separates namespaces");
+    }
+    if name.starts_with('[') {
+        return Err(
+            "invalid channel name: it must not start with '['; qualifiers such as [meta] and \
+             [?params] are not supported by the embedded broker (pass params as channel options)",
+        );
+    }
+    if name.chars().any(is_line_break) {
+        return Err("invalid channel name: it must not contain a newline, carriage return or other line break");
     }
     Ok(())
+}
+
+/// The characters Unicode treats as line breaks (UAX #14's mandatory breaks
+/// BK, CR, LF, NL): LF, VT, FF, CR, NEL, LINE SEPARATOR, PARAGRAPH SEPARATOR.
+fn is_line_break(c: char) -> bool {
+    matches!(
+        c,
+        '\n' | '\u{0B}' | '\u{0C}' | '\r' | '\u{85}' | '\u{2028}' | '\u{2029}'
+    )
 }
 
 #[cfg(test)]
@@ -235,6 +269,44 @@ mod tests {
             speaker(None, &key, Some(&json!(7))).unwrap_err().code,
             40012
         );
+    }
+
+    #[test]
+    fn channel_names_follow_ablys_rules() {
+        for good in [
+            "a",
+            "board::$space",
+            "board::$cursors",
+            "private:a:b",
+            "caf\u{e9}:\u{1F600}",
+            "with spaces and\ttab",
+            "ends:",
+            "a[b]",
+            "*",
+        ] {
+            assert_eq!(valid_channel_name(good), Ok(()), "{good:?}");
+        }
+        let long = "x".repeat(MAX_CHANNEL_NAME_LEN);
+        assert_eq!(valid_channel_name(&long), Ok(()));
+        for (bad, why) in [
+            ("", "empty"),
+            (":a", "start with ':'"),
+            ("::$space", "start with ':'"),
+            ("[meta]log", "start with '['"),
+            ("[?rewind=1]a", "start with '['"),
+            ("a\nb", "line break"),
+            ("a\rb", "line break"),
+            ("a\u{2028}b", "line break"),
+            ("a\u{2029}b", "line break"),
+            ("a\u{85}b", "line break"),
+        ] {
+            let refused = valid_channel_name(bad).expect_err(bad);
+            assert!(refused.contains(why), "{bad:?}: {refused}");
+            assert!(refused.starts_with("invalid channel name"), "{refused}");
+        }
+        assert!(valid_channel_name(&format!("{long}x"))
+            .unwrap_err()
+            .contains("512"));
     }
 
     #[test]

@@ -203,6 +203,30 @@ mod tests {
     }
 
     #[test]
+    fn double_colon_templates_render_the_spaces_channels() {
+        assert_eq!(
+            render("{clientId}::$space", "user_1", json!({})).unwrap(),
+            "user_1::$space"
+        );
+        assert_eq!(
+            render("{clientId}::*", "user_1", json!({})).unwrap(),
+            "user_1::*"
+        );
+        assert_eq!(
+            render("board:{claim:/team}::$cursors", "u", json!({"team": "t1"})).unwrap(),
+            "board:t1::$cursors"
+        );
+        // A value still never adds a segment, a wildcard or a qualifier.
+        for hostile in ["a:", ":", "a::b", "*", "a:*", "[meta]a", ""] {
+            let r = render("{clientId}::$space", hostile, json!({}));
+            assert!(
+                matches!(r, Err(Rendered::Value(_))),
+                "{hostile:?} gave {r:?}"
+            );
+        }
+    }
+
+    #[test]
     fn claims_must_be_present_non_empty_strings() {
         let t = "org:{claim:/org_id}:*";
         assert!(matches!(
@@ -230,7 +254,9 @@ mod tests {
         assert!(ChannelTemplate::parse("orders:{clientId").is_err());
         assert!(ChannelTemplate::parse("orders:clientId}").is_err());
         assert!(ChannelTemplate::parse("orders:{claim:sub}").is_err());
-        assert!(ChannelTemplate::parse("orders::{clientId}").is_err());
+        assert!(ChannelTemplate::parse("orders:{clientId}:").is_err());
+        assert!(ChannelTemplate::parse("::{clientId}").is_err());
+        assert!(ChannelTemplate::parse("orders::{clientId}").is_ok());
         assert!(ChannelTemplate::parse("orders:{clientId}:*").is_ok());
         assert!(ChannelTemplate::parse("announcements").unwrap().is_static());
     }

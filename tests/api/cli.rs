@@ -31,11 +31,12 @@ fn policy_check_accepts_the_shipped_policies() {
         "check",
         "policies/default.toml",
         "policies/support-chat.toml",
+        "policies/spaces-board.toml",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(
         stdout(&out),
-        "ok: policies/default.toml (2 roles)\nok: policies/support-chat.toml (2 roles)\n"
+        "ok: policies/default.toml (2 roles)\nok: policies/support-chat.toml (2 roles)\nok: policies/spaces-board.toml (2 roles)\n"
     );
 }
 
@@ -57,13 +58,13 @@ fn policy_check_reports_file_line_and_field_and_exits_1() {
 #[test]
 fn policy_check_says_why_a_pattern_is_invalid_once_on_one_line() {
     let (bad, err) = policy_check_exits_1(
-        "dollar.toml",
-        "version = 1\n[roles.board]\ncapabilities = [{ channel = \"board::$space\", operations = [\"subscribe\"] }]\n",
+        "colon.toml",
+        "version = 1\n[roles.board]\ncapabilities = [{ channel = \"board:\", operations = [\"subscribe\"] }]\n",
     );
     assert_eq!(
         err,
         format!(
-            "{}:3: roles.board.capabilities[0].channel: \"board::$space\" is not a valid channel pattern: it has an empty segment\n",
+            "{}:3: roles.board.capabilities[0].channel: \"board:\" is not a valid channel pattern: it ends with ':'; write ':*' for every channel under it\n",
             bad.display()
         )
     );
@@ -91,7 +92,11 @@ fn policy_test_runs_the_shipped_policy_tests() {
         .unwrap()
         .parse()
         .unwrap();
-    assert!(passed >= 12, "{text}");
+    assert!(passed >= 19, "{text}");
+    assert!(
+        text.contains("  ok    a sub holding :: cannot reach another user's scratch space"),
+        "{text}"
+    );
 }
 
 #[test]
