@@ -814,6 +814,167 @@ mod tests {
         assert!(!hub.has_members("c"));
     }
 
+    fn presence_history(hub: &Hub, direction: Direction) -> Vec<(u64, Value)> {
+        let query = HistoryQuery {
+            limit: 100,
+            direction,
+            start: None,
+            end: None,
+            cursor: None,
+        };
+        hub.history("c", HistoryKind::Presence, &query)
+            .messages
+            .into_iter()
+            .map(|p| (p["action"].as_u64().unwrap(), p["data"].clone()))
+            .collect()
+    }
+
+    #[test]
+    fn extras_stay_with_the_member_and_presence_history_records_every_event() {
+        let (hub, _clock) = hub(10);
+        let change = |action: u64, data: &str, extras: Option<Value>| PresenceChange {
+            action,
+            client_id: "alice".into(),
+            data: Some(json!(data)),
+            encoding: None,
+            extras,
+        };
+        let lock = json!({"locks": [{"id": "seat-1"}]});
+        for (serial, c) in [
+            change(presence_action::ENTER, "a", Some(lock.clone())),
+            change(presence_action::UPDATE, "b", None),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            hub.presence(
+                "c",
+                "a1",
+                &format!("a1:{serial}"),
+                vec![c],
+                Claim::Held,
+                LIMITS,
+            )
+            .unwrap();
+        }
+        // An update without extras replaces them, as it replaces data.
+        assert_eq!(hub.members("c")[0].get("extras"), None);
+        hub.presence(
+            "c",
+            "a1",
+            "a1:2",
+            vec![change(presence_action::UPDATE, "c", Some(lock.clone()))],
+            Claim::Held,
+            LIMITS,
+        )
+        .unwrap();
+        assert_eq!(hub.members("c")[0]["extras"], lock);
+        // A leave on close is recorded too, and is the newest.
+        hub.leave("c", "a1");
+        assert_eq!(
+            presence_history(&hub, Direction::Forwards),
+            vec![
+                (presence_action::ENTER, json!("a")),
+                (presence_action::UPDATE, json!("b")),
+                (presence_action::UPDATE, json!("c")),
+                (presence_action::LEAVE, json!("c")),
+            ]
+        );
+        // Message history and its counter are untouched.
+        assert_eq!(hub.messages_published(), 0);
+        let query = HistoryQuery {
+            limit: 10,
+            direction: Direction::Backwards,
+            start: None,
+            end: None,
+            cursor: None,
+        };
+        assert!(hub
+            .history("c", HistoryKind::Messages, &query)
+            .messages
+            .is_empty());
+    }
+
+    #[test]
+    fn presence_history_is_bounded_like_message_history_and_then_forgotten() {
+        let (hub, clock) = hub(3);
+        for n in 0..5u64 {
+            let change = PresenceChange {
+                action: presence_action::UPDATE,
+                client_id: "alice".into(),
+                data: Some(json!(n.to_string())),
+                encoding: None,
+                extras: None,
+            };
+            hub.presence(
+                "c",
+                "a1",
+                &format!("a1:{n}"),
+                vec![change],
+                Claim::Held,
+                LIMITS,
+            )
+            .unwrap();
+        }
+        let kept: Vec<Value> = presence_history(&hub, Direction::Backwards)
+            .into_iter()
+            .map(|(_, data)| data)
+            .collect();
+        assert_eq!(kept, vec![json!("4"), json!("3"), json!("2")]);
+        hub.leave("c", "a1");
+        clock.advance_secs(121);
+        hub.sweep();
+        assert_eq!(
+            hub.channel_count(),
+            0,
+            "old presence history lets the channel go"
+        );
+    }
+
+    #[test]
+    fn occupancy_counts_subscribers_members_and_their_connections() {
+        let (hub, _clock) = hub(10);
+        assert_eq!(hub.occupancy("c"), None);
+        for id in ["s1", "s2"] {
+            hub.subscribe(
+                "c",
+                id,
+                Subscriber {
+                    outbox: outbox(10).0,
+                    echo: true,
+                },
+            );
+        }
+        let enter = |client: &str| PresenceChange {
+            action: presence_action::ENTER,
+            client_id: client.into(),
+            data: None,
+            encoding: None,
+            extras: None,
+        };
+        // s1 is also present with two members; p1 is present only.
+        hub.presence(
+            "c",
+            "s1",
+            "s1:0",
+            vec![enter("a"), enter("b")],
+            Claim::Held,
+            LIMITS,
+        )
+        .unwrap();
+        hub.presence("c", "p1", "p1:0", vec![enter("a")], Claim::Held, LIMITS)
+            .unwrap();
+        assert_eq!(
+            hub.occupancy("c"),
+            Some(Occupancy {
+                connections: 3,
+                subscribers: 2,
+                presence_members: 3,
+                presence_connections: 2,
+            })
+        );
+    }
+
     #[test]
     fn attach_holds_the_broker_and_connection_limits() {
         let (hub, _clock) = hub(10);

@@ -14,4 +14,5 @@ mod http;
 mod jwks;
 mod operations;
 mod process;
+mod rest_surface;
 mod tokens;
