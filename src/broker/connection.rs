@@ -525,6 +525,7 @@ impl Connection {
                 client_id,
                 data: item.get("data").filter(|d| !d.is_null()).cloned(),
                 encoding: item.get("encoding").filter(|e| !e.is_null()).cloned(),
+                extras: item.get("extras").filter(|e| e.is_object()).cloned(),
             });
         }
         let applied = self.state.hub.presence(

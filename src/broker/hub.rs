@@ -1,6 +1,7 @@
 //! Channel state shared by every connection and the REST API: subscribers,
-//! presence members and bounded history. Everything is in memory; a channel
-//! with no subscribers, no members and no history left is forgotten.
+//! presence members, and bounded message and presence history. Everything is
+//! in memory; a channel with no subscribers, no members and no history left
+//! is forgotten.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -46,6 +47,9 @@ struct Member {
     connection_id: String,
     data: Option<Value>,
     encoding: Option<Value>,
+    /// Kept with the member and sent wherever it is (TP3i): the Spaces SDK
+    /// keeps its locks here.
+    extras: Option<Value>,
     id: String,
     timestamp: u64,
 }
@@ -65,6 +69,9 @@ impl Member {
         if let Some(encoding) = &self.encoding {
             v["encoding"] = encoding.clone();
         }
+        if let Some(extras) = &self.extras {
+            v["extras"] = extras.clone();
+        }
         v
     }
 }
@@ -81,11 +88,28 @@ struct Channel {
     /// Keyed by (clientId, connectionId), as ably-js keys its presence map.
     members: BTreeMap<(String, String), Member>,
     history: VecDeque<Stored>,
+    /// Enter, update and leave events as broadcast (RSP4), bounded as
+    /// message history is.
+    presence_history: VecDeque<Stored>,
 }
 
 impl Channel {
     fn is_forgettable(&self) -> bool {
-        self.subscribers.is_empty() && self.members.is_empty() && self.history.is_empty()
+        self.subscribers.is_empty()
+            && self.members.is_empty()
+            && self.history.is_empty()
+            && self.presence_history.is_empty()
+    }
+
+    /// Records broadcast presence events in the channel's presence history.
+    fn record_presence(&mut self, items: &[Value], seq: &AtomicU64, now: u64) {
+        for item in items {
+            self.presence_history.push_back(Stored {
+                seq: seq.fetch_add(1, Ordering::Relaxed),
+                timestamp: now,
+                message: item.clone(),
+            });
+        }
     }
 
     fn broadcast(&self, frame: &Frame, from: Option<&str>) -> u64 {
@@ -140,6 +164,7 @@ pub(crate) struct PresenceChange {
     pub(crate) client_id: String,
     pub(crate) data: Option<Value>,
     pub(crate) encoding: Option<Value>,
+    pub(crate) extras: Option<Value>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -164,10 +189,31 @@ pub(crate) struct HistoryPage {
     pub(crate) next: Option<u64>,
 }
 
+/// Which of a channel's histories a query reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HistoryKind {
+    Messages,
+    Presence,
+}
+
+/// Who is on a channel now, for `GET /channels/{name}` (CHD2, CHO2, CHM2).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Occupancy {
+    /// Connections subscribed or present.
+    pub(crate) connections: usize,
+    /// Connections the channel's messages and presence are delivered to.
+    pub(crate) subscribers: usize,
+    pub(crate) presence_members: usize,
+    /// Connections with at least one member present.
+    pub(crate) presence_connections: usize,
+}
+
 pub(crate) struct Hub {
     channels: Mutex<HashMap<String, Channel>>,
     limits: HistoryLimits,
     seq: AtomicU64,
+    /// Orders presence history entries; apart from `seq`, which counts messages.
+    presence_seq: AtomicU64,
     deliveries: AtomicU64,
     clock: SharedClock,
 }
@@ -178,6 +224,7 @@ impl Hub {
             channels: Mutex::new(HashMap::new()),
             limits,
             seq: AtomicU64::new(0),
+            presence_seq: AtomicU64::new(0),
             deliveries: AtomicU64::new(0),
             clock,
         }
@@ -333,6 +380,8 @@ impl Hub {
             }
             items.push(v);
         }
+        state.record_presence(&items, &self.presence_seq, now);
+        self.prune(state, now);
         let frame = Arc::new(SharedFrame::new(json!({
             "action": action::PRESENCE,
             "channel": channel,
@@ -381,12 +430,14 @@ impl Hub {
     }
 
     fn prune(&self, state: &mut Channel, now: u64) {
-        while state.history.len() > self.limits.max_messages {
-            state.history.pop_front();
-        }
         let oldest = now.saturating_sub(self.limits.max_age.as_millis() as u64);
-        while state.history.front().is_some_and(|m| m.timestamp < oldest) {
-            state.history.pop_front();
+        for history in [&mut state.history, &mut state.presence_history] {
+            while history.len() > self.limits.max_messages {
+                history.pop_front();
+            }
+            while history.front().is_some_and(|m| m.timestamp < oldest) {
+                history.pop_front();
+            }
         }
     }
 
@@ -417,6 +468,7 @@ impl Hub {
                 connection_id: connection_id.to_string(),
                 data: change.data,
                 encoding: change.encoding,
+                extras: change.extras,
                 id: format!("{id_base}:{i}"),
                 timestamp: now,
             };
@@ -449,6 +501,8 @@ impl Hub {
         if items.is_empty() {
             return Ok(());
         }
+        state.record_presence(&items, &self.presence_seq, now);
+        self.prune(state, now);
         let frame = Arc::new(SharedFrame::new(json!({
             "action": action::PRESENCE,
             "channel": channel,
@@ -483,7 +537,36 @@ impl Hub {
             .is_some_and(|s| !s.members.is_empty())
     }
 
-    pub(crate) fn history(&self, channel: &str, query: &HistoryQuery) -> HistoryPage {
+    /// Who is on the channel now; `None` when the broker holds no state for it.
+    pub(crate) fn occupancy(&self, channel: &str) -> Option<Occupancy> {
+        let channels = self.lock();
+        let state = channels.get(channel)?;
+        let present: std::collections::HashSet<&str> = state
+            .members
+            .values()
+            .map(|m| m.connection_id.as_str())
+            .collect();
+        let connections = state
+            .subscribers
+            .keys()
+            .map(String::as_str)
+            .chain(present.iter().copied())
+            .collect::<std::collections::HashSet<&str>>()
+            .len();
+        Some(Occupancy {
+            connections,
+            subscribers: state.subscribers.len(),
+            presence_members: state.members.len(),
+            presence_connections: present.len(),
+        })
+    }
+
+    pub(crate) fn history(
+        &self,
+        channel: &str,
+        kind: HistoryKind,
+        query: &HistoryQuery,
+    ) -> HistoryPage {
         let now = self.now_ms();
         let mut channels = self.lock();
         let Some(state) = channels.get_mut(channel) else {
@@ -493,21 +576,23 @@ impl Hub {
             };
         };
         self.prune(state, now);
+        let history = match kind {
+            HistoryKind::Messages => &state.history,
+            HistoryKind::Presence => &state.presence_history,
+        };
         let in_range = |m: &&Stored| {
             query.start.is_none_or(|s| m.timestamp >= s)
                 && query.end.is_none_or(|e| m.timestamp <= e)
         };
         let mut selected: Vec<&Stored> = match query.direction {
-            Direction::Backwards => state
-                .history
+            Direction::Backwards => history
                 .iter()
                 .rev()
                 .filter(|m| query.cursor.is_none_or(|c| m.seq < c))
                 .filter(in_range)
                 .take(query.limit + 1)
                 .collect(),
-            Direction::Forwards => state
-                .history
+            Direction::Forwards => history
                 .iter()
                 .filter(|m| query.cursor.is_none_or(|c| m.seq > c))
                 .filter(in_range)
@@ -595,7 +680,7 @@ mod tests {
             end: None,
             cursor: None,
         };
-        let page = hub.history("c", &query);
+        let page = hub.history("c", HistoryKind::Messages, &query);
         let data: Vec<u64> = page
             .messages
             .iter()
@@ -622,7 +707,7 @@ mod tests {
         };
         let mut seen = Vec::new();
         loop {
-            let page = hub.history("c", &query);
+            let page = hub.history("c", HistoryKind::Messages, &query);
             seen.extend(page.messages.iter().map(|m| m["data"].as_u64().unwrap()));
             match page.next {
                 Some(cursor) => query.cursor = Some(cursor),
@@ -694,6 +779,7 @@ mod tests {
             client_id: "alice".into(),
             data: Some(json!(data)),
             encoding: None,
+            extras: None,
         };
         hub.presence(
             "c",
@@ -726,6 +812,167 @@ mod tests {
         assert_eq!(leave["presence"][0]["action"], presence_action::LEAVE);
         assert_eq!(leave["presence"][0]["clientId"], "alice");
         assert!(!hub.has_members("c"));
+    }
+
+    fn presence_history(hub: &Hub, direction: Direction) -> Vec<(u64, Value)> {
+        let query = HistoryQuery {
+            limit: 100,
+            direction,
+            start: None,
+            end: None,
+            cursor: None,
+        };
+        hub.history("c", HistoryKind::Presence, &query)
+            .messages
+            .into_iter()
+            .map(|p| (p["action"].as_u64().unwrap(), p["data"].clone()))
+            .collect()
+    }
+
+    #[test]
+    fn extras_stay_with_the_member_and_presence_history_records_every_event() {
+        let (hub, _clock) = hub(10);
+        let change = |action: u64, data: &str, extras: Option<Value>| PresenceChange {
+            action,
+            client_id: "alice".into(),
+            data: Some(json!(data)),
+            encoding: None,
+            extras,
+        };
+        let lock = json!({"locks": [{"id": "seat-1"}]});
+        for (serial, c) in [
+            change(presence_action::ENTER, "a", Some(lock.clone())),
+            change(presence_action::UPDATE, "b", None),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            hub.presence(
+                "c",
+                "a1",
+                &format!("a1:{serial}"),
+                vec![c],
+                Claim::Held,
+                LIMITS,
+            )
+            .unwrap();
+        }
+        // An update without extras replaces them, as it replaces data.
+        assert_eq!(hub.members("c")[0].get("extras"), None);
+        hub.presence(
+            "c",
+            "a1",
+            "a1:2",
+            vec![change(presence_action::UPDATE, "c", Some(lock.clone()))],
+            Claim::Held,
+            LIMITS,
+        )
+        .unwrap();
+        assert_eq!(hub.members("c")[0]["extras"], lock);
+        // A leave on close is recorded too, and is the newest.
+        hub.leave("c", "a1");
+        assert_eq!(
+            presence_history(&hub, Direction::Forwards),
+            vec![
+                (presence_action::ENTER, json!("a")),
+                (presence_action::UPDATE, json!("b")),
+                (presence_action::UPDATE, json!("c")),
+                (presence_action::LEAVE, json!("c")),
+            ]
+        );
+        // Message history and its counter are untouched.
+        assert_eq!(hub.messages_published(), 0);
+        let query = HistoryQuery {
+            limit: 10,
+            direction: Direction::Backwards,
+            start: None,
+            end: None,
+            cursor: None,
+        };
+        assert!(hub
+            .history("c", HistoryKind::Messages, &query)
+            .messages
+            .is_empty());
+    }
+
+    #[test]
+    fn presence_history_is_bounded_like_message_history_and_then_forgotten() {
+        let (hub, clock) = hub(3);
+        for n in 0..5u64 {
+            let change = PresenceChange {
+                action: presence_action::UPDATE,
+                client_id: "alice".into(),
+                data: Some(json!(n.to_string())),
+                encoding: None,
+                extras: None,
+            };
+            hub.presence(
+                "c",
+                "a1",
+                &format!("a1:{n}"),
+                vec![change],
+                Claim::Held,
+                LIMITS,
+            )
+            .unwrap();
+        }
+        let kept: Vec<Value> = presence_history(&hub, Direction::Backwards)
+            .into_iter()
+            .map(|(_, data)| data)
+            .collect();
+        assert_eq!(kept, vec![json!("4"), json!("3"), json!("2")]);
+        hub.leave("c", "a1");
+        clock.advance_secs(121);
+        hub.sweep();
+        assert_eq!(
+            hub.channel_count(),
+            0,
+            "old presence history lets the channel go"
+        );
+    }
+
+    #[test]
+    fn occupancy_counts_subscribers_members_and_their_connections() {
+        let (hub, _clock) = hub(10);
+        assert_eq!(hub.occupancy("c"), None);
+        for id in ["s1", "s2"] {
+            hub.subscribe(
+                "c",
+                id,
+                Subscriber {
+                    outbox: outbox(10).0,
+                    echo: true,
+                },
+            );
+        }
+        let enter = |client: &str| PresenceChange {
+            action: presence_action::ENTER,
+            client_id: client.into(),
+            data: None,
+            encoding: None,
+            extras: None,
+        };
+        // s1 is also present with two members; p1 is present only.
+        hub.presence(
+            "c",
+            "s1",
+            "s1:0",
+            vec![enter("a"), enter("b")],
+            Claim::Held,
+            LIMITS,
+        )
+        .unwrap();
+        hub.presence("c", "p1", "p1:0", vec![enter("a")], Claim::Held, LIMITS)
+            .unwrap();
+        assert_eq!(
+            hub.occupancy("c"),
+            Some(Occupancy {
+                connections: 3,
+                subscribers: 2,
+                presence_members: 3,
+                presence_connections: 2,
+            })
+        );
     }
 
     #[test]

@@ -215,6 +215,13 @@ impl Broker {
                     "/channels/{channel}/presence",
                     web::get().to(rest::presence),
                 )
+                .route(
+                    "/channels/{channel}/presence/history",
+                    web::get().to(rest::presence_history),
+                )
+                .route("/channels/{channel}", web::get().to(rest::channel_status))
+                .route("/messages", web::post().to(rest::batch_publish))
+                .route("/stats", web::get().to(rest::stats))
                 .default_service(web::to(rest::not_found))
         })
         .listen(listener)?

@@ -1,6 +1,8 @@
-//! The REST side of the broker: `/time`, token requests, publish, history and
-//! presence. Answers in the client's format (`Accept: application/x-msgpack`
-//! or JSON); errors always in Ably's JSON shape with its headers.
+//! The REST side of the broker: `/time`, token requests, publish (one
+//! channel and batch), message and presence history, presence, channel
+//! status and stats. Every answer is in the client's format
+//! (`Accept: application/x-msgpack` or JSON); errors always in Ably's JSON
+//! shape with its headers.
 
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -9,7 +11,7 @@ use base64::Engine;
 use serde_json::{json, Value};
 
 use super::auth::Credentials;
-use super::hub::{Direction, HistoryQuery};
+use super::hub::{Direction, HistoryKind, HistoryQuery};
 use super::message::{
     identified_by, message_size, random_id, speaker, stored_message, valid_channel_name,
 };
@@ -18,6 +20,15 @@ use super::BrokerState;
 use crate::capability::Operation;
 
 pub(crate) const MAX_REST_BODY: usize = 1024 * 1024;
+
+/// Most messages in one publish, to one channel or per batch spec.
+const MAX_MESSAGES_PER_PUBLISH: usize = 1000;
+/// Most channel publishes (specs × their channels) in one batch request.
+pub(crate) const MAX_BATCH_PUBLISHES: usize = 100;
+/// Longest `X-Ably-ClientId` header (base64) read.
+const MAX_CLIENT_ID_HEADER: usize = 1024;
+/// Most entries on one page of history or stats (RSL2b3, RSC6b3).
+const MAX_PAGE: u64 = 1000;
 
 impl actix_web::ResponseError for AblyError {
     fn status_code(&self) -> StatusCode {
@@ -119,6 +130,61 @@ fn authenticate(req: &HttpRequest, state: &BrokerState) -> Result<Credentials, A
     ))
 }
 
+/// Who a REST request speaks as: its credentials, and the clientId it is
+/// identified by — the credentials', or the one a key-authenticated client
+/// (or a wildcard token) names in `X-Ably-ClientId` (RSA7e2), base64 of UTF-8.
+struct Caller {
+    credentials: Credentials,
+    identified: Option<String>,
+}
+
+fn caller(req: &HttpRequest, state: &BrokerState) -> Result<Caller, AblyError> {
+    let credentials = authenticate(req, state)?;
+    let own = identified_by(&credentials).map(str::to_string);
+    let Some(header) = req.headers().get("x-ably-clientid") else {
+        return Ok(Caller {
+            credentials,
+            identified: own,
+        });
+    };
+    let malformed = || {
+        AblyError::new(
+            40000,
+            400,
+            "X-Ably-ClientId must be the clientId in base64 (UTF-8), at most 1024 characters",
+        )
+    };
+    let header = header.to_str().map_err(|_| malformed())?.trim();
+    if header.len() > MAX_CLIENT_ID_HEADER {
+        return Err(malformed());
+    }
+    let asked = STANDARD
+        .decode(header)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .filter(|c| !c.is_empty() && c != "*")
+        .ok_or_else(malformed)?;
+    let mismatch = || {
+        AblyError::new(
+            40102,
+            401,
+            format!("X-Ably-ClientId {asked:?} does not match the credentials' clientId"),
+        )
+    };
+    let identified = match own {
+        Some(own) if own == asked => own,
+        Some(_) => return Err(mismatch()),
+        // Only credentials that may assume any clientId may name one.
+        None => speaker(None, &credentials, Some(&Value::String(asked.clone())))
+            .map_err(|_| mismatch())?
+            .unwrap_or(asked),
+    };
+    Ok(Caller {
+        credentials,
+        identified: Some(identified),
+    })
+}
+
 fn require(credentials: &Credentials, channel: &str, op: Operation) -> Result<(), AblyError> {
     if credentials.capability.allows(channel, op) {
         Ok(())
@@ -131,10 +197,8 @@ fn require(credentials: &Credentials, channel: &str, op: Operation) -> Result<()
     }
 }
 
-pub(crate) async fn time(state: web::Data<BrokerState>) -> HttpResponse {
-    HttpResponse::Ok()
-        .insert_header(("content-type", "application/json"))
-        .body(format!("[{}]", state.hub.now_ms()))
+pub(crate) async fn time(req: HttpRequest, state: web::Data<BrokerState>) -> HttpResponse {
+    respond(&req, StatusCode::OK, &json!([state.hub.now_ms()]))
 }
 
 pub(crate) async fn request_token(
@@ -145,23 +209,13 @@ pub(crate) async fn request_token(
 ) -> Result<HttpResponse, AblyError> {
     let value = body_value(&req, &body)?;
     let details = state.auth.request_token(&path.into_inner(), &value)?;
-    // ably-js parses TokenDetails as JSON whatever format it uses elsewhere.
-    Ok(HttpResponse::Ok()
-        .insert_header(("content-type", "application/json"))
-        .body(details.to_string()))
+    // ably-js asks for TokenDetails in JSON whatever format it uses elsewhere.
+    Ok(respond(&req, StatusCode::OK, &details))
 }
 
-pub(crate) async fn publish(
-    req: HttpRequest,
-    path: web::Path<String>,
-    body: web::Bytes,
-    state: web::Data<BrokerState>,
-) -> Result<HttpResponse, AblyError> {
-    let channel = path.into_inner();
-    valid_channel_name(&channel).map_err(|why| AblyError::new(40010, 400, why))?;
-    let credentials = authenticate(&req, &state)?;
-    require(&credentials, &channel, Operation::Publish)?;
-    let items = match body_value(&req, &body)? {
+/// One message or an array of them, as a publish body holds them.
+fn message_list(value: Value) -> Result<Vec<Value>, AblyError> {
+    let items = match value {
         Value::Array(items) => items,
         object @ Value::Object(_) => vec![object],
         _ => {
@@ -172,19 +226,45 @@ pub(crate) async fn publish(
             ))
         }
     };
-    if items.is_empty() || items.len() > 1000 {
+    if items.is_empty() || items.len() > MAX_MESSAGES_PER_PUBLISH {
         return Err(AblyError::new(
             40000,
             400,
-            "publish 1 to 1000 messages at a time",
+            format!("publish 1 to {MAX_MESSAGES_PER_PUBLISH} messages at a time"),
         ));
     }
+    if !items.iter().all(Value::is_object) {
+        return Err(AblyError::new(40000, 400, "each message must be an object"));
+    }
+    Ok(items)
+}
+
+/// What a publish to one channel answers (RSL1, BSP2): the id prefixed to
+/// each message's id, and the messages' serials.
+struct Published {
+    message_id: String,
+    serials: Vec<Value>,
+}
+
+/// Publishes `items` to `channel` as `caller`: the capability, the size
+/// limit and the clientId rule single and batch publish share.
+fn publish_to(
+    state: &BrokerState,
+    caller: &Caller,
+    channel: &str,
+    items: &[Value],
+) -> Result<Published, AblyError> {
+    valid_channel_name(channel).map_err(|why| AblyError::new(40010, 400, why))?;
+    require(&caller.credentials, channel, Operation::Publish)?;
     let size: usize = items.iter().map(message_size).sum();
     if size > state.limits.max_message_size {
         return Err(AblyError::new(
             40009,
             400,
-            format!("maximum message length exceeded: {size} bytes"),
+            format!(
+                "maximum message length exceeded: {size} bytes, the limit is {}",
+                state.limits.max_message_size
+            ),
         ));
     }
     let now = state.hub.now_ms();
@@ -192,8 +272,8 @@ pub(crate) async fn publish(
     let mut messages = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
         let client_id = speaker(
-            identified_by(&credentials),
-            &credentials,
+            caller.identified.as_deref(),
+            &caller.credentials,
             item.get("clientId"),
         )?;
         messages.push(stored_message(
@@ -215,13 +295,132 @@ pub(crate) async fn publish(
     // REST publishes are not bound by the channel limits, as before.
     state
         .hub
-        .publish(&channel, delivery, None, None)
+        .publish(channel, delivery, None, None)
         .expect("without limits a publish is always admitted");
+    Ok(Published {
+        message_id: base,
+        serials,
+    })
+}
+
+pub(crate) async fn publish(
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: web::Bytes,
+    state: web::Data<BrokerState>,
+) -> Result<HttpResponse, AblyError> {
+    let channel = path.into_inner();
+    valid_channel_name(&channel).map_err(|why| AblyError::new(40010, 400, why))?;
+    let caller = caller(&req, &state)?;
+    require(&caller.credentials, &channel, Operation::Publish)?;
+    let items = message_list(body_value(&req, &body)?)?;
+    let published = publish_to(&state, &caller, &channel, &items)?;
     Ok(respond(
         &req,
         StatusCode::CREATED,
-        &json!({"channel": channel, "serials": serials}),
+        &json!({
+            "channel": channel,
+            "messageId": published.message_id,
+            "serials": published.serials,
+        }),
     ))
+}
+
+/// One `BatchPublishSpec` (BSP2): channels and the messages for each.
+struct BatchSpec {
+    channels: Vec<String>,
+    messages: Vec<Value>,
+}
+
+/// A batch publish body (`POST /messages`, RSC22): one spec or an array of
+/// them, each `{channels, messages}`; bounded before anything is published.
+fn batch_specs(value: Value) -> Result<Vec<BatchSpec>, AblyError> {
+    let bad = |why: String| AblyError::new(40000, 400, why);
+    let specs = match value {
+        Value::Array(specs) => specs,
+        object @ Value::Object(_) => vec![object],
+        _ => {
+            return Err(bad(
+                "the body must be {channels, messages} or an array of them".into(),
+            ))
+        }
+    };
+    if specs.is_empty() {
+        return Err(bad("a batch publish needs at least one spec".into()));
+    }
+    let mut parsed = Vec::with_capacity(specs.len());
+    let mut publishes = 0usize;
+    for (i, mut spec) in specs.into_iter().enumerate() {
+        let channels = match spec.get_mut("channels").map(Value::take) {
+            Some(Value::String(one)) => vec![one],
+            Some(Value::Array(many)) => many
+                .into_iter()
+                .map(|c| match c {
+                    Value::String(c) => Ok(c),
+                    _ => Err(bad(format!("spec {i}: channels must be strings"))),
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+            _ => {
+                return Err(bad(format!(
+                    "spec {i}: channels must be a channel name or an array of them"
+                )))
+            }
+        };
+        if channels.is_empty() {
+            return Err(bad(format!("spec {i}: channels is empty")));
+        }
+        publishes += channels.len();
+        if publishes > MAX_BATCH_PUBLISHES {
+            return Err(bad(format!(
+                "a batch publish reaches at most {MAX_BATCH_PUBLISHES} channels in all"
+            )));
+        }
+        let messages = spec
+            .get_mut("messages")
+            .map(Value::take)
+            .ok_or_else(|| bad(format!("spec {i}: messages is missing")))
+            .and_then(|m| message_list(m).map_err(|e| bad(format!("spec {i}: {}", e.message))))?;
+        parsed.push(BatchSpec { channels, messages });
+    }
+    Ok(parsed)
+}
+
+/// `POST /messages` (RSC22, BSP2, BPR2, BPF2): every spec's messages to each
+/// of its channels. A channel the caller may not publish to, or that the
+/// messages do not fit, fails on its own with its error; the others publish.
+pub(crate) async fn batch_publish(
+    req: HttpRequest,
+    body: web::Bytes,
+    state: web::Data<BrokerState>,
+) -> Result<HttpResponse, AblyError> {
+    let caller = caller(&req, &state)?;
+    let specs = batch_specs(body_value(&req, &body)?)?;
+    let answers: Vec<Value> = specs
+        .iter()
+        .map(|spec| {
+            let results: Vec<Value> = spec
+                .channels
+                .iter()
+                .map(
+                    |channel| match publish_to(&state, &caller, channel, &spec.messages) {
+                        Ok(published) => json!({
+                            "channel": channel,
+                            "messageId": published.message_id,
+                            "serials": published.serials,
+                        }),
+                        Err(error) => json!({"channel": channel, "error": error.to_value()}),
+                    },
+                )
+                .collect();
+            let failures = results.iter().filter(|r| r.get("error").is_some()).count();
+            json!({
+                "successCount": results.len() - failures,
+                "failureCount": failures,
+                "results": results,
+            })
+        })
+        .collect();
+    Ok(respond(&req, StatusCode::CREATED, &Value::Array(answers)))
 }
 
 #[derive(serde::Deserialize)]
@@ -244,65 +443,211 @@ fn parse_number(value: &Option<String>, name: &str) -> Result<Option<u64>, AblyE
         .transpose()
 }
 
+/// A page's query as parsed: what its links repeat.
+struct PageQuery {
+    limit: u64,
+    direction: Direction,
+    start: Option<u64>,
+    end: Option<u64>,
+    cursor: Option<u64>,
+}
+
+impl PageQuery {
+    fn parse(params: &HistoryParams) -> Result<PageQuery, AblyError> {
+        let limit = parse_number(&params.limit, "limit")?.unwrap_or(100);
+        if limit == 0 || limit > MAX_PAGE {
+            return Err(AblyError::new(
+                40003,
+                400,
+                format!("limit must be between 1 and {MAX_PAGE}"),
+            ));
+        }
+        let direction = match params.direction.as_deref() {
+            None | Some("") | Some("backwards") => Direction::Backwards,
+            Some("forwards") => Direction::Forwards,
+            Some(other) => {
+                let other: String = other.chars().take(40).collect();
+                return Err(AblyError::new(
+                    40003,
+                    400,
+                    format!("direction {other:?} is neither backwards nor forwards"),
+                ));
+            }
+        };
+        let query = PageQuery {
+            limit,
+            direction,
+            start: parse_number(&params.start, "start")?,
+            end: parse_number(&params.end, "end")?,
+            cursor: parse_number(&params.cursor, "cursor")?,
+        };
+        if let (Some(start), Some(end)) = (query.start, query.end) {
+            if start > end {
+                return Err(AblyError::new(40003, 400, "start must not be after end"));
+            }
+        }
+        Ok(query)
+    }
+
+    /// The link to this query from cursor `cursor` (none: the first page).
+    fn link(&self, resource: &str, cursor: Option<u64>) -> String {
+        let direction = match self.direction {
+            Direction::Backwards => "backwards",
+            Direction::Forwards => "forwards",
+        };
+        let mut link = format!("./{resource}?limit={}&direction={direction}", self.limit);
+        if let Some(start) = self.start {
+            link.push_str(&format!("&start={start}"));
+        }
+        if let Some(end) = self.end {
+            link.push_str(&format!("&end={end}"));
+        }
+        if let Some(cursor) = cursor {
+            link.push_str(&format!("&cursor={cursor}"));
+        }
+        link
+    }
+
+    /// The `Link` header of a page (TG1-TG4): `first`, `current` and, when
+    /// there is more, `next`. ably-js keeps only a relative link's query
+    /// string and requests it from the same path, so each link carries every
+    /// parameter.
+    fn links(&self, resource: &str, next: Option<u64>) -> header::HeaderValue {
+        let mut links = vec![
+            format!("<{}>; rel=\"first\"", self.link(resource, None)),
+            format!("<{}>; rel=\"current\"", self.link(resource, self.cursor)),
+        ];
+        if let Some(next) = next {
+            links.push(format!(
+                "<{}>; rel=\"next\"",
+                self.link(resource, Some(next))
+            ));
+        }
+        header::HeaderValue::from_str(&links.join(", ")).expect("links are ASCII")
+    }
+}
+
+/// One page of a channel's message or presence history, with its links.
+fn history_page(
+    req: &HttpRequest,
+    state: &BrokerState,
+    channel: &str,
+    kind: HistoryKind,
+    params: &HistoryParams,
+) -> Result<HttpResponse, AblyError> {
+    let credentials = authenticate(req, state)?;
+    require(&credentials, channel, Operation::History)?;
+    let query = PageQuery::parse(params)?;
+    let page = state.hub.history(
+        channel,
+        kind,
+        &HistoryQuery {
+            limit: query.limit as usize,
+            direction: query.direction,
+            start: query.start,
+            end: query.end,
+            cursor: query.cursor,
+        },
+    );
+    let resource = match kind {
+        HistoryKind::Messages => "messages",
+        HistoryKind::Presence => "history",
+    };
+    let mut response = respond(req, StatusCode::OK, &Value::Array(page.messages));
+    response
+        .headers_mut()
+        .insert(header::LINK, query.links(resource, page.next));
+    Ok(response)
+}
+
+/// `GET /channels/{name}/messages` (RSL2).
 pub(crate) async fn history(
     req: HttpRequest,
     path: web::Path<String>,
     params: web::Query<HistoryParams>,
     state: web::Data<BrokerState>,
 ) -> Result<HttpResponse, AblyError> {
-    let channel = path.into_inner();
-    let credentials = authenticate(&req, &state)?;
-    require(&credentials, &channel, Operation::History)?;
-    let limit = parse_number(&params.limit, "limit")?.unwrap_or(100);
-    if limit == 0 || limit > 1000 {
-        return Err(AblyError::new(
-            40003,
-            400,
-            "limit must be between 1 and 1000",
-        ));
-    }
-    let direction = match params.direction.as_deref() {
-        None | Some("") | Some("backwards") => Direction::Backwards,
-        Some("forwards") => Direction::Forwards,
+    history_page(&req, &state, &path, HistoryKind::Messages, &params)
+}
+
+/// `GET /channels/{name}/presence/history` (RSP4): enter, update and leave
+/// events, newest first unless `direction=forwards`.
+pub(crate) async fn presence_history(
+    req: HttpRequest,
+    path: web::Path<String>,
+    params: web::Query<HistoryParams>,
+    state: web::Data<BrokerState>,
+) -> Result<HttpResponse, AblyError> {
+    history_page(&req, &state, &path, HistoryKind::Presence, &params)
+}
+
+#[derive(serde::Deserialize)]
+pub(crate) struct StatsParams {
+    #[serde(flatten)]
+    page: HistoryParams,
+    unit: Option<String>,
+}
+
+/// `GET /stats` (RSC6): the broker keeps no usage statistics, so every
+/// query answers an empty page, with its links; the parameters are checked
+/// as Ably checks them so a wrong call fails here as it would there.
+pub(crate) async fn stats(
+    req: HttpRequest,
+    params: web::Query<StatsParams>,
+    state: web::Data<BrokerState>,
+) -> Result<HttpResponse, AblyError> {
+    authenticate(&req, &state)?;
+    let query = PageQuery::parse(&params.page)?;
+    match params.unit.as_deref() {
+        None | Some("" | "minute" | "hour" | "day" | "month") => {}
         Some(other) => {
+            let other: String = other.chars().take(40).collect();
             return Err(AblyError::new(
                 40003,
                 400,
-                format!("direction {other:?} is neither backwards nor forwards"),
-            ))
+                format!("unit {other:?} is none of minute, hour, day, month"),
+            ));
         }
-    };
-    let query = HistoryQuery {
-        limit: limit as usize,
-        direction,
-        start: parse_number(&params.start, "start")?,
-        end: parse_number(&params.end, "end")?,
-        cursor: parse_number(&params.cursor, "cursor")?,
-    };
-    let page = state.hub.history(&channel, &query);
-    let mut response = respond(&req, StatusCode::OK, &Value::Array(page.messages));
-    if let Some(cursor) = page.next {
-        // ably-js reuses only the query string of a `./messages?…` link, so it
-        // carries every parameter.
-        let mut link = format!(
-            "./messages?limit={limit}&direction={}&cursor={cursor}",
-            match direction {
-                Direction::Backwards => "backwards",
-                Direction::Forwards => "forwards",
-            }
-        );
-        if let Some(start) = query.start {
-            link.push_str(&format!("&start={start}"));
-        }
-        if let Some(end) = query.end {
-            link.push_str(&format!("&end={end}"));
-        }
-        response.headers_mut().insert(
-            header::LINK,
-            header::HeaderValue::from_str(&format!("<{link}>; rel=\"next\"")).expect("ASCII link"),
-        );
     }
+    let mut response = respond(&req, StatusCode::OK, &json!([]));
+    response
+        .headers_mut()
+        .insert(header::LINK, query.links("stats", None));
     Ok(response)
+}
+
+/// `GET /channels/{name}` (RSL8, CHD2): whether the channel is active and
+/// who is on it.
+pub(crate) async fn channel_status(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<BrokerState>,
+) -> Result<HttpResponse, AblyError> {
+    let channel = path.into_inner();
+    valid_channel_name(&channel).map_err(|why| AblyError::new(40010, 400, why))?;
+    let credentials = authenticate(&req, &state)?;
+    require(&credentials, &channel, Operation::ChannelMetadata)?;
+    let occupancy = state.hub.occupancy(&channel).unwrap_or_default();
+    // The broker does not record attach modes: every subscriber counts as a
+    // presence subscriber and as a publisher.
+    Ok(respond(
+        &req,
+        StatusCode::OK,
+        &json!({
+            "channelId": channel,
+            "status": {
+                "isActive": occupancy.connections > 0,
+                "occupancy": {"metrics": {
+                    "connections": occupancy.connections,
+                    "presenceConnections": occupancy.presence_connections,
+                    "presenceMembers": occupancy.presence_members,
+                    "presenceSubscribers": occupancy.subscribers,
+                    "publishers": occupancy.subscribers,
+                    "subscribers": occupancy.subscribers,
+                }},
+            },
+        }),
+    ))
 }
 
 pub(crate) async fn presence(

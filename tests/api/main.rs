@@ -15,4 +15,5 @@ mod jwks;
 mod names;
 mod operations;
 mod process;
+mod rest_surface;
 mod tokens;
