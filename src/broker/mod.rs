@@ -266,6 +266,7 @@ impl Broker {
             loop {
                 every.tick().await;
                 state.hub.sweep();
+                state.auth.sweep();
             }
         });
         let result = self.server.await;
