@@ -63,7 +63,7 @@ impl ApiKey {
     }
 
     /// The same key restricted to `capability`.
-    pub(crate) fn with_capability(self, capability: Capability) -> ApiKey {
+    pub fn with_capability(self, capability: Capability) -> ApiKey {
         ApiKey { capability, ..self }
     }
 
