@@ -40,7 +40,7 @@ const MAX_TTL_MS: u64 = 24 * 60 * 60 * 1000;
 /// Nonces remembered at once. Each is forgotten once its TokenRequest's
 /// timestamp leaves the window, so this bounds TokenRequests per ~2 minutes,
 /// not over the broker's life.
-pub(crate) const MAX_LIVE_NONCES: usize = 100_000;
+const MAX_LIVE_NONCES: usize = 100_000;
 /// Bytes of the sealed token's tag: a truncated HMAC-SHA256.
 const TAG_LEN: usize = 16;
 const TOKEN_VERSION: u8 = 1;
