@@ -273,6 +273,7 @@ impl Broker {
             loop {
                 every.tick().await;
                 state.hub.sweep();
+                state.auth.sweep();
             }
         });
         let result = self.server.await;

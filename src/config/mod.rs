@@ -266,17 +266,19 @@ impl Settings {
         let raw: RawSettings = built
             .try_deserialize()
             .map_err(|e| ConfigError::Load(scrub(e.to_string())))?;
-        validate::settings(raw)
+        let lookup = |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        validate::settings(raw, &lookup)
     }
 
-    /// Parses a configuration from TOML text alone (tests).
+    /// Parses a configuration from TOML text alone (tests); `key_env` reads
+    /// the process environment.
     pub fn from_toml(text: &str) -> Result<Settings, ConfigError> {
         let raw: RawSettings = config::Config::builder()
             .add_source(config::File::from_str(text, config::FileFormat::Toml))
             .build()
             .and_then(|c| c.try_deserialize())
             .map_err(|e| ConfigError::Load(scrub(e.to_string())))?;
-        validate::settings(raw)
+        validate::settings(raw, &|name: &str| std::env::var(name).ok())
     }
 }
 

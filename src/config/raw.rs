@@ -2,6 +2,8 @@
 //! written, with the documented defaults. `validate.rs` turns these into the
 //! typed settings in `mod.rs`.
 
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
 
 use super::{LogFormat, TokenFormat};
@@ -52,6 +54,7 @@ impl Default for RawServer {
 pub(super) struct RawAbly {
     pub(crate) api_key: Option<String>,
     pub(crate) api_keys: Vec<String>,
+    pub(crate) keys: Vec<RawKey>,
     pub(crate) token_format: TokenFormat,
     pub(crate) default_ttl: String,
     pub(crate) max_ttl: String,
@@ -62,11 +65,23 @@ impl Default for RawAbly {
         RawAbly {
             api_key: None,
             api_keys: Vec::new(),
+            keys: Vec::new(),
             token_format: TokenFormat::TokenRequest,
             default_ttl: "1h".into(),
             max_ttl: "24h".into(),
         }
     }
+}
+
+/// One `[[ably.keys]]` table: a key (inline or named by an environment
+/// variable) and the capability it may grant.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawKey {
+    pub(crate) key: Option<String>,
+    pub(crate) key_env: Option<String>,
+    /// Channel pattern → operations, as in a capability's JSON.
+    pub(crate) capability: Option<BTreeMap<String, Vec<String>>>,
 }
 
 #[derive(Deserialize)]

@@ -224,3 +224,109 @@ fn cors_origins_are_checked_alone() {
         .to_string();
     assert!(e.starts_with("server.cors_allowed_origins[1]:"), "{e}");
 }
+
+const KEYS: &str = r#"
+    [[ably.keys]]
+    key_env = "BACKEND_KEY"
+    capability = { "orders:*" = ["publish"], "Chat.Room:*" = ["subscribe", "presence"] }
+    [[ably.keys]]
+    key = "app.second:secondsecret"
+"#;
+
+/// `text` as a config file loaded with `env`.
+fn load_with_env(name: &str, text: &str, env: &[(&str, &str)]) -> Result<Settings, String> {
+    let dir = std::env::temp_dir().join(format!("tokend-keys-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("c.toml");
+    std::fs::write(&file, text).unwrap();
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let result = Settings::load_from(&file, true, &env).map_err(|e| e.to_string());
+    std::fs::remove_dir_all(&dir).ok();
+    result
+}
+
+#[test]
+fn keys_tables_carry_capabilities_and_the_first_signs() {
+    let s = load_with_env("ok", KEYS, &[("BACKEND_KEY", "app.first:firstsecret")]).unwrap();
+    let names: Vec<&str> = s.ably.keys.iter().map(|k| k.name()).collect();
+    assert_eq!(names, ["app.first", "app.second"]);
+    assert_eq!(s.ably.signing_key().name(), "app.first");
+    assert_eq!(s.ably.signing_key().secret().expose(), b"firstsecret");
+    // Channel names keep their case and dots.
+    assert_eq!(
+        s.ably.signing_key().capability().to_canonical_json(),
+        r#"{"Chat.Room:*":["presence","subscribe"],"orders:*":["publish"]}"#
+    );
+    assert_eq!(
+        s.ably.keys[1].capability().to_canonical_json(),
+        r#"{"*":["*"]}"#
+    );
+}
+
+#[test]
+fn keys_tables_name_the_field_and_never_the_secret() {
+    let missing = load_with_env("missing", KEYS, &[]).unwrap_err();
+    assert_eq!(
+        missing,
+        "ably.keys[0].key_env: the environment variable BACKEND_KEY is not set"
+    );
+    let bad = load_with_env("bad", KEYS, &[("BACKEND_KEY", "hunter2-no-colon")]).unwrap_err();
+    assert!(bad.starts_with("ably.keys[0].key_env: "), "{bad}");
+    assert!(!bad.contains("hunter2"), "{bad}");
+    let env = [("BACKEND_KEY", "app.first:firstsecret")];
+    let cases = [
+        (
+            KEYS.replace(r#""orders:*" = ["publish"]"#, r#""orders:*" = ["publsh"]"#),
+            "ably.keys[0].capability: ",
+        ),
+        (
+            KEYS.replace(r#""orders:*" = ["publish"]"#, r#""orders**" = ["publish"]"#),
+            "ably.keys[0].capability: ",
+        ),
+        (
+            format!("{KEYS}\n[[ably.keys]]\nkey = \"app.third:s\"\ncapability = {{}}"),
+            "ably.keys[2].capability: ",
+        ),
+        (
+            KEYS.replace("app.second:secondsecret", "app.first:othersecret"),
+            "ably.keys[1]: key app.first is listed twice",
+        ),
+        (
+            KEYS.replace("key = \"app.second", "key_env = \"X\"\nkey = \"app.second"),
+            "ably.keys[1]: set key or key_env, not both",
+        ),
+        (
+            KEYS.replace("key = \"app.second:secondsecret\"", ""),
+            "ably.keys[1]: set key_env",
+        ),
+        (
+            KEYS.replace("app.second:secondsecret", "app.second:"),
+            "ably.keys[1].key: ",
+        ),
+        (
+            format!("[ably]\napi_key = \"app.x:xsecret\"\n{KEYS}"),
+            "ably.keys: cannot be combined with ably.api_key",
+        ),
+    ];
+    for (text, expected) in cases {
+        let e = load_with_env("case", &text, &env).unwrap_err();
+        assert!(e.starts_with(expected), "{expected:?}: {e}");
+        for secret in ["firstsecret", "secondsecret", "othersecret", "xsecret"] {
+            assert!(!e.contains(secret), "{e}");
+        }
+    }
+    // ABLY_API_KEY counts as ably.api_key.
+    let e = load_with_env(
+        "env",
+        KEYS,
+        &[
+            ("BACKEND_KEY", "app.first:firstsecret"),
+            ("ABLY_API_KEY", "app.x:xs"),
+        ],
+    )
+    .unwrap_err();
+    assert!(e.contains("ABLY_API_KEY"), "{e}");
+}

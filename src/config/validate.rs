@@ -6,19 +6,24 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::issuer::validate_issuer;
-use super::raw::{RawAbly, RawBroker, RawLog, RawPolicy, RawServer, RawSettings};
+use super::raw::{RawAbly, RawBroker, RawKey, RawLog, RawPolicy, RawServer, RawSettings};
 use super::{
     invalid, parse_duration, AblySettings, BrokerSettings, ConfigError, IssuerSettings,
     LogSettings, PolicySettings, ServerSettings, Settings, ABLY_MAX_TTL,
 };
+use crate::capability::Capability;
 use crate::signing::ApiKey;
+
+/// Reads one environment variable (`[[ably.keys]] key_env`); the process
+/// environment when loading, a fixed list in tests.
+pub(super) type EnvLookup<'e> = &'e dyn Fn(&str) -> Option<String>;
 
 /// Largest request body the sidecar can be told to accept.
 const MAX_BODY_BYTES_LIMIT: usize = 1024 * 1024;
 
-pub(super) fn settings(raw: RawSettings) -> Result<Settings, ConfigError> {
+pub(super) fn settings(raw: RawSettings, env: EnvLookup<'_>) -> Result<Settings, ConfigError> {
     let server = server(raw.server)?;
-    let ably = ably(raw.ably)?;
+    let ably = ably(raw.ably, env)?;
     let mut issuers = Vec::with_capacity(raw.issuers.len());
     for (i, issuer) in raw.issuers.into_iter().enumerate() {
         let validated = validate_issuer(i, issuer)?;
@@ -126,9 +131,20 @@ pub(super) fn server(raw: RawServer) -> Result<ServerSettings, ConfigError> {
     })
 }
 
-pub(super) fn ably(raw: RawAbly) -> Result<AblySettings, ConfigError> {
+pub(super) fn ably(mut raw: RawAbly, env: EnvLookup<'_>) -> Result<AblySettings, ConfigError> {
+    let tables = std::mem::take(&mut raw.keys);
+    let api_key = raw.api_key.as_deref().filter(|k| !k.trim().is_empty());
+    if !tables.is_empty() && (api_key.is_some() || !raw.api_keys.is_empty()) {
+        // Merging would leave it unclear which key signs and what the
+        // others may grant, so one form is used at a time.
+        return Err(invalid(
+            "ably.keys",
+            "cannot be combined with ably.api_key, ably.api_keys or ABLY_API_KEY: \
+             list every key as an [[ably.keys]] table (the first signs) and unset the others",
+        ));
+    }
     let mut keys = Vec::new();
-    if let Some(key) = raw.api_key.as_deref().filter(|k| !k.trim().is_empty()) {
+    if let Some(key) = api_key {
         keys.push(
             key.parse::<ApiKey>()
                 .map_err(|e| invalid("ably.api_key", e.to_string()))?,
@@ -143,10 +159,21 @@ pub(super) fn ably(raw: RawAbly) -> Result<AblySettings, ConfigError> {
             keys.push(key);
         }
     }
+    for (i, table) in tables.into_iter().enumerate() {
+        let key = key_table(i, table, env)?;
+        if keys.iter().any(|k: &ApiKey| k.name() == key.name()) {
+            return Err(invalid(
+                format!("ably.keys[{i}]"),
+                format!("key {} is listed twice", key.name()),
+            ));
+        }
+        keys.push(key);
+    }
     if keys.is_empty() {
         return Err(invalid(
             "ably.api_key",
-            "no Ably API key: set ABLY_API_KEY or ably.api_key (appId.keyId:secret)",
+            "no Ably API key: set ABLY_API_KEY or ably.api_key (appId.keyId:secret), \
+             or add an [[ably.keys]] table",
         ));
     }
     let (default_ttl, max_ttl) = ttls(&raw)?;
@@ -156,6 +183,50 @@ pub(super) fn ably(raw: RawAbly) -> Result<AblySettings, ConfigError> {
         default_ttl,
         max_ttl,
     })
+}
+
+/// One `[[ably.keys]]` table. Errors name the field and never the key text
+/// or the variable's value.
+fn key_table(i: usize, raw: RawKey, env: EnvLookup<'_>) -> Result<ApiKey, ConfigError> {
+    let field = |name: &str| format!("ably.keys[{i}].{name}");
+    let key = match (raw.key, raw.key_env) {
+        (Some(text), None) => text
+            .parse::<ApiKey>()
+            .map_err(|e| invalid(field("key"), e.to_string()))?,
+        (None, Some(var)) => {
+            let text = env(&var).filter(|v| !v.trim().is_empty()).ok_or_else(|| {
+                invalid(
+                    field("key_env"),
+                    format!("the environment variable {var} is not set"),
+                )
+            })?;
+            text.parse::<ApiKey>().map_err(|e| {
+                invalid(
+                    field("key_env"),
+                    format!("the environment variable {var} does not hold a key: {e}"),
+                )
+            })?
+        }
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                format!("ably.keys[{i}]"),
+                "set key or key_env, not both",
+            ))
+        }
+        (None, None) => {
+            return Err(invalid(
+                format!("ably.keys[{i}]"),
+                "set key_env (the name of an environment variable holding the key) or key",
+            ))
+        }
+    };
+    let Some(grants) = raw.capability else {
+        return Ok(key);
+    };
+    let value = serde_json::to_value(grants).expect("a map of lists of strings is JSON");
+    let capability =
+        Capability::from_value(&value).map_err(|e| invalid(field("capability"), e.to_string()))?;
+    Ok(key.with_capability(capability))
 }
 
 /// `(default_ttl, max_ttl)`: both more than 0, the default within the

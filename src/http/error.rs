@@ -23,6 +23,16 @@ pub(crate) enum ApiError {
         reason: &'static str,
         message: String,
     },
+    /// The policy's grant and the signing key's capability do not meet.
+    #[error(
+        "the policy grants {granted}, but the signing key {key} may grant none of it \
+         (its capability is {allowed})"
+    )]
+    OutsideKeyCapability {
+        key: String,
+        granted: String,
+        allowed: String,
+    },
     #[error("the request body is larger than {0} bytes")]
     BodyTooLarge(usize),
     #[error("too many requests: slow down and retry")]
@@ -51,6 +61,7 @@ impl ApiError {
         match self {
             ApiError::Upstream(e) => e.reason(),
             ApiError::Denied(d) => d.reason(),
+            ApiError::OutsideKeyCapability { .. } => "outside_key_capability",
             ApiError::BadRequest { reason, .. } => reason,
             ApiError::BodyTooLarge(_) => "body_too_large",
             ApiError::RateLimited => "rate_limited",
@@ -66,7 +77,7 @@ impl ResponseError for ApiError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ApiError::Upstream(_) => StatusCode::UNAUTHORIZED,
-            ApiError::Denied(_) => StatusCode::FORBIDDEN,
+            ApiError::Denied(_) | ApiError::OutsideKeyCapability { .. } => StatusCode::FORBIDDEN,
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RateLimited => StatusCode::TOO_MANY_REQUESTS,

@@ -129,8 +129,20 @@ async fn issue(
         default_ttl: settings.ably.default_ttl,
         max_ttl: settings.ably.max_ttl,
     })?;
+    let key = settings.ably.signing_key();
+    // A token can hold no more than its key allows: Ably itself narrows a
+    // TokenRequest to its key's capability, so say so here rather than hand
+    // out a request Ably would shrink or refuse.
+    let capability = decision.capability.narrowed_by(key.capability());
+    if capability.is_empty() {
+        return Err(ApiError::OutsideKeyCapability {
+            key: key.name().to_string(),
+            granted: decision.capability.to_canonical_json(),
+            allowed: key.capability().to_canonical_json(),
+        });
+    }
     let grant = Grant {
-        capability: &decision.capability,
+        capability: &capability,
         client_id: Some(&decision.client_id),
         ttl_ms: decision.ttl.as_millis() as u64,
         issued_ms: state.clock.now_ms(),
@@ -139,7 +151,6 @@ async fn issue(
         Endpoint::Jwt => TokenFormat::Jwt,
         Endpoint::Token => params.format.unwrap_or(settings.ably.token_format),
     };
-    let key = settings.ably.signing_key();
     let response = match format {
         TokenFormat::TokenRequest => {
             let request = sign_token_request(key, &grant, new_nonce());

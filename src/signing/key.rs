@@ -1,8 +1,16 @@
 //! The Ably API key, parsed once at the edge. Its secret never reaches `Debug`,
-//! `Display` or serialisation.
+//! `Display` or serialisation. A key carries the capability it may grant
+//! (Ably's key capability, https://ably.com/docs/auth/capabilities): every
+//! token signed with it is narrowed to that.
 
 use std::fmt;
 use std::str::FromStr;
+
+use crate::capability::Capability;
+
+/// What a key may grant when its configuration names no capability: every
+/// operation on every ordinary channel, as an unrestricted Ably key.
+pub(crate) const UNRESTRICTED: &str = r#"{"*":["*"]}"#;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum KeyError {
@@ -37,6 +45,7 @@ impl fmt::Debug for KeySecret {
 pub struct ApiKey {
     name: String,
     secret: KeySecret,
+    capability: Capability,
 }
 
 impl ApiKey {
@@ -46,6 +55,16 @@ impl ApiKey {
 
     pub(crate) fn secret(&self) -> &KeySecret {
         &self.secret
+    }
+
+    /// What tokens signed with this key may be granted at most.
+    pub(crate) fn capability(&self) -> &Capability {
+        &self.capability
+    }
+
+    /// The same key restricted to `capability`.
+    pub fn with_capability(self, capability: Capability) -> ApiKey {
+        ApiKey { capability, ..self }
     }
 
     /// The whole `name:secret` text, for the rare places that must hand the key
@@ -81,8 +100,13 @@ impl FromStr for ApiKey {
         Ok(ApiKey {
             name: name.to_string(),
             secret: KeySecret(secret.to_string()),
+            capability: unrestricted(),
         })
     }
+}
+
+fn unrestricted() -> Capability {
+    Capability::parse_json(UNRESTRICTED).expect("the unrestricted capability parses")
 }
 
 #[cfg(test)]
@@ -94,6 +118,10 @@ mod tests {
         let key: ApiKey = "appId.keyId:keySecret".parse().unwrap();
         assert_eq!(key.name(), "appId.keyId");
         assert_eq!(key.secret().expose(), b"keySecret");
+        assert_eq!(key.capability().to_canonical_json(), UNRESTRICTED);
+        let narrow = Capability::parse_json(r#"{"orders:*":["publish"]}"#).unwrap();
+        let key = key.with_capability(narrow.clone());
+        assert_eq!(key.capability(), &narrow);
     }
 
     #[test]

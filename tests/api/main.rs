@@ -12,6 +12,7 @@ mod denials;
 mod helpers;
 mod http;
 mod jwks;
+mod keys;
 mod names;
 mod operations;
 mod process;
