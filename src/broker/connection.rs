@@ -22,7 +22,7 @@ use super::hub::{
 };
 use super::inbound::{ConnectParams, Inbound};
 use super::message::{
-    may_attach, message_size, random_id, resolve_client_id, speaker, stored_message,
+    may_attach, message_size, random_id, resolve_client_id, speaker, stored_message, supplied_id,
     valid_channel_name,
 };
 use super::protocol::{self, action, flag, AblyError, Encoded, Format, SharedFrame};
@@ -435,6 +435,7 @@ impl Connection {
                 now,
             ));
         }
+        let supplied: Vec<bool> = items.iter().map(|i| supplied_id(i).is_some()).collect();
         let delivery = json!({
             "action": action::MESSAGE,
             "channel": channel,
@@ -443,12 +444,18 @@ impl Connection {
             "timestamp": now,
             "messages": messages,
         });
-        let published =
-            self.state
-                .hub
-                .publish(&channel, delivery, Some(self.id()), Some(self.limits()));
+        let published = self.state.hub.publish(
+            &channel,
+            delivery,
+            &supplied,
+            Some(self.id()),
+            Some(self.limits()),
+        );
         match published {
-            Ok(()) => self.ack(serial).await,
+            // A duplicate of a message published within the idempotency
+            // window is acknowledged too, not delivered again (RSL1k,
+            // https://ably.com/docs/pub-sub/advanced#idempotency).
+            Ok(_) => self.ack(serial).await,
             Err(ChannelLimitReached) => {
                 let error = self.limit_error();
                 self.nack(serial, error).await

@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde_json::{json, Map, Value};
 use tokio::sync::{mpsc, Notify};
 
+use super::message::RecentIds;
 use super::protocol::{action, presence_action, SharedFrame};
 use crate::clock::SharedClock;
 
@@ -91,6 +92,9 @@ struct Channel {
     /// Enter, update and leave events as broadcast (RSP4), bounded as
     /// message history is.
     presence_history: VecDeque<Stored>,
+    /// Client-supplied message ids published within the idempotency window
+    /// (RSL1k), so a retried publish is delivered and stored once.
+    recent_ids: RecentIds,
 }
 
 impl Channel {
@@ -99,6 +103,7 @@ impl Channel {
             && self.members.is_empty()
             && self.history.is_empty()
             && self.presence_history.is_empty()
+            && self.recent_ids.is_empty()
     }
 
     /// Records broadcast presence events in the channel's presence history.
@@ -396,40 +401,70 @@ impl Hub {
     /// Publishes messages (already given ids, clientIds and timestamps) to the
     /// channel's subscribers and its history. With `limits`, a channel the
     /// broker does not hold is created only within them.
+    ///
+    /// `supplied[i]` says whether message `i` carries the client's own id
+    /// (RSL1k2, RSL1k3, TM2a). Such an id already published on this channel
+    /// within the idempotency window makes that message a duplicate: it is
+    /// neither delivered nor stored again, and the publish still succeeds,
+    /// as Ably acknowledges a duplicate without re-delivering it
+    /// (<https://ably.com/docs/pub-sub/advanced#idempotency>). Returns how
+    /// many messages were new.
     pub(crate) fn publish(
         &self,
         channel: &str,
-        frame: Value,
+        mut frame: Value,
+        supplied: &[bool],
         from: Option<&str>,
         limits: Option<ChannelLimits>,
-    ) -> Result<(), ChannelLimitReached> {
-        let messages = frame
-            .get("messages")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
-        let frame = Arc::new(SharedFrame::new(frame));
+    ) -> Result<usize, ChannelLimitReached> {
         let now = self.now_ms();
         let mut channels = self.lock();
         if limits.is_some_and(|limits| Hub::refuses(&channels, channel, Claim::Visit, limits)) {
             return Err(ChannelLimitReached);
         }
         let state = channels.entry(channel.to_string()).or_default();
-        let sent = state.broadcast(&frame, from);
-        self.deliveries.fetch_add(sent, Ordering::Relaxed);
-        for message in messages {
-            let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-            state.history.push_back(Stored {
-                seq,
-                timestamp: now,
-                message,
-            });
+        let messages: Vec<Value> = frame
+            .get_mut("messages")
+            .and_then(Value::as_array_mut)
+            .map(std::mem::take)
+            .unwrap_or_default();
+        let fresh: Vec<Value> = messages
+            .into_iter()
+            .enumerate()
+            .filter(
+                |(i, message)| match message.get("id").and_then(Value::as_str) {
+                    Some(id) if supplied.get(*i).copied().unwrap_or(false) => {
+                        state.recent_ids.first_time(id, now)
+                    }
+                    _ => true,
+                },
+            )
+            .map(|(_, message)| message)
+            .collect();
+        let published = fresh.len();
+        if published > 0 {
+            frame["messages"] = Value::Array(fresh.clone());
+            let frame = Arc::new(SharedFrame::new(frame));
+            let sent = state.broadcast(&frame, from);
+            self.deliveries.fetch_add(sent, Ordering::Relaxed);
+            for message in fresh {
+                let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+                state.history.push_back(Stored {
+                    seq,
+                    timestamp: now,
+                    message,
+                });
+            }
         }
         self.prune(state, now);
-        Ok(())
+        if state.is_forgettable() {
+            channels.remove(channel);
+        }
+        Ok(published)
     }
 
     fn prune(&self, state: &mut Channel, now: u64) {
+        state.recent_ids.prune(now);
         let oldest = now.saturating_sub(self.limits.max_age.as_millis() as u64);
         for history in [&mut state.history, &mut state.presence_history] {
             while history.len() > self.limits.max_messages {
@@ -671,7 +706,7 @@ mod tests {
     fn history_is_bounded_by_count_and_age_and_empty_channels_are_forgotten() {
         let (hub, clock) = hub(3);
         for n in 0..5 {
-            hub.publish("c", message_frame(n), None, None).unwrap();
+            hub.publish("c", message_frame(n), &[], None, None).unwrap();
         }
         let query = HistoryQuery {
             limit: 10,
@@ -696,7 +731,7 @@ mod tests {
     fn history_pages_with_a_cursor() {
         let (hub, _clock) = hub(100);
         for n in 0..5 {
-            hub.publish("c", message_frame(n), None, None).unwrap();
+            hub.publish("c", message_frame(n), &[], None, None).unwrap();
         }
         let mut query = HistoryQuery {
             limit: 2,
@@ -717,6 +752,120 @@ mod tests {
         assert_eq!(seen, vec![0, 1, 2, 3, 4]);
     }
 
+    fn with_ids(channel: &str, ids: &[&str]) -> Value {
+        let messages: Vec<Value> = ids
+            .iter()
+            .map(|id| json!({"id": id, "name": "m", "data": id}))
+            .collect();
+        json!({"action": 15, "channel": channel, "messages": messages})
+    }
+
+    fn history_ids(hub: &Hub, channel: &str) -> Vec<String> {
+        let query = HistoryQuery {
+            limit: 100,
+            direction: Direction::Forwards,
+            start: None,
+            end: None,
+            cursor: None,
+        };
+        hub.history(channel, HistoryKind::Messages, &query)
+            .messages
+            .iter()
+            .map(|m| m["id"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    fn delivered_ids(rx: &mut mpsc::Receiver<Frame>) -> Vec<String> {
+        let mut ids = Vec::new();
+        while let Ok(frame) = rx.try_recv() {
+            for m in frame["messages"].as_array().unwrap() {
+                ids.push(m["id"].as_str().unwrap().to_string());
+            }
+        }
+        ids
+    }
+
+    #[test]
+    fn a_client_supplied_id_is_delivered_and_stored_once_per_channel_within_the_window() {
+        let (hub, clock) = hub(100);
+        let (inbox, mut rx) = outbox(10);
+        hub.subscribe(
+            "c",
+            "s",
+            Subscriber {
+                outbox: inbox,
+                echo: true,
+            },
+        );
+        assert_eq!(
+            hub.publish("c", with_ids("c", &["x"]), &[true], None, None),
+            Ok(1)
+        );
+        // The retry succeeds and publishes nothing.
+        assert_eq!(
+            hub.publish("c", with_ids("c", &["x"]), &[true], None, None),
+            Ok(0)
+        );
+        assert_eq!(delivered_ids(&mut rx), vec!["x"]);
+        assert_eq!(history_ids(&hub, "c"), vec!["x"]);
+        assert_eq!(hub.messages_published(), 1);
+        // Another channel has its own ids.
+        assert_eq!(
+            hub.publish("d", with_ids("d", &["x"]), &[true], None, None),
+            Ok(1)
+        );
+        // A publish overlapping an earlier one delivers only the new ids.
+        assert_eq!(
+            hub.publish("c", with_ids("c", &["x", "y"]), &[true, true], None, None),
+            Ok(1)
+        );
+        assert_eq!(delivered_ids(&mut rx), vec!["y"]);
+        // Ids the broker gave (not the client's) are never compared.
+        assert_eq!(
+            hub.publish("c", with_ids("c", &["y"]), &[false], None, None),
+            Ok(1)
+        );
+        rx.try_recv().unwrap();
+        // Two minutes after the first publish the id is new again.
+        clock.advance(Duration::from_millis(119_999));
+        assert_eq!(
+            hub.publish("c", with_ids("c", &["x"]), &[true], None, None),
+            Ok(0)
+        );
+        clock.advance(Duration::from_millis(1));
+        assert_eq!(
+            hub.publish("c", with_ids("c", &["x"]), &[true], None, None),
+            Ok(1)
+        );
+        assert_eq!(delivered_ids(&mut rx), vec!["x"]);
+        assert_eq!(history_ids(&hub, "c"), vec!["x", "y", "y", "x"]);
+    }
+
+    #[test]
+    fn remembered_ids_keep_a_channel_only_until_they_expire() {
+        // No history kept: only the remembered id holds the channel.
+        let (hub, clock) = hub(0);
+        hub.publish("c", with_ids("c", &["x"]), &[true], None, None)
+            .unwrap();
+        hub.sweep();
+        assert_eq!(hub.channel_count(), 1, "the id is remembered");
+        assert_eq!(
+            hub.publish("c", with_ids("c", &["x"]), &[true], None, None),
+            Ok(0)
+        );
+        clock.advance_secs(120);
+        hub.sweep();
+        assert_eq!(
+            hub.channel_count(),
+            0,
+            "expired ids are pruned by the sweep"
+        );
+        assert_eq!(
+            hub.publish("c", with_ids("c", &["x"]), &[true], None, None),
+            Ok(1)
+        );
+    }
+
     #[test]
     fn a_full_outbox_marks_the_subscriber_as_lagging_instead_of_growing() {
         let (hub, _clock) = hub(10);
@@ -730,7 +879,7 @@ mod tests {
             },
         );
         for n in 0..5 {
-            hub.publish("c", message_frame(n), None, None).unwrap();
+            hub.publish("c", message_frame(n), &[], None, None).unwrap();
         }
         assert!(slow.lagging.load(Ordering::SeqCst));
     }
@@ -756,7 +905,7 @@ mod tests {
                 echo: true,
             },
         );
-        hub.publish("c", message_frame(1), Some("me"), None)
+        hub.publish("c", message_frame(1), &[], Some("me"), None)
             .unwrap();
         assert!(my_rx.try_recv().is_err());
         assert_eq!(other_rx.try_recv().unwrap()["messages"][0]["data"], 1);
@@ -1011,7 +1160,7 @@ mod tests {
             .is_ok());
         // Publishing cannot create a channel past the broker's limit.
         assert_eq!(
-            hub.publish("e", message_frame(0), None, Some(limits)),
+            hub.publish("e", message_frame(0), &[], None, Some(limits)),
             Err(ChannelLimitReached)
         );
         assert_eq!(hub.channel_count(), 3);

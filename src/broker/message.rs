@@ -3,6 +3,11 @@
 //! a message's stored form and counted size, and what a channel may be
 //! called. One copy of each rule, so the two transports cannot disagree.
 
+use std::collections::hash_map::RandomState;
+use std::collections::{HashSet, VecDeque};
+use std::hash::BuildHasher;
+use std::time::Duration;
+
 use serde_json::{json, Value};
 
 use super::auth::Credentials;
@@ -103,6 +108,100 @@ pub(crate) fn may_attach(ops: OpSet) -> bool {
     .any(|op| ops.allows(*op))
 }
 
+/// The id a client gave a message, if any: a non-empty string (RSL1k2,
+/// RSL1k3; ably-js sets `<base64 random>:<index>` itself when
+/// `idempotentRestPublishing` is on, RSL1k1).
+pub(crate) fn supplied_id(item: &Value) -> Option<&str> {
+    item.get("id")
+        .and_then(Value::as_str)
+        .filter(|id| !id.is_empty())
+}
+
+/// How long a client-supplied message id is remembered: "Ably can only
+/// detect duplicate messages within a 2-minute window after the original
+/// message, with the same ID, is published"
+/// (<https://ably.com/docs/pub-sub/advanced#idempotency>).
+pub(crate) const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(120);
+
+/// Most ids one channel remembers. Ably's default per-channel publish rate
+/// (50 messages/s, <https://ably.com/docs/platform/pricing/limits>) over the
+/// 2-minute window is 6 000; past this cap the oldest id is forgotten early,
+/// so a flood on one channel costs at most this many entries (16 bytes each
+/// plus the map's overhead), never a refused publish.
+pub(crate) const MAX_REMEMBERED_IDS: usize = 10_000;
+
+/// The client-supplied message ids one channel has published within the
+/// idempotency window, so a retried publish is delivered and stored once.
+///
+/// Ably deduplicates per channel: an id is "the idempotency key" of a
+/// publish to a channel, and the batch API lets the same message ids go to
+/// several channels as independent publishes
+/// (<https://faqs.ably.com/client-specified-message-id-restrictions-for-multiple-messages-published-atomically>).
+///
+/// Ids are kept as keyed 64-bit hashes (SipHash with a random key), so an
+/// entry's size does not depend on the id's length and a client cannot
+/// choose two ids that collide.
+pub(crate) struct RecentIds {
+    hasher: RandomState,
+    /// The remembered ids' hashes.
+    seen: HashSet<u64>,
+    /// The same ids with when each was first published (ms since the
+    /// epoch), oldest first, for pruning as they expire.
+    order: VecDeque<(u64, u64)>,
+}
+
+impl Default for RecentIds {
+    fn default() -> Self {
+        RecentIds {
+            hasher: RandomState::new(),
+            seen: HashSet::new(),
+            order: VecDeque::new(),
+        }
+    }
+}
+
+impl RecentIds {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    /// Forgets the ids first published longer than the window ago.
+    pub(crate) fn prune(&mut self, now_ms: u64) {
+        let oldest = now_ms.saturating_sub(IDEMPOTENCY_WINDOW.as_millis() as u64);
+        while let Some(&(at, key)) = self.order.front() {
+            if at > oldest {
+                break;
+            }
+            self.order.pop_front();
+            self.seen.remove(&key);
+        }
+    }
+
+    /// Remembers `id` as published at `now_ms`; false when it was published
+    /// within the window already (a duplicate, which is not remembered anew:
+    /// the window runs from the original publish).
+    pub(crate) fn first_time(&mut self, id: &str, now_ms: u64) -> bool {
+        self.prune(now_ms);
+        let key = self.hasher.hash_one(id);
+        if self.seen.contains(&key) {
+            return false;
+        }
+        if self.order.len() >= MAX_REMEMBERED_IDS {
+            if let Some((_, oldest)) = self.order.pop_front() {
+                self.seen.remove(&oldest);
+            }
+        }
+        self.seen.insert(key);
+        self.order.push_back((now_ms, key));
+        true
+    }
+}
+
 /// The message as delivered and stored: id, clientId, connectionId and
 /// timestamp filled in, data and encoding passed through untouched.
 pub(crate) fn stored_message(
@@ -113,11 +212,7 @@ pub(crate) fn stored_message(
     now: u64,
 ) -> Value {
     let mut message = serde_json::Map::new();
-    let id = item
-        .get("id")
-        .and_then(Value::as_str)
-        .map(str::to_string)
-        .unwrap_or(default_id);
+    let id = supplied_id(item).map(str::to_string).unwrap_or(default_id);
     message.insert("id".into(), json!(id));
     for field in ["name", "data", "encoding"] {
         if let Some(v) = item.get(field).filter(|v| !v.is_null()) {
@@ -214,6 +309,65 @@ mod tests {
             capability: Capability::parse_json(r#"{"*":["*"]}"#).unwrap(),
             expires_ms: (!key).then_some(1),
         }
+    }
+
+    const WINDOW_MS: u64 = IDEMPOTENCY_WINDOW.as_millis() as u64;
+
+    #[test]
+    fn only_non_empty_string_ids_are_the_clients_own() {
+        assert_eq!(supplied_id(&json!({"id": "abc:0"})), Some("abc:0"));
+        for no in [
+            json!({}),
+            json!({"id": ""}),
+            json!({"id": null}),
+            json!({"id": 7}),
+        ] {
+            assert_eq!(supplied_id(&no), None, "{no}");
+        }
+        let stored = stored_message(&json!({"id": ""}), "conn:1:0".into(), None, None, 5);
+        assert_eq!(stored["id"], "conn:1:0", "an empty id is replaced");
+    }
+
+    #[test]
+    fn an_id_is_a_duplicate_for_two_minutes_after_its_first_publish() {
+        let mut ids = RecentIds::default();
+        let t0 = 1_000_000;
+        assert!(ids.first_time("a", t0));
+        assert!(ids.first_time("b", t0 + 1));
+        assert!(!ids.first_time("a", t0 + 1));
+        // A duplicate does not extend the window: it runs from the original.
+        assert!(!ids.first_time("a", t0 + WINDOW_MS - 1));
+        assert!(ids.first_time("a", t0 + WINDOW_MS), "expired, so new again");
+        assert!(!ids.first_time("b", t0 + WINDOW_MS), "b is 1 ms younger");
+    }
+
+    #[test]
+    fn ids_are_pruned_as_they_expire() {
+        let mut ids = RecentIds::default();
+        let t0 = 1_000_000;
+        for i in 0..100 {
+            assert!(ids.first_time(&format!("early-{i}"), t0));
+        }
+        assert!(ids.first_time("late", t0 + 60_000));
+        ids.prune(t0 + WINDOW_MS - 1);
+        assert_eq!(ids.len(), 101);
+        ids.prune(t0 + WINDOW_MS);
+        assert_eq!(ids.len(), 1, "the early ids are gone, the late one is kept");
+        ids.prune(t0 + 60_000 + WINDOW_MS);
+        assert!(ids.is_empty());
+    }
+
+    #[test]
+    fn a_channel_remembers_at_most_the_cap_forgetting_the_oldest_first() {
+        let mut ids = RecentIds::default();
+        let t0 = 1_000_000;
+        for i in 0..=MAX_REMEMBERED_IDS {
+            assert!(ids.first_time(&i.to_string(), t0));
+        }
+        assert_eq!(ids.len(), MAX_REMEMBERED_IDS);
+        assert!(!ids.first_time(&MAX_REMEMBERED_IDS.to_string(), t0));
+        assert!(!ids.first_time("1", t0), "the second oldest is still held");
+        assert!(ids.first_time("0", t0), "the oldest was forgotten early");
     }
 
     #[test]

@@ -13,7 +13,8 @@ use serde_json::{json, Value};
 use super::auth::Credentials;
 use super::hub::{Direction, HistoryKind, HistoryQuery};
 use super::message::{
-    identified_by, message_size, random_id, speaker, stored_message, valid_channel_name,
+    identified_by, message_size, random_id, speaker, stored_message, supplied_id,
+    valid_channel_name,
 };
 use super::protocol::{self, action, AblyError, Format};
 use super::BrokerState;
@@ -284,6 +285,7 @@ fn publish_to(
             now,
         ));
     }
+    let supplied: Vec<bool> = items.iter().map(|i| supplied_id(i).is_some()).collect();
     let serials: Vec<Value> = messages.iter().map(|m| m["id"].clone()).collect();
     let delivery = json!({
         "action": action::MESSAGE,
@@ -292,10 +294,13 @@ fn publish_to(
         "timestamp": now,
         "messages": messages,
     });
-    // REST publishes are not bound by the channel limits, as before.
+    // REST publishes are not bound by the channel limits, as before. A
+    // retried publish whose ids the channel has seen within the idempotency
+    // window answers as the first did, without delivering again (RSL1k,
+    // https://ably.com/docs/pub-sub/advanced#idempotency).
     state
         .hub
-        .publish(channel, delivery, None, None)
+        .publish(channel, delivery, &supplied, None, None)
         .expect("without limits a publish is always admitted");
     Ok(Published {
         message_id: base,

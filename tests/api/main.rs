@@ -11,6 +11,7 @@ mod defences;
 mod denials;
 mod helpers;
 mod http;
+mod idempotency;
 mod jwks;
 mod keys;
 mod names;
