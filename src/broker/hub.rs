@@ -232,8 +232,10 @@ pub(crate) enum HistoryKind {
 pub(crate) struct Occupancy {
     /// Connections subscribed or present.
     pub(crate) connections: usize,
-    /// Connections the channel's messages and presence are delivered to.
+    /// Connections the channel's messages are delivered to (SUBSCRIBE mode).
     pub(crate) subscribers: usize,
+    /// Connections its presence events are delivered to (PRESENCE_SUBSCRIBE).
+    pub(crate) presence_subscribers: usize,
     pub(crate) presence_members: usize,
     /// Connections with at least one member present.
     pub(crate) presence_connections: usize,
@@ -612,7 +614,8 @@ impl Hub {
             .len();
         Some(Occupancy {
             connections,
-            subscribers: state.subscribers.len(),
+            subscribers: state.subscribers.values().filter(|s| s.messages).count(),
+            presence_subscribers: state.subscribers.values().filter(|s| s.presence).count(),
             presence_members: state.members.len(),
             presence_connections: present.len(),
         })
@@ -1036,6 +1039,7 @@ mod tests {
             Some(Occupancy {
                 connections: 3,
                 subscribers: 2,
+                presence_subscribers: 2,
                 presence_members: 3,
                 presence_connections: 2,
             })

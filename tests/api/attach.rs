@@ -14,6 +14,25 @@ const PUBLISH: u64 = 1 << 17;
 const SUBSCRIBE: u64 = 1 << 18;
 const PRESENCE_SUBSCRIBE: u64 = 1 << 19;
 
+/// `GET /channels/{name}`'s occupancy metrics, with the API key.
+async fn occupancy(broker: &TestBroker, channel: &str) -> Value {
+    use base64::Engine;
+    let key = base64::engine::general_purpose::STANDARD.encode(API_KEY);
+    let body: Value = reqwest::Client::new()
+        .get(format!(
+            "http://127.0.0.1:{}/channels/{channel}",
+            broker.port
+        ))
+        .header("authorization", format!("Basic {key}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    body["status"]["occupancy"]["metrics"].clone()
+}
+
 /// Publishes `data` as messages named `m` in one frame and waits for the ACK.
 async fn publish(
     socket: &mut Socket,
@@ -256,6 +275,17 @@ async fn requested_modes_are_intersected_with_the_capability_and_decide_delivery
     watcher.silent_for(200).await;
     // The publish-only attachment still publishes.
     publish(&mut watcher, "room", 0, [2]).await;
+    // Occupancy counts subscribers by granted mode: `members` gets presence
+    // only, `watcher` and `limited` nothing (CHM2).
+    let metrics = occupancy(&broker, "room").await;
+    assert_eq!(
+        (
+            metrics["subscribers"].as_u64(),
+            metrics["presenceSubscribers"].as_u64()
+        ),
+        (Some(0), Some(1)),
+        "{metrics}"
+    );
 
     // Without modes the capability decides, as before.
     watcher.send(json!({"action": 10, "channel": "room"})).await;
