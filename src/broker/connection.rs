@@ -376,7 +376,11 @@ impl Connection {
         if already {
             flags |= flag::RESUMED;
         }
-        let mut frame = json!({"action": action::ATTACHED, "channel": channel, "flags": flags});
+        // A channelSerial (RTL15b) makes ably-js send it back when it
+        // reattaches after a resume (RTL4c1), which is how a resume is told
+        // from a first attach above. Opaque: the broker's message count.
+        let serial = format!("attach:{}", self.state.hub.messages_published());
+        let mut frame = json!({"action": action::ATTACHED, "channel": channel, "flags": flags, "channelSerial": serial});
         // The params recognised and validated (RTL4k1); others are ignored.
         if let Some((_, text)) = &options.rewind {
             frame["params"] = json!({ "rewind": text });

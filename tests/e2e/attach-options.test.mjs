@@ -8,8 +8,10 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { describe, it } from "node:test";
 
 import {
+  channelState,
   closeClient,
   connected,
+  connectionState,
   messageInbox,
   presenceInbox,
   protocols,
@@ -55,6 +57,16 @@ describe("attach params and modes", () => {
         "the backlog in order, before the live message, nothing twice",
       );
       for (const m of inbox.items) assert.ok(m.id && m.timestamp > 0, "rewound messages keep id and timestamp");
+
+      // A dropped transport: the client resumes and reattaches; rewind applies to the first attach only.
+      alice.connection.connectionManager.disconnectAllTransports();
+      await connectionState(alice, "disconnected");
+      await connected(alice, 20_000);
+      await channelState(channel, "attached", { clients: [alice] });
+      await within(rest.channels.get(name).publish("status", { step: 7 }), "publish 7");
+      await inbox.waitFor((m) => m.data?.step === 7, "the message after the resume");
+      await sleep(500);
+      assert.deepEqual(inbox.items.map((m) => m.data.step), [3, 4, 5, 6, 7], "no backlog again after the resume");
 
       // Without rewind a new subscriber gets only what comes next.
       const plain = await attachWith(alice, uniqueChannel("orders:alice"), {});
