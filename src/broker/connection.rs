@@ -17,10 +17,10 @@ use tokio::time::Sleep;
 
 use super::auth::Credentials;
 use super::hub::{
-    sync_frame, ChannelLimitReached, ChannelLimits, Claim, Frame, Outbox, PresenceChange,
+    sync_frame, Backlog, ChannelLimitReached, ChannelLimits, Claim, Frame, Outbox, PresenceChange,
     Subscriber,
 };
-use super::inbound::{ConnectParams, Inbound};
+use super::inbound::{AttachOptions, ConnectParams, Inbound, Rewind, MAX_REWIND};
 use super::message::{
     may_attach, message_size, random_id, resolve_client_id, speaker, stored_message, supplied_id,
     valid_channel_name,
@@ -76,6 +76,8 @@ struct Membership {
     key: String,
     client_id: Option<String>,
     attached: HashMap<String, OpSet>,
+    /// The modes asked for on attach (RTL4l), for channels that asked.
+    requested_modes: HashMap<String, u64>,
     presence_channels: HashSet<String>,
 }
 
@@ -129,11 +131,34 @@ impl Connection {
         }
     }
 
-    fn subscriber(&self) -> Subscriber {
-        Subscriber {
+    /// The modes granted on `channel` (RTL4l, TR3q–TR3t): those asked for,
+    /// or all when none were, that the capability allows.
+    fn granted_modes(&self, channel: &str, ops: OpSet) -> u64 {
+        let mut allowed = 0;
+        if ops.allows(Operation::Publish) {
+            allowed |= flag::PUBLISH;
+        }
+        if ops.allows(Operation::Presence) {
+            allowed |= flag::PRESENCE;
+        }
+        if ops.allows(Operation::Subscribe) {
+            allowed |= flag::SUBSCRIBE | flag::PRESENCE_SUBSCRIBE;
+        }
+        let requested = self.membership.requested_modes.get(channel).copied();
+        allowed & requested.unwrap_or(AttachOptions::MODES)
+    }
+
+    /// How the channel's frames reach this connection under `modes`: not at
+    /// all without SUBSCRIBE and PRESENCE_SUBSCRIBE.
+    fn subscriber(&self, modes: u64) -> Option<Subscriber> {
+        let messages = modes & flag::SUBSCRIBE != 0;
+        let presence = modes & flag::PRESENCE_SUBSCRIBE != 0;
+        (messages || presence).then(|| Subscriber {
             outbox: self.outbox.clone(),
             echo: self.params.echo,
-        }
+            messages,
+            presence,
+        })
     }
 
     async fn send(&mut self, frame: &Value) -> Result<(), actix_ws::Closed> {
@@ -226,8 +251,13 @@ impl Connection {
             Inbound::Disconnect => return Ok(Flow::Close),
             Inbound::Attach {
                 channel: Some(channel),
-            } => self.attach(&channel).await?,
-            Inbound::Attach { channel: None } => {
+                options: Ok(options),
+            } => self.attach(&channel, options).await?,
+            Inbound::Attach {
+                channel: Some(channel),
+                options: Err(error),
+            } => self.channel_error(&channel, error.into()).await?,
+            Inbound::Attach { channel: None, .. } => {
                 self.channel_error("", AblyError::new(40000, 400, "ATTACH needs a channel"))
                     .await?
             }
@@ -256,7 +286,11 @@ impl Connection {
         Ok(Flow::Continue)
     }
 
-    async fn attach(&mut self, channel: &str) -> Result<(), actix_ws::Closed> {
+    async fn attach(
+        &mut self,
+        channel: &str,
+        options: AttachOptions,
+    ) -> Result<(), actix_ws::Closed> {
         if let Err(why) = valid_channel_name(channel) {
             return self
                 .channel_error(channel, AblyError::new(40010, 400, why))
@@ -278,15 +312,47 @@ impl Connection {
                 .await;
         }
         let already = self.membership.attached.contains_key(channel);
-        let subscribe = ops.allows(Operation::Subscribe);
+        let previous_modes = match options.modes {
+            Some(modes) => self
+                .membership
+                .requested_modes
+                .insert(channel.to_string(), modes),
+            None => self.membership.requested_modes.remove(channel),
+        };
+        let modes = self.granted_modes(channel, ops);
+        // Rewind applies to a first attach only, not to a resume or a
+        // reattach (https://ably.com/docs/channels/options/rewind), and
+        // delivers at most MAX_REWIND messages.
+        let backlog = options
+            .rewind
+            .as_ref()
+            .filter(|_| !already && !options.resume)
+            .map(|(rewind, _)| match *rewind {
+                Rewind::Count(n) => Backlog {
+                    limit: n.min(MAX_REWIND) as usize,
+                    since: None,
+                },
+                Rewind::WithinMs(ms) => Backlog {
+                    limit: MAX_REWIND as usize,
+                    since: Some(self.state.hub.now_ms().saturating_sub(ms)),
+                },
+            });
         let attached = self.state.hub.attach(
             channel,
             self.id(),
             self.membership.claim(channel),
             self.limits(),
-            subscribe.then(|| self.subscriber()),
+            self.subscriber(modes),
+            backlog,
         );
-        let Ok(members) = attached else {
+        let Ok(attached) = attached else {
+            match previous_modes {
+                Some(modes) => self
+                    .membership
+                    .requested_modes
+                    .insert(channel.to_string(), modes),
+                None => self.membership.requested_modes.remove(channel),
+            };
             let error = AblyError::new(
                 90021,
                 400,
@@ -298,27 +364,36 @@ impl Connection {
             return self.channel_error(channel, error).await;
         };
         self.membership.attached.insert(channel.to_string(), ops);
-        // The ATTACHED flags (TR3) say what the capability allows here.
-        let mut flags = 0;
-        if ops.allows(Operation::Publish) {
-            flags |= flag::PUBLISH;
-        }
-        if ops.allows(Operation::Presence) {
-            flags |= flag::PRESENCE;
-        }
-        if subscribe {
-            flags |= flag::SUBSCRIBE | flag::PRESENCE_SUBSCRIBE;
-        }
-        if !members.is_empty() {
+        // The ATTACHED flags (TR3): the modes granted (RTL4m), whether a
+        // SYNC follows, whether a backlog follows (RTL2i).
+        let mut flags = modes;
+        if !attached.members.is_empty() {
             flags |= flag::HAS_PRESENCE;
+        }
+        if !attached.backlog.is_empty() {
+            flags |= flag::HAS_BACKLOG;
         }
         if already {
             flags |= flag::RESUMED;
         }
-        self.send(&json!({"action": action::ATTACHED, "channel": channel, "flags": flags}))
+        // A channelSerial (RTL15b) makes ably-js send it back when it
+        // reattaches after a resume (RTL4c1), which is how a resume is told
+        // from a first attach above. Opaque: the broker's message count.
+        let serial = format!("attach:{}", self.state.hub.messages_published());
+        let mut frame = json!({"action": action::ATTACHED, "channel": channel, "flags": flags, "channelSerial": serial});
+        // The params recognised and validated (RTL4k1); others are ignored.
+        if let Some((_, text)) = &options.rewind {
+            frame["params"] = json!({ "rewind": text });
+        }
+        self.send(&frame).await?;
+        for message in attached.backlog {
+            self.send(
+                &json!({"action": action::MESSAGE, "channel": channel, "messages": [message]}),
+            )
             .await?;
-        if !members.is_empty() && !already {
-            self.send(&sync_frame(channel, members, &random_id(8)))
+        }
+        if !attached.members.is_empty() && !already {
+            self.send(&sync_frame(channel, attached.members, &random_id(8)))
                 .await?;
         }
         Ok(())
@@ -326,6 +401,7 @@ impl Connection {
 
     async fn detach(&mut self, channel: String) -> Result<(), actix_ws::Closed> {
         self.membership.attached.remove(&channel);
+        self.membership.requested_modes.remove(&channel);
         self.membership.presence_channels.remove(&channel);
         self.state.hub.unsubscribe(&channel, self.id());
         self.send(&json!({"action": action::DETACHED, "channel": channel}))
@@ -333,9 +409,10 @@ impl Connection {
     }
 
     async fn sync(&mut self, channel: &str) -> Result<(), actix_ws::Closed> {
-        // The capability in force now, not the one at attach time.
+        // The capability in force now, not the one at attach time, and the
+        // PRESENCE_SUBSCRIBE mode.
         if self.membership.attached.contains_key(channel)
-            && self.ops(channel).allows(Operation::Subscribe)
+            && self.granted_modes(channel, self.ops(channel)) & flag::PRESENCE_SUBSCRIBE != 0
         {
             let members = self.state.hub.members(channel);
             self.send(&sync_frame(channel, members, &random_id(8)))
@@ -571,6 +648,7 @@ impl Connection {
             let ops = self.ops(&channel);
             if !may_attach(ops) {
                 let was_attached = self.membership.attached.remove(&channel).is_some();
+                self.membership.requested_modes.remove(&channel);
                 self.membership.presence_channels.remove(&channel);
                 self.state.hub.unsubscribe(&channel, self.id());
                 if was_attached {
@@ -581,17 +659,18 @@ impl Connection {
                 continue;
             }
             if let Some(before) = self.membership.attached.get(&channel).copied() {
-                match (
-                    before.allows(Operation::Subscribe),
-                    ops.allows(Operation::Subscribe),
-                ) {
-                    (true, false) => self.state.hub.drop_subscriber(&channel, self.id()),
-                    (false, true) => {
-                        self.state
-                            .hub
-                            .subscribe(&channel, self.id(), self.subscriber())
+                let delivered = |modes: u64| modes & (flag::SUBSCRIBE | flag::PRESENCE_SUBSCRIBE);
+                let (was, now) = (
+                    delivered(self.granted_modes(&channel, before)),
+                    delivered(self.granted_modes(&channel, ops)),
+                );
+                if was != now {
+                    match self.subscriber(now) {
+                        Some(subscriber) => {
+                            self.state.hub.subscribe(&channel, self.id(), subscriber)
+                        }
+                        None => self.state.hub.drop_subscriber(&channel, self.id()),
                     }
-                    _ => {}
                 }
                 self.membership.attached.insert(channel.clone(), ops);
             }
@@ -812,6 +891,7 @@ pub(crate) async fn run(
             key,
             client_id,
             attached: HashMap::new(),
+            requested_modes: HashMap::new(),
             presence_channels: HashSet::new(),
         },
         params,

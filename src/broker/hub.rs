@@ -40,6 +40,20 @@ pub(crate) struct Subscriber {
     pub(crate) outbox: Outbox,
     /// Whether it hears its own messages (RTN2b).
     pub(crate) echo: bool,
+    /// Whether it is sent messages (the SUBSCRIBE mode, TR3s) and presence
+    /// events (PRESENCE_SUBSCRIBE, TR3t): the modes granted on attach (RTL4l).
+    pub(crate) messages: bool,
+    pub(crate) presence: bool,
+}
+
+impl Subscriber {
+    fn wants(&self, frame: &Frame) -> bool {
+        match frame.get("action").and_then(Value::as_u64) {
+            Some(action::MESSAGE) => self.messages,
+            Some(action::PRESENCE) => self.presence,
+            _ => true,
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -120,7 +134,7 @@ impl Channel {
     fn broadcast(&self, frame: &Frame, from: Option<&str>) -> u64 {
         let mut sent = 0;
         for (id, subscriber) in &self.subscribers {
-            if !subscriber.echo && Some(id.as_str()) == from {
+            if (!subscriber.echo && Some(id.as_str()) == from) || !subscriber.wants(frame) {
                 continue;
             }
             subscriber.outbox.deliver(frame);
@@ -161,6 +175,23 @@ pub(crate) struct ChannelLimitReached;
 pub(crate) struct HistoryLimits {
     pub(crate) max_messages: usize,
     pub(crate) max_age: Duration,
+}
+
+/// What an attaching subscriber is sent from history before live messages
+/// (a rewind): at most `limit` of the newest messages, none older than
+/// `since` (ms) when given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Backlog {
+    pub(crate) limit: usize,
+    pub(crate) since: Option<u64>,
+}
+
+/// What an attach returns: the members for the SYNC (when presence is
+/// delivered) and the backlog, oldest first.
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct Attached {
+    pub(crate) members: Vec<Value>,
+    pub(crate) backlog: Vec<Value>,
 }
 
 /// A presence change asked for by a connection.
@@ -206,8 +237,10 @@ pub(crate) enum HistoryKind {
 pub(crate) struct Occupancy {
     /// Connections subscribed or present.
     pub(crate) connections: usize,
-    /// Connections the channel's messages and presence are delivered to.
+    /// Connections the channel's messages are delivered to (SUBSCRIBE mode).
     pub(crate) subscribers: usize,
+    /// Connections its presence events are delivered to (PRESENCE_SUBSCRIBE).
+    pub(crate) presence_subscribers: usize,
     pub(crate) presence_members: usize,
     /// Connections with at least one member present.
     pub(crate) presence_connections: usize,
@@ -288,9 +321,11 @@ impl Hub {
     }
 
     /// Attaches a connection (RTL4): checks the limits, then subscribes it
-    /// (`Some`) or stops delivery to it (`None`, a capability without
-    /// subscribe), all under one lock. Returns the members a subscriber is
-    /// sent in a SYNC.
+    /// (`Some`) or stops delivery to it (`None`: neither messages nor
+    /// presence), all under one lock. Returns the members a presence
+    /// subscriber is sent in a SYNC, and the `backlog` from history for a
+    /// message subscriber; read under the same lock as the subscription
+    /// starts, so no message falls between the two or arrives in both.
     pub(crate) fn attach(
         &self,
         channel: &str,
@@ -298,7 +333,9 @@ impl Hub {
         claim: Claim,
         limits: ChannelLimits,
         subscriber: Option<Subscriber>,
-    ) -> Result<Vec<Value>, ChannelLimitReached> {
+        backlog: Option<Backlog>,
+    ) -> Result<Attached, ChannelLimitReached> {
+        let now = self.now_ms();
         let mut channels = self.lock();
         if Hub::refuses(&channels, channel, claim, limits) {
             return Err(ChannelLimitReached);
@@ -306,14 +343,22 @@ impl Hub {
         match subscriber {
             Some(subscriber) => {
                 let state = channels.entry(channel.to_string()).or_default();
+                let mut attached = Attached::default();
+                if subscriber.presence {
+                    attached.members = state
+                        .members
+                        .values()
+                        .map(|m| m.to_value(presence_action::PRESENT))
+                        .collect();
+                }
+                if let Some(backlog) = backlog.filter(|_| subscriber.messages) {
+                    self.prune(state, now);
+                    attached.backlog = Hub::backlog(state, backlog);
+                }
                 state
                     .subscribers
                     .insert(connection_id.to_string(), subscriber);
-                Ok(state
-                    .members
-                    .values()
-                    .map(|m| m.to_value(presence_action::PRESENT))
-                    .collect())
+                Ok(attached)
             }
             None => {
                 if let Some(state) = channels.get_mut(channel) {
@@ -322,9 +367,23 @@ impl Hub {
                         channels.remove(channel);
                     }
                 }
-                Ok(Vec::new())
+                Ok(Attached::default())
             }
         }
+    }
+
+    /// The newest `backlog.limit` messages since `backlog.since`, oldest first.
+    fn backlog(state: &Channel, backlog: Backlog) -> Vec<Value> {
+        let mut messages: Vec<Value> = state
+            .history
+            .iter()
+            .rev()
+            .take_while(|m| backlog.since.is_none_or(|since| m.timestamp >= since))
+            .take(backlog.limit)
+            .map(|m| m.message.clone())
+            .collect();
+        messages.reverse();
+        messages
     }
 
     /// Removes the connection from a channel: it stops receiving, and its
@@ -590,7 +649,8 @@ impl Hub {
             .len();
         Some(Occupancy {
             connections,
-            subscribers: state.subscribers.len(),
+            subscribers: state.subscribers.values().filter(|s| s.messages).count(),
+            presence_subscribers: state.subscribers.values().filter(|s| s.presence).count(),
             presence_members: state.members.len(),
             presence_connections: present.len(),
         })
@@ -795,6 +855,8 @@ mod tests {
             Subscriber {
                 outbox: inbox,
                 echo: true,
+                messages: true,
+                presence: true,
             },
         );
         assert_eq!(
@@ -876,6 +938,8 @@ mod tests {
             Subscriber {
                 outbox: slow.clone(),
                 echo: true,
+                messages: true,
+                presence: true,
             },
         );
         for n in 0..5 {
@@ -895,6 +959,8 @@ mod tests {
             Subscriber {
                 outbox: me,
                 echo: false,
+                messages: true,
+                presence: true,
             },
         );
         hub.subscribe(
@@ -903,6 +969,8 @@ mod tests {
             Subscriber {
                 outbox: other,
                 echo: true,
+                messages: true,
+                presence: true,
             },
         );
         hub.publish("c", message_frame(1), &[], Some("me"), None)
@@ -921,6 +989,8 @@ mod tests {
             Subscriber {
                 outbox: watcher,
                 echo: true,
+                messages: true,
+                presence: true,
             },
         );
         let change = |action: u64, data: &str| PresenceChange {
@@ -1091,6 +1161,8 @@ mod tests {
                 Subscriber {
                     outbox: outbox(10).0,
                     echo: true,
+                    messages: true,
+                    presence: true,
                 },
             );
         }
@@ -1118,6 +1190,7 @@ mod tests {
             Some(Occupancy {
                 connections: 3,
                 subscribers: 2,
+                presence_subscribers: 2,
                 presence_members: 3,
                 presence_connections: 2,
             })
@@ -1134,6 +1207,8 @@ mod tests {
         let subscriber = || Subscriber {
             outbox: outbox(10).0,
             echo: true,
+            messages: true,
+            presence: true,
         };
         let attach = |channel: &str, connection: &str, holding: usize| {
             hub.attach(
@@ -1142,6 +1217,7 @@ mod tests {
                 Claim::New { holding },
                 limits,
                 Some(subscriber()),
+                None,
             )
         };
         // One connection: up to its own limit, then refused.
@@ -1156,7 +1232,7 @@ mod tests {
         assert_eq!(hub.channel_count(), 3);
         // Re-attaching a channel the connection holds is not limited.
         assert!(hub
-            .attach("a", "c1", Claim::Held, limits, Some(subscriber()))
+            .attach("a", "c1", Claim::Held, limits, Some(subscriber()), None)
             .is_ok());
         // Publishing cannot create a channel past the broker's limit.
         assert_eq!(
@@ -1188,7 +1264,10 @@ mod tests {
                                 Some(Subscriber {
                                     outbox: outbox(1).0,
                                     echo: true,
+                                    messages: true,
+                                    presence: true,
                                 }),
+                                None,
                             )
                             .is_ok()
                         })
@@ -1199,5 +1278,97 @@ mod tests {
         let attached: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
         assert_eq!(attached, 50);
         assert_eq!(hub.channel_count(), 50);
+    }
+
+    #[test]
+    fn a_backlog_is_read_with_the_subscription_and_modes_filter_delivery() {
+        let (hub, clock) = hub(100);
+        for n in 0..5 {
+            hub.publish("c", message_frame(n), &[], None, None).unwrap();
+            clock.advance_secs(10);
+        }
+        let data = |messages: &[Value]| -> Vec<u64> {
+            messages
+                .iter()
+                .map(|m| m["data"].as_u64().unwrap())
+                .collect()
+        };
+        let subscribe = |id: &str, messages: bool, presence: bool, backlog: Option<Backlog>| {
+            let (tx, rx) = outbox(10);
+            let attached = hub
+                .attach(
+                    "c",
+                    id,
+                    Claim::New { holding: 0 },
+                    LIMITS,
+                    Some(Subscriber {
+                        outbox: tx,
+                        echo: true,
+                        messages,
+                        presence,
+                    }),
+                    backlog,
+                )
+                .unwrap();
+            (attached, rx)
+        };
+        // The newest three, oldest first.
+        let (attached, _rx1) = subscribe(
+            "a",
+            true,
+            true,
+            Some(Backlog {
+                limit: 3,
+                since: None,
+            }),
+        );
+        assert_eq!(data(&attached.backlog), vec![2, 3, 4]);
+        // Those of the last 25 s (now is 50 s after the first).
+        let since = Some(hub.now_ms() - 25_000);
+        let (attached, _rx2) = subscribe("b", true, true, Some(Backlog { limit: 100, since }));
+        assert_eq!(data(&attached.backlog), vec![3, 4]);
+        // No backlog without messages delivered; no members without presence.
+        let (attached, mut presence_only) = subscribe(
+            "p",
+            false,
+            true,
+            Some(Backlog {
+                limit: 3,
+                since: None,
+            }),
+        );
+        assert!(attached.backlog.is_empty());
+        let (_, mut messages_only) = subscribe("m", true, false, None);
+        hub.publish("c", message_frame(9), &[], None, None).unwrap();
+        hub.presence(
+            "c",
+            "x",
+            "x:0",
+            vec![PresenceChange {
+                action: presence_action::ENTER,
+                client_id: "u".into(),
+                data: None,
+                encoding: None,
+                extras: None,
+            }],
+            Claim::New { holding: 0 },
+            LIMITS,
+        )
+        .unwrap();
+        let first = |rx: &mut mpsc::Receiver<Frame>| rx.try_recv().unwrap()["action"].as_u64();
+        assert_eq!(first(&mut messages_only), Some(action::MESSAGE));
+        assert!(
+            messages_only.try_recv().is_err(),
+            "no presence without PRESENCE_SUBSCRIBE"
+        );
+        assert_eq!(first(&mut presence_only), Some(action::PRESENCE));
+        assert!(
+            presence_only.try_recv().is_err(),
+            "no message without SUBSCRIBE"
+        );
+        let (attached, _rx3) = subscribe("late", false, true, None);
+        assert_eq!(attached.members.len(), 1);
+        let (attached, _rx4) = subscribe("late2", true, false, None);
+        assert!(attached.members.is_empty());
     }
 }

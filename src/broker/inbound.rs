@@ -6,7 +6,7 @@
 
 use serde_json::Value;
 
-use super::protocol::{self, action, AblyError, DecodeError, Format};
+use super::protocol::{self, action, flag, AblyError, DecodeError, Format};
 
 /// One protocol message from a client, by action (TR2).
 #[derive(Debug, Clone, PartialEq)]
@@ -17,8 +17,11 @@ pub(crate) enum Inbound {
     },
     Close,
     Disconnect,
+    /// An attach (RTL4), with the channel params (RTL4k) and modes
+    /// (RTL4l) it asked for, or why they are not acceptable.
     Attach {
         channel: Option<String>,
+        options: Result<AttachOptions, AttachError>,
     },
     Detach {
         channel: Option<String>,
@@ -96,7 +99,17 @@ impl Inbound {
             },
             action::CLOSE => Inbound::Close,
             action::DISCONNECT => Inbound::Disconnect,
-            action::ATTACH => Inbound::Attach { channel },
+            action::ATTACH => Inbound::Attach {
+                channel,
+                options: AttachOptions::from_fields(
+                    fields.get("params"),
+                    fields.get("flags").and_then(Value::as_u64).unwrap_or(0),
+                    fields
+                        .get("channelSerial")
+                        .and_then(Value::as_str)
+                        .is_some_and(|s| !s.is_empty()),
+                ),
+            },
             action::DETACH => Inbound::Detach { channel },
             action::MESSAGE => Inbound::Message {
                 serial: serial.ok_or(FrameError::NoSerial)?,
@@ -119,6 +132,105 @@ impl Inbound {
             },
             other => Inbound::Other(other),
         })
+    }
+}
+
+/// The most messages a rewind delivers, as on Ably ("a fairly low rewind
+/// limit (50 or 100)": https://github.com/ably/docs/pull/729).
+pub(crate) const MAX_REWIND: u32 = 100;
+
+/// A `rewind` channel param (https://ably.com/docs/channels/options/rewind):
+/// the last `Count` messages, or those of the last `Within` milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Rewind {
+    Count(u32),
+    WithinMs(u64),
+}
+
+/// What an ATTACH asks for beyond the channel.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(crate) struct AttachOptions {
+    /// With the value as sent, echoed in ATTACHED's `params` (RTL4k1).
+    pub(crate) rewind: Option<(Rewind, String)>,
+    /// The requested modes (TR3 bits 16–19), when the client asked for any
+    /// (RTL4l); `None` means "whatever the capability allows".
+    pub(crate) modes: Option<u64>,
+    /// A reattach that resumes (a `channelSerial`, RTL4c1, or the older
+    /// ATTACH_RESUME flag, TR3f): rewind does not apply to it ("Rewind only
+    /// has an effect on an initial channel attachment").
+    pub(crate) resume: bool,
+}
+
+/// Why an ATTACH's params cannot be honoured: the attach fails with a
+/// channel ERROR, as Ably fails an attach whose rewind "cannot be parsed
+/// either as a number or a time specifier"
+/// (https://ably.com/docs/channels/options/rewind).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum AttachError {
+    #[error("ATTACH params must be an object of strings (RTL4k)")]
+    Params,
+    #[error("invalid rewind {0:?}: use a number of messages (\"10\") or a time such as \"30s\" or \"2m\"")]
+    Rewind(String),
+}
+
+impl From<AttachError> for AblyError {
+    fn from(error: AttachError) -> AblyError {
+        AblyError::new(40000, 400, error.to_string())
+    }
+}
+
+impl Rewind {
+    /// `N` messages, or `Ns`/`Nm`/`Nh` of time; at most 9 digits.
+    fn parse(text: &str) -> Option<Rewind> {
+        let (digits, unit_ms) = match text.as_bytes().last()? {
+            b's' => (&text[..text.len() - 1], Some(1_000)),
+            b'm' => (&text[..text.len() - 1], Some(60_000)),
+            b'h' => (&text[..text.len() - 1], Some(3_600_000)),
+            _ => (text, None),
+        };
+        if digits.is_empty() || digits.len() > 9 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let n: u64 = digits.parse().ok()?;
+        Some(match unit_ms {
+            Some(unit) => Rewind::WithinMs(n * unit),
+            None => Rewind::Count(u32::try_from(n).ok()?),
+        })
+    }
+}
+
+impl AttachOptions {
+    /// The modes a client can ask for (TR3q–TR3t; TB2d).
+    pub(crate) const MODES: u64 =
+        flag::PRESENCE | flag::PUBLISH | flag::SUBSCRIBE | flag::PRESENCE_SUBSCRIBE;
+
+    /// Reads `params` and `flags` of an ATTACH. Params other than `rewind`
+    /// are ignored: ATTACHED echoes only "the subset of those params that
+    /// the server has recognised and validated" (RTL4k1).
+    fn from_fields(
+        params: Option<&Value>,
+        flags: u64,
+        has_serial: bool,
+    ) -> Result<AttachOptions, AttachError> {
+        let modes = flags & AttachOptions::MODES;
+        let mut options = AttachOptions {
+            rewind: None,
+            modes: (modes != 0).then_some(modes),
+            resume: has_serial || flags & flag::ATTACH_RESUME != 0,
+        };
+        match params {
+            None | Some(Value::Null) => {}
+            Some(Value::Object(params)) => {
+                if let Some(rewind) = params.get("rewind") {
+                    let text = rewind.as_str().ok_or(AttachError::Params)?;
+                    let parsed = Rewind::parse(text)
+                        .ok_or_else(|| AttachError::Rewind(text.chars().take(32).collect()))?;
+                    options.rewind = Some((parsed, text.to_string()));
+                }
+            }
+            Some(_) => return Err(AttachError::Params),
+        }
+        Ok(options)
     }
 }
 
@@ -200,7 +312,10 @@ mod tests {
         );
         assert_eq!(
             Inbound::from_frame(json!({"action": 10, "channel": 5})),
-            Ok(Inbound::Attach { channel: None })
+            Ok(Inbound::Attach {
+                channel: None,
+                options: Ok(AttachOptions::default())
+            })
         );
         assert_eq!(
             Inbound::from_frame(
@@ -251,6 +366,91 @@ mod tests {
                 "malformed protocol message: the frame is not valid JSON"
             )
         );
+    }
+
+    fn attach(frame: Value) -> Result<AttachOptions, AttachError> {
+        match Inbound::from_frame(frame) {
+            Ok(Inbound::Attach { options, .. }) => options,
+            other => panic!("not an attach: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn attach_params_and_modes_are_parsed() {
+        let options = attach(json!({
+            "action": 10, "channel": "c",
+            "params": {"rewind": "10", "delta": "vcdiff", "occupancy": "metrics"},
+            "flags": flag::PUBLISH | flag::SUBSCRIBE | flag::HAS_BACKLOG,
+        }))
+        .unwrap();
+        assert_eq!(
+            options,
+            AttachOptions {
+                rewind: Some((Rewind::Count(10), "10".into())),
+                modes: Some(flag::PUBLISH | flag::SUBSCRIBE),
+                resume: false,
+            }
+        );
+        for (text, ms) in [
+            ("30s", 30_000),
+            ("2m", 120_000),
+            ("1h", 3_600_000),
+            ("0s", 0),
+        ] {
+            let options = attach(json!({"action": 10, "params": {"rewind": text}})).unwrap();
+            assert_eq!(options.rewind, Some((Rewind::WithinMs(ms), text.into())));
+        }
+        // A channelSerial (RTL4c1) or ATTACH_RESUME makes it a resume.
+        assert!(
+            attach(json!({"action": 10, "channelSerial": "s:1", "params": {}}))
+                .unwrap()
+                .resume
+        );
+        assert!(
+            attach(json!({"action": 10, "flags": flag::ATTACH_RESUME}))
+                .unwrap()
+                .resume
+        );
+        assert!(
+            !attach(json!({"action": 10, "channelSerial": ""}))
+                .unwrap()
+                .resume
+        );
+    }
+
+    #[test]
+    fn bad_rewind_values_are_attach_errors() {
+        for text in [
+            "",
+            "-1",
+            "1.5",
+            "abc",
+            "10x",
+            "s",
+            "1m30s",
+            "9999999999",
+            " 1",
+        ] {
+            assert_eq!(
+                attach(json!({"action": 10, "params": {"rewind": text}})),
+                Err(AttachError::Rewind(text.into())),
+                "{text:?}"
+            );
+        }
+        assert_eq!(
+            attach(json!({"action": 10, "params": {"rewind": 5}})),
+            Err(AttachError::Params)
+        );
+        assert_eq!(
+            attach(json!({"action": 10, "params": ["rewind"]})),
+            Err(AttachError::Params)
+        );
+        let long = "x".repeat(1000);
+        let error =
+            AblyError::from(attach(json!({"action": 10, "params": {"rewind": long}})).unwrap_err());
+        assert_eq!(error.code, 40000);
+        assert_eq!(error.status, 400);
+        assert!(error.message.len() < 200, "{}", error.message);
     }
 
     #[test]

@@ -32,7 +32,9 @@ pub(crate) mod action {
 
 pub(crate) mod flag {
     pub(crate) const HAS_PRESENCE: u64 = 1 << 0;
+    pub(crate) const HAS_BACKLOG: u64 = 1 << 1;
     pub(crate) const RESUMED: u64 = 1 << 2;
+    pub(crate) const ATTACH_RESUME: u64 = 1 << 5;
     pub(crate) const PRESENCE: u64 = 1 << 16;
     pub(crate) const PUBLISH: u64 = 1 << 17;
     pub(crate) const SUBSCRIBE: u64 = 1 << 18;

@@ -633,8 +633,8 @@ pub(crate) async fn channel_status(
     let credentials = authenticate(&req, &state)?;
     require(&credentials, &channel, Operation::ChannelMetadata)?;
     let occupancy = state.hub.occupancy(&channel).unwrap_or_default();
-    // The broker does not record attach modes: every subscriber counts as a
-    // presence subscriber and as a publisher.
+    // Subscribers by granted mode (SUBSCRIBE, PRESENCE_SUBSCRIBE); the
+    // broker does not track PUBLISH modes, so `publishers` counts subscribers.
     Ok(respond(
         &req,
         StatusCode::OK,
@@ -646,7 +646,7 @@ pub(crate) async fn channel_status(
                     "connections": occupancy.connections,
                     "presenceConnections": occupancy.presence_connections,
                     "presenceMembers": occupancy.presence_members,
-                    "presenceSubscribers": occupancy.subscribers,
+                    "presenceSubscribers": occupancy.presence_subscribers,
                     "publishers": occupancy.subscribers,
                     "subscribers": occupancy.subscribers,
                 }},

@@ -5,6 +5,7 @@
 //! `info`). See `helpers::init_test_logging`.
 
 mod architecture;
+mod attach;
 mod broker;
 mod cli;
 mod defences;
