@@ -16,7 +16,7 @@ use std::sync::{Arc, RwLock};
 
 use actix_cors::Cors;
 use actix_web::dev::Server;
-use actix_web::http::{header, Method, StatusCode};
+use actix_web::http::{header, StatusCode};
 use actix_web::middleware::{from_fn, DefaultHeaders};
 use actix_web::{web, App, HttpRequest, HttpServer};
 use prometheus_client::collector::Collector;
@@ -199,7 +199,7 @@ fn serve(listener: TcpListener, state: web::Data<AppState>) -> std::io::Result<S
     let origins = server_settings.cors_allowed_origins.clone();
     let mut server = HttpServer::new(move || {
         let mut cors = Cors::default()
-            .allowed_methods([Method::GET, Method::POST])
+            .allowed_methods(routes::methods())
             .allowed_headers(CORS_HEADERS.iter().copied())
             .expose_headers(["x-ably-errorcode", "x-ably-errormessage"])
             .max_age(600)

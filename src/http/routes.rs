@@ -96,6 +96,17 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig, dev: bool) {
     }
 }
 
+/// Every method some route answers: what a CORS preflight may allow.
+pub(crate) fn methods() -> Vec<Method> {
+    let mut all: Vec<Method> = Vec::new();
+    for method in Route::ALL.into_iter().flat_map(Route::methods) {
+        if !all.contains(method) {
+            all.push(method.clone());
+        }
+    }
+    all
+}
+
 /// The metrics label for a request path: a route's path, or `other`, so a
 /// scan of random paths cannot create unbounded series.
 pub(crate) fn label(path: &str) -> &'static str {
@@ -113,6 +124,11 @@ mod tests {
             assert_eq!(label(route.path()), route.path());
             assert!(!route.methods().is_empty());
         }
+    }
+
+    #[test]
+    fn cors_allows_exactly_the_methods_the_routes_answer() {
+        assert_eq!(methods(), vec![Method::GET, Method::POST]);
     }
 
     #[test]
