@@ -4,6 +4,10 @@
 #
 # usage (from the repo root): bash benches/load/run.sh
 # env:
+#   MODE=shared|onecore    shared (default): wrk -t2 and the server share both cores, one server after
+#                          the other; onecore: server pinned to CPU 0, wrk -t1 to CPU 1, interleaved
+#                          rounds, CPU per request from /proc, a paced run, the openssl RSA ceiling
+#                          (benches/load/onecore.sh; ROUNDS=3, PACED_RPS=2000)
 #   ONLY=both|peer|tokend  which servers to measure (default both; peer works before the Rust binary exists)
 #   DURATION=20s           measured wrk run per server (a 5 s warm-up before each is discarded)
 #   TOKENS=2000            distinct session tokens to mint and cycle through
@@ -19,6 +23,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(git -C "$HERE" rev-parse --show-toplevel 2>/dev/null || (cd "$HERE/../.." && pwd))
 cd "$ROOT"
 
+MODE=${MODE:-shared}
 ONLY=${ONLY:-both}
 DURATION=${DURATION:-20s}
 WARMUP=5s
@@ -26,7 +31,7 @@ TOKENS=${TOKENS:-2000}
 OUT=${OUT:-target/bench-load.md}
 PEER_DIR=${PEER_DIR:-$ROOT/../shared/peers/node-token-route}
 # Recorded in the report before the defaults below fill these in.
-INVOCATION="ONLY=$ONLY DURATION=$DURATION TOKENS=$TOKENS${SKIP_BUILD:+ SKIP_BUILD=$SKIP_BUILD}${TOKEND_BIN:+ TOKEND_BIN=$TOKEND_BIN} bash benches/load/run.sh"
+INVOCATION="MODE=$MODE ONLY=$ONLY DURATION=$DURATION TOKENS=$TOKENS${SKIP_BUILD:+ SKIP_BUILD=$SKIP_BUILD}${TOKEND_BIN:+ TOKEND_BIN=$TOKEND_BIN} bash benches/load/run.sh"
 if [[ -n ${TOKEND_BIN:-} ]]; then
   SKIP_BUILD=1
 else
@@ -37,6 +42,7 @@ THREADS=2
 CONNECTIONS=32
 API_KEY=appId.keyId:benchsecret
 
+case $MODE in shared) SERVER_PIN=() ;; onecore) SERVER_PIN=(taskset -c 0) ;; *) echo "MODE must be shared or onecore, not '$MODE'" >&2; exit 2 ;; esac
 case $ONLY in both | peer | tokend) ;; *) echo "ONLY must be both, peer or tokend, not '$ONLY'" >&2; exit 2 ;; esac
 [[ $TOKENS =~ ^[0-9]+$ && $TOKENS -ge 4 ]] || { echo "TOKENS must be an integer >= 4 (one support user at least), not '$TOKENS'" >&2; exit 2; }
 
@@ -166,7 +172,7 @@ read -r PEER_PORT TOKEND_PORT <<<"$PORTS"
 declare -A URL PID
 if want peer; then
   PORT=$PEER_PORT ABLY_API_KEY=$API_KEY JWKS_URL=$JWKS_URL ISSUER=$ISSUER ROLE_CLAIM=metadata \
-    node "$TMP/peer/server.mjs" >"$TMP/peer.log" 2>&1 &
+    "${SERVER_PIN[@]}" node "$TMP/peer/server.mjs" >"$TMP/peer.log" 2>&1 &
   PEER_PID=$!
   PIDS+=("$PEER_PID")
   PID[peer]=$PEER_PID
@@ -225,7 +231,7 @@ EOF
   unset_vars=()
   while read -r name; do unset_vars+=(-u "$name"); done < <(compgen -e | grep '^ABLY_TOKEND_' || true)
   env "${unset_vars[@]}" ABLY_API_KEY=$API_KEY \
-    "$TOKEND_BIN" serve --config "$TMP/bench.toml" >"$TMP/tokend.log" 2>&1 &
+    "${SERVER_PIN[@]}" "$TOKEND_BIN" serve --config "$TMP/bench.toml" >"$TMP/tokend.log" 2>&1 &
   TOKEND_PID=$!
   PIDS+=("$TOKEND_PID")
   PID[tokend]=$TOKEND_PID
@@ -278,6 +284,7 @@ fi
 
 # One value from tokens.lua's "BENCH k=v k=v ..." line.
 field_of() { awk -v k="$2" '{ for (i = 2; i <= NF; i++) { split($i, kv, "="); if (kv[1] == k) print kv[2] } }' <<<"$1"; }
+ms() { awk -v us="$1" 'BEGIN { printf "%.2f ms", us / 1000 }'; }
 
 # CPU accounting, in clock ticks, to tell how much of the machine something other than wrk and
 # the server under test used during a run (a build in another terminal, say): on 2 cores that skews
@@ -288,6 +295,12 @@ proc_ticks() {
   if [[ $1 == children ]]; then awk '{ print $16 + $17 }' "/proc/$$/stat"; else awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; fi
 }
 CLK_TCK=$(getconf CLK_TCK)
+
+if [[ $MODE == onecore ]]; then
+  # shellcheck source=benches/load/onecore.sh
+  source "$HERE/onecore.sh"
+  exit 0
+fi
 
 # ---------------------------------------------------------------------------------------------
 # 5. Load. One server at a time, so they never compete for the 2 cores.
@@ -327,7 +340,6 @@ done
 # ---------------------------------------------------------------------------------------------
 # 6. Report: terminal table plus a markdown file with enough context to compare runs later.
 field() { field_of "${RESULT[$1]}" "$2"; }
-ms() { awk -v us="$1" 'BEGIN { printf "%.2f ms", us / 1000 }'; }
 
 CPU_MODEL=$(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
 NPROC=$(nproc)
