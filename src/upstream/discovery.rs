@@ -26,7 +26,7 @@ pub(crate) enum DiscoveryError {
     Fetch(String),
     #[error("the discovery document is not a JSON object with string issuer and jwks_uri: {0}")]
     Garbage(String),
-    #[error("the discovery document names issuer {found:?}, not {expected:?} (OpenID Connect Discovery 1.0 §4.3 requires them to be identical)")]
+    #[error("the discovery document names issuer {found:?}, not {expected:?} (OpenID Connect Discovery 1.0 section 4.3 requires them to be identical)")]
     OtherIssuer { found: String, expected: String },
     #[error("the discovery document's jwks_uri {0:?} is not a URL")]
     BadJwksUri(String),
@@ -90,7 +90,7 @@ pub(crate) async fn discover(
 fn shorten(text: &str) -> String {
     const MAX: usize = 200;
     match text.char_indices().nth(MAX) {
-        Some((at, _)) => format!("{}…", &text[..at]),
+        Some((at, _)) => format!("{}...", &text[..at]),
         None => text.to_string(),
     }
 }
@@ -140,7 +140,7 @@ mod tests {
                 expected: ISS.into()
             }
         );
-        assert!(e.to_string().contains("§4.3"), "{e}");
+        assert!(e.to_string().contains("section 4.3"), "{e}");
     }
 
     #[test]

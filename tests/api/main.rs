@@ -10,6 +10,8 @@ mod broker;
 mod cli;
 mod defences;
 mod denials;
+mod discovery;
+mod discovery_check_config;
 mod helpers;
 mod http;
 mod idempotency;
