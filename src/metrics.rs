@@ -301,7 +301,12 @@ impl Collector for JwksCollector {
         )?;
         let ok: Vec<(&[(&str, &str)], ConstGauge)> = discovering
             .iter()
-            .map(|(l, d)| (&l[..], ConstGauge::new(i64::from(d.last_error.is_none() && d.jwks_uri.is_some()))))
+            .map(|(l, d)| {
+                (
+                    &l[..],
+                    ConstGauge::new(i64::from(d.last_error.is_none() && d.jwks_uri.is_some())),
+                )
+            })
             .collect();
         labelled(
             &mut encoder,

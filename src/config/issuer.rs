@@ -114,7 +114,11 @@ fn jwks(at: &At, field: &str, url: &str, raw: &RawIssuer) -> Result<JwksSettings
         ""
     };
     let url = reqwest::Url::parse(url).map_err(|e| {
-        let shown = if discovery.is_empty() { url } else { &raw.issuer };
+        let shown = if discovery.is_empty() {
+            url
+        } else {
+            &raw.issuer
+        };
         invalid(
             at.field(field),
             format!("{shown:?} is not a URL: {e}{discovery}"),

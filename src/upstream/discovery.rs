@@ -114,9 +114,11 @@ mod tests {
 
     #[test]
     fn the_jwks_uri_of_a_document_naming_this_issuer_is_used() {
-        let uri =
-            parse_document(&doc(ISS, "https://tenant.auth0.example/.well-known/jwks.json"), ISS)
-                .unwrap();
+        let uri = parse_document(
+            &doc(ISS, "https://tenant.auth0.example/.well-known/jwks.json"),
+            ISS,
+        )
+        .unwrap();
         assert_eq!(
             uri.as_str(),
             "https://tenant.auth0.example/.well-known/jwks.json"

@@ -305,8 +305,7 @@ impl JwksCache {
             return Ok(self.settings.url.clone());
         };
         let found =
-            discovery::discover(&self.client, &self.settings.url, iss, self.settings.timeout)
-                .await;
+            discovery::discover(&self.client, &self.settings.url, iss, self.settings.timeout).await;
         let now = self.now();
         let mut state = self.write();
         state.discovery_fetches += 1;
@@ -321,10 +320,7 @@ impl JwksCache {
                 Ok(uri)
             }
             Err(error) => {
-                let error = format!(
-                    "OIDC discovery at {} failed: {error}",
-                    self.settings.url
-                );
+                let error = format!("OIDC discovery at {} failed: {error}", self.settings.url);
                 tracing::warn!(issuer = %self.issuer, error = %error, "OIDC discovery failed");
                 state.discovery_failures += 1;
                 state.discovery_error = Some(error.clone());

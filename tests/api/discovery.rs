@@ -145,8 +145,7 @@ async fn serve(request: HttpRequest, state: web::Data<ProviderState>) -> HttpRes
                 .content_type("application/json")
                 .body(body),
             DocMode::Status(status) => {
-                HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap())
-                    .finish()
+                HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap()).finish()
             }
             DocMode::RedirectLoop => HttpResponse::Found()
                 .insert_header(("location", request.path().to_string()))
@@ -368,7 +367,10 @@ async fn garbage_oversized_and_failing_documents_leave_the_issuer_without_keys()
             DocMode::Body("{\"issuer\": \"http://127.0.0.1".into()),
             "not a JSON object",
         ),
-        (DocMode::Body("<html>sign in</html>".into()), "not a JSON object"),
+        (
+            DocMode::Body("<html>sign in</html>".into()),
+            "not a JSON object",
+        ),
         (DocMode::Body(ten_mb), "larger than 65536 bytes"),
         (DocMode::Status(500), "answered 500"),
         (DocMode::Status(404), "answered 404"),

@@ -105,7 +105,10 @@ async fn each_failing_issuer_says_why_and_the_exit_status_is_1() {
     let ec_only = JwksServer::start(&[&ec]).await;
     let provider = ProviderServer::start(&[&rsa]).await;
     let iss = provider.base();
-    provider.publish_doc("https://evil.example", &format!("{iss}/.well-known/jwks.json"));
+    provider.publish_doc(
+        "https://evil.example",
+        &format!("{iss}/.well-known/jwks.json"),
+    );
     let slow = ProviderServer::start(&[&rsa]).await;
     slow.set_doc(DocMode::RedirectLoop);
     let config = write_config(
@@ -139,7 +142,10 @@ async fn each_failing_issuer_says_why_and_the_exit_status_is_1() {
     assert_eq!(lines.len(), 7, "{stdout}");
     assert!(lines[0].ends_with(": ok (4 issuers)"), "{stdout}");
     assert!(lines[1].starts_with("policy   FAIL "), "{stdout}");
-    assert!(lines[1].contains("roles.x.capabilities[0].channel"), "{stdout}");
+    assert!(
+        lines[1].contains("roles.x.capabilities[0].channel"),
+        "{stdout}"
+    );
     assert!(
         lines[2].starts_with("issuer   FAIL down       ")
             && lines[2].contains("could not connect to the server of the JWKS"),

@@ -20,5 +20,6 @@ mod keys;
 mod names;
 mod operations;
 mod process;
+mod readme_providers;
 mod rest_surface;
 mod tokens;
