@@ -550,3 +550,47 @@ fn an_issuer_without_keys_must_be_a_url_discovery_can_use() {
         Settings::from_toml(&discovery_config(issuer, "")).unwrap();
     }
 }
+
+#[actix_web::test]
+async fn the_last_good_jwks_uri_is_kept_only_within_the_stale_bound() {
+    let key = TestKey::rsa("rsa1", "k1");
+    let clock = ManualClock::at_ms(now_ms());
+    let (provider, app) = discovered(
+        &key,
+        r#"jwks_cache_ttl = "1s"
+        jwks_refetch_cooldown = "1s"
+        jwks_stale_for = "2s""#,
+        clock.clone(),
+    )
+    .await;
+    let iss = provider.base();
+    app.wait_until_ready().await;
+    assert_eq!(provider.key_fetches(), 1);
+    provider.set_doc(DocMode::Status(503));
+    let token = || key.sign(header(), &claims(&iss, "user_1"));
+
+    // 1.3 s after the last good discovery (within ttl + stale_for = 3 s): the
+    // background refresh still fetches the key set from the known jwks_uri.
+    clock.advance(Duration::from_millis(1300));
+    ok_json(app.get_token("/api/ably-token", &token()).await).await;
+    eventually("the refresh from the last good jwks_uri", || async {
+        provider.key_fetches() == 2
+    })
+    .await;
+
+    // 3.5 s after it: the jwks_uri is no longer trusted, so the refresh
+    // fails, while the keys fetched at 1.3 s still serve (stale until 4.3 s).
+    clock.advance(Duration::from_millis(2200));
+    ok_json(app.get_token("/api/ably-token", &token()).await).await;
+    eventually("the failed refresh", || async {
+        let ready = app.wait_until_ready().await;
+        ready["issuers"][0]["failures"] == 1
+    })
+    .await;
+    assert_eq!(provider.key_fetches(), 2, "the old jwks_uri was not used");
+
+    // Past the stale bound of those keys: none left, and /readyz says why.
+    clock.advance(Duration::from_millis(900));
+    assert_without_keys(&app, &iss, &key, "answered 503").await;
+    assert_eq!(provider.key_fetches(), 2);
+}
