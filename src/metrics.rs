@@ -14,7 +14,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::upstream::{Readiness, Verifier};
+use crate::upstream::{DiscoveryStatus, Readiness, Verifier};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -275,6 +275,44 @@ impl Collector for JwksCollector {
             "jwks_ready",
             "1 while the issuer has usable keys",
             &series(&|s| i64::from(s.readiness == Readiness::Ready)),
+        )?;
+        // Only issuers found by OIDC discovery have these series.
+        let discovering: Vec<([(&str, &str); 1], &DiscoveryStatus)> = status
+            .iter()
+            .filter_map(|(n, s)| Some(([("issuer", n.as_str())], s.discovery.as_ref()?)))
+            .collect();
+        let of = |f: &dyn Fn(&DiscoveryStatus) -> u64| -> Vec<(&[(&str, &str)], ConstCounter)> {
+            discovering
+                .iter()
+                .map(|(l, d)| (&l[..], ConstCounter::new(f(d))))
+                .collect()
+        };
+        labelled(
+            &mut encoder,
+            "oidc_discovery_fetches",
+            "OIDC discovery document fetches per issuer",
+            &of(&|d| d.fetches),
+        )?;
+        labelled(
+            &mut encoder,
+            "oidc_discovery_failures",
+            "Failed OIDC discovery fetches per issuer (a document that cannot be fetched, is not JSON, names another issuer or an insecure jwks_uri)",
+            &of(&|d| d.failures),
+        )?;
+        let ok: Vec<(&[(&str, &str)], ConstGauge)> = discovering
+            .iter()
+            .map(|(l, d)| {
+                (
+                    &l[..],
+                    ConstGauge::new(i64::from(d.last_error.is_none() && d.jwks_uri.is_some())),
+                )
+            })
+            .collect();
+        labelled(
+            &mut encoder,
+            "oidc_discovery_ok",
+            "1 while the issuer's last OIDC discovery succeeded",
+            &ok,
         )
     }
 }

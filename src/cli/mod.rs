@@ -1,6 +1,7 @@
 //! The command line (README.md, "Command line"). Exit codes: 0 ok, 1 invalid input or
 //! denied, 2 usage error (clap's own).
 
+mod check_config;
 mod inspect;
 mod policy_cmd;
 mod serve;
@@ -53,6 +54,13 @@ enum Command {
         config: Option<PathBuf>,
         #[arg(long, value_enum)]
         log_format: Option<LogFormatArg>,
+    },
+    /// Load the configuration and policy, then try every issuer once
+    /// (discovery, JWKS, secret); exit 0 only when all of it works.
+    CheckConfig {
+        /// Configuration file (default: ably-tokend.toml when present).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
     },
     /// Validate and explain policy files.
     #[command(subcommand)]
@@ -150,6 +158,7 @@ pub fn run() -> ExitCode {
             json_line: json,
             cors_origins,
         }),
+        Command::CheckConfig { config } => check_config::check_config(config),
         Command::Policy(PolicyCommand::Check { files }) => policy_cmd::check(&files),
         Command::Policy(PolicyCommand::Explain(args)) => policy_cmd::explain(args),
         Command::Policy(PolicyCommand::Test { dir }) => policy_cmd::test(&dir),

@@ -75,18 +75,24 @@ fn check_names(at: &At, raw: &RawIssuer) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// Exactly one of `jwks_url` and `secret`.
+/// At most one of `jwks_url` and `secret`; with neither, the key set is found
+/// by OIDC discovery (OpenID Connect Discovery 1.0 §4) from the issuer.
 fn key_source(at: &At, raw: &RawIssuer) -> Result<KeySource, ConfigError> {
     match (&raw.jwks_url, &raw.secret) {
         (Some(_), Some(_)) => Err(invalid(
             at.field("secret"),
             "set jwks_url or secret, not both (an issuer uses one kind of key)",
         )),
-        (None, None) => Err(invalid(
-            at.field("jwks_url"),
-            "set jwks_url (OIDC issuers) or secret (HS256 development issuer)",
-        )),
-        (Some(url), None) => Ok(KeySource::Jwks(jwks(at, url, raw)?)),
+        (None, None) => {
+            // §4: the document sits at the issuer with any trailing slash
+            // removed, followed by /.well-known/openid-configuration.
+            let url = format!(
+                "{}/.well-known/openid-configuration",
+                raw.issuer.trim_end_matches('/')
+            );
+            Ok(KeySource::Discovery(jwks(at, "issuer", &url, raw)?))
+        }
+        (Some(url), None) => Ok(KeySource::Jwks(jwks(at, "jwks_url", url, raw)?)),
         (None, Some(secret)) => {
             if secret.len() < MIN_SECRET_BYTES {
                 return Err(invalid(
@@ -99,17 +105,33 @@ fn key_source(at: &At, raw: &RawIssuer) -> Result<KeySource, ConfigError> {
     }
 }
 
-fn jwks(at: &At, url: &str, raw: &RawIssuer) -> Result<JwksSettings, ConfigError> {
-    let url = reqwest::Url::parse(url)
-        .map_err(|e| invalid(at.field("jwks_url"), format!("{url:?} is not a URL: {e}")))?;
+/// The key set's settings; `field` names where `url` came from (`jwks_url`,
+/// or `issuer` for a discovery document).
+fn jwks(at: &At, field: &str, url: &str, raw: &RawIssuer) -> Result<JwksSettings, ConfigError> {
+    let discovery = if field == "issuer" {
+        " (with neither jwks_url nor secret, OIDC discovery fetches {issuer}/.well-known/openid-configuration)"
+    } else {
+        ""
+    };
+    let url = reqwest::Url::parse(url).map_err(|e| {
+        let shown = if discovery.is_empty() {
+            url
+        } else {
+            &raw.issuer
+        };
+        invalid(
+            at.field(field),
+            format!("{shown:?} is not a URL: {e}{discovery}"),
+        )
+    })?;
     match url.scheme() {
         "https" => {}
         // A JWKS served by a process on this machine cannot be intercepted.
         "http" if is_loopback_host(&url) => {}
         _ => {
             return Err(invalid(
-                at.field("jwks_url"),
-                "must be https (plain http is allowed only on loopback)",
+                at.field(field),
+                format!("must be https (plain http is allowed only on loopback){discovery}"),
             ))
         }
     }
@@ -165,7 +187,8 @@ fn check_jwks_timings(at: &At, jwks: &JwksSettings) -> Result<(), ConfigError> {
     )
 }
 
-fn is_loopback_host(url: &reqwest::Url) -> bool {
+/// Whether `url` names this machine, where plain http cannot be intercepted.
+pub(crate) fn is_loopback_host(url: &reqwest::Url) -> bool {
     match url.host() {
         Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
         Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
@@ -182,7 +205,7 @@ fn algorithms(
     names: Option<Vec<String>>,
 ) -> Result<Vec<Algorithm>, ConfigError> {
     let (allowed, default, kind) = match keys {
-        KeySource::Jwks(_) => (
+        KeySource::Jwks(_) | KeySource::Discovery(_) => (
             ASYMMETRIC,
             "RS256",
             "a JWKS issuer allows RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA",

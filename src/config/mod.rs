@@ -20,6 +20,7 @@ use crate::policy::ClaimPointer;
 use crate::signing::{ApiKey, KeySecret};
 use raw::{RawAbly, RawBroker, RawIssuer, RawLog, RawPolicy, RawServer, RawSettings};
 
+pub(crate) use issuer::is_loopback_host;
 pub(crate) use validate::check_cors_origins;
 
 pub(crate) const DEFAULT_CONFIG_FILE: &str = "ably-tokend.toml";
@@ -107,6 +108,9 @@ impl AblySettings {
 #[derive(Debug, Clone)]
 pub(crate) enum KeySource {
     Jwks(JwksSettings),
+    /// OIDC discovery: `url` is the issuer's discovery document, whose
+    /// `jwks_uri` names the key set; the timings are the key set's.
+    Discovery(JwksSettings),
     /// HS256/384/512 shared secret, for development issuers.
     Secret(KeySecret),
 }

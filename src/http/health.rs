@@ -14,7 +14,6 @@ pub(crate) async fn healthz() -> HttpResponse {
         .body(r#"{"status":"ok"}"#)
 }
 
-/// Ready once a policy is loaded and every JWKS issuer has usable keys.
 pub(crate) async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
         .insert_header(("content-type", "text/plain; version=0.0.4; charset=utf-8"))
@@ -31,6 +30,11 @@ fn policy_detail(state: &AppState) -> serde_json::Value {
     })
 }
 
+/// Ready once a policy is loaded and every JWKS issuer (OIDC discovery
+/// included) has usable keys; otherwise 503 naming each issuer and why.
+/// An issuer found by discovery also reports its document, the `jwks_uri` in
+/// use and the last discovery error (which does not make it unready while
+/// its keys are usable).
 pub(crate) async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let mut problems = Vec::new();
     let issuers: Vec<_> = state
@@ -50,6 +54,13 @@ pub(crate) async fn readyz(state: web::Data<AppState>) -> HttpResponse {
                 "fetches": status.fetches,
                 "failures": status.failures,
                 "last_error": status.last_error,
+                "discovery": status.discovery.as_ref().map(|d| json!({
+                    "document_url": d.document_url,
+                    "jwks_uri": d.jwks_uri,
+                    "fetches": d.fetches,
+                    "failures": d.failures,
+                    "last_error": d.last_error,
+                })),
             })
         })
         .collect();

@@ -4,6 +4,12 @@
 //! An unknown `kid` triggers at most one refetch per cooldown, and concurrent
 //! fetches collapse into one.
 //!
+//! An issuer found by OIDC discovery (`discovery.rs`) fetches its discovery
+//! document before each key-set fetch (so a changed `jwks_uri` is followed
+//! with the same refresh, cooldown and backoff), and while discovery fails it
+//! keeps using the last good `jwks_uri` up to `cache_ttl + stale_for` after
+//! it was last confirmed.
+//!
 //! Every freshness, cooldown, backoff and stale-bound decision reads the
 //! injected clock's monotonic time ([`crate::clock::Clock::monotonic`]), so
 //! tests age the cache by advancing a `ManualClock` instead of sleeping. Only
@@ -14,6 +20,7 @@ use std::time::Duration;
 
 use jsonwebtoken::Algorithm;
 
+use super::discovery;
 use super::jwks::{KeySet, VerifyKey, MAX_JWKS_BYTES};
 use super::UpstreamError;
 use crate::clock::SharedClock;
@@ -41,6 +48,26 @@ pub(crate) struct CacheStatus {
     pub(crate) failures: u64,
     pub(crate) last_error: Option<String>,
     pub(crate) readiness: Readiness,
+    /// For an issuer found by OIDC discovery.
+    pub(crate) discovery: Option<DiscoveryStatus>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct DiscoveryStatus {
+    pub(crate) document_url: String,
+    /// The `jwks_uri` in use: the last one a document named.
+    pub(crate) jwks_uri: Option<String>,
+    pub(crate) fetches: u64,
+    pub(crate) failures: u64,
+    /// Why the last discovery failed; cleared by the next success.
+    pub(crate) last_error: Option<String>,
+}
+
+/// What `JwksCache::probe` found: where the keys are and which they are.
+#[derive(Debug)]
+pub(crate) struct Probe {
+    pub(crate) jwks_uri: reqwest::Url,
+    pub(crate) keys: KeySet,
 }
 
 #[derive(Default)]
@@ -58,10 +85,18 @@ struct State {
     last_error: Option<String>,
     last_unknown_kid_fetch: Option<Moment>,
     refreshing: bool,
+    /// The last `jwks_uri` a discovery document named, and when.
+    discovered: Option<(reqwest::Url, Moment)>,
+    discovery_fetches: u64,
+    discovery_failures: u64,
+    discovery_error: Option<String>,
 }
 
 pub(crate) struct JwksCache {
     issuer: String,
+    /// With OIDC discovery: the `iss` the document must name; `settings.url`
+    /// is then the document's URL.
+    discovery: Option<String>,
     settings: JwksSettings,
     client: reqwest::Client,
     clock: SharedClock,
@@ -85,12 +120,29 @@ impl JwksCache {
     ) -> Arc<JwksCache> {
         Arc::new(JwksCache {
             issuer: issuer.to_string(),
+            discovery: None,
             settings,
             client,
             clock,
             state: RwLock::new(State::default()),
             fetch_lock: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// An issuer whose key set is named by its discovery document at
+    /// `settings.url`, which must name `iss` as its issuer.
+    pub(crate) fn discovering(
+        name: &str,
+        iss: &str,
+        settings: JwksSettings,
+        client: reqwest::Client,
+        clock: SharedClock,
+    ) -> Arc<JwksCache> {
+        let mut cache = JwksCache::new(name, settings, client, clock);
+        Arc::get_mut(&mut cache)
+            .expect("a cache just built has one owner")
+            .discovery = Some(iss.to_string());
+        cache
     }
 
     fn now(&self) -> Moment {
@@ -210,7 +262,10 @@ impl JwksCache {
             }
             state.last_attempt = Some(now);
         }
-        let result = self.fetch().await;
+        let result = match self.key_set_url().await {
+            Ok(url) => self.fetch(&url).await,
+            Err(error) => Err(error),
+        };
         let mut state = self.write();
         state.attempts += 1;
         match result {
@@ -242,43 +297,76 @@ impl JwksCache {
         }
     }
 
-    async fn fetch(&self) -> Result<(KeySet, Option<Duration>), String> {
-        let mut response = self
-            .client
-            .get(self.settings.url.clone())
-            .header("accept", "application/json")
-            .timeout(self.settings.timeout)
-            .send()
-            .await
-            .map_err(|e| describe_reqwest_error(&e))?;
-        if !response.status().is_success() {
-            return Err(format!("the JWKS endpoint answered {}", response.status()));
+    /// Where the key set is: `jwks_url`, or what discovery says now, or the
+    /// last good `jwks_uri` while discovery fails (within the stale bound).
+    /// Called under the fetch lock.
+    async fn key_set_url(&self) -> Result<reqwest::Url, String> {
+        let Some(iss) = &self.discovery else {
+            return Ok(self.settings.url.clone());
+        };
+        let found =
+            discovery::discover(&self.client, &self.settings.url, iss, self.settings.timeout).await;
+        let now = self.now();
+        let mut state = self.write();
+        state.discovery_fetches += 1;
+        match found {
+            Ok(uri) => {
+                let changed = state.discovered.as_ref().is_none_or(|(old, _)| *old != uri);
+                if changed {
+                    tracing::info!(issuer = %self.issuer, jwks_uri = %uri, "OIDC discovery named the key set");
+                }
+                state.discovered = Some((uri.clone(), now));
+                state.discovery_error = None;
+                Ok(uri)
+            }
+            Err(error) => {
+                let error = format!("OIDC discovery at {} failed: {error}", self.settings.url);
+                tracing::warn!(issuer = %self.issuer, error = %error, "OIDC discovery failed");
+                state.discovery_failures += 1;
+                state.discovery_error = Some(error.clone());
+                let bound = self.settings.cache_ttl + self.settings.stale_for;
+                match &state.discovered {
+                    Some((uri, at)) if now.saturating_sub(*at) <= bound => Ok(uri.clone()),
+                    _ => Err(error),
+                }
+            }
         }
-        let max_age = response
-            .headers()
+    }
+
+    async fn fetch(&self, url: &reqwest::Url) -> Result<(KeySet, Option<Duration>), String> {
+        let (headers, body) = get_bounded(
+            &self.client,
+            url,
+            self.settings.timeout,
+            MAX_JWKS_BYTES,
+            "the JWKS",
+        )
+        .await?;
+        let max_age = headers
             .get_all(reqwest::header::CACHE_CONTROL)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .find_map(parse_max_age);
-        if response
-            .content_length()
-            .is_some_and(|len| len as usize > MAX_JWKS_BYTES)
-        {
-            return Err(format!("the JWKS is larger than {MAX_JWKS_BYTES} bytes"));
-        }
-        let mut body = Vec::new();
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|e| describe_reqwest_error(&e))?
-        {
-            if body.len() + chunk.len() > MAX_JWKS_BYTES {
-                return Err(format!("the JWKS is larger than {MAX_JWKS_BYTES} bytes"));
-            }
-            body.extend_from_slice(&chunk);
-        }
         let keys = KeySet::parse(&body).map_err(|e| e.to_string())?;
         Ok((keys, max_age))
+    }
+
+    /// One discovery (when configured) and one key-set fetch, outside the
+    /// cache: for `ably-tokend check-config`.
+    pub(crate) async fn probe(&self) -> Result<Probe, String> {
+        let jwks_uri = match &self.discovery {
+            None => self.settings.url.clone(),
+            Some(iss) => {
+                discovery::discover(&self.client, &self.settings.url, iss, self.settings.timeout)
+                    .await
+                    .map_err(|e| format!("OIDC discovery at {} failed: {e}", self.settings.url))?
+            }
+        };
+        let (keys, _) = self
+            .fetch(&jwks_uri)
+            .await
+            .map_err(|e| format!("{e} (from {jwks_uri})"))?;
+        Ok(Probe { jwks_uri, keys })
     }
 
     /// Starts a fetch if there are no usable keys and none is under way; for
@@ -308,6 +396,13 @@ impl JwksCache {
                 Readiness::NotReady(format!("issuer {:?}: JWKS not fetched yet", self.issuer))
             }
         };
+        let discovery = self.discovery.as_ref().map(|_| DiscoveryStatus {
+            document_url: self.settings.url.to_string(),
+            jwks_uri: state.discovered.as_ref().map(|(uri, _)| uri.to_string()),
+            fetches: state.discovery_fetches,
+            failures: state.discovery_failures,
+            last_error: state.discovery_error.clone(),
+        });
         CacheStatus {
             key_count: usable.as_ref().map_or(0, |k| k.keys.len()),
             age: state.fetched_at.map(|t| now.saturating_sub(t)),
@@ -315,17 +410,89 @@ impl JwksCache {
             failures: state.failures,
             last_error: state.last_error.clone(),
             readiness,
+            discovery,
         }
     }
 }
 
-fn describe_reqwest_error(e: &reqwest::Error) -> String {
+/// The HTTP client every key set and discovery document is fetched with.
+pub(crate) fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .user_agent(concat!("ably-tokend/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(Duration::from_secs(5))
+        .redirect(reqwest::redirect::Policy::custom(|attempt| {
+            // A redirect must never downgrade https to http: whoever sits on
+            // the plain-text path could then hand us signing keys.
+            let downgrade = attempt.url().scheme() != "https"
+                && attempt.previous().iter().any(|u| u.scheme() == "https");
+            if downgrade {
+                attempt.error("redirected from https to plain http")
+            } else if attempt.previous().len() > 3 {
+                attempt.error("redirected more than 3 times")
+            } else {
+                attempt.follow()
+            }
+        }))
+        .build()
+        .expect("the HTTP client builds with static settings")
+}
+
+/// GETs `url` as JSON within `timeout`, refusing a non-2xx answer and a body
+/// over `max` bytes before reading past it. `what` names the document in errors.
+pub(crate) async fn get_bounded(
+    client: &reqwest::Client,
+    url: &reqwest::Url,
+    timeout: Duration,
+    max: usize,
+    what: &str,
+) -> Result<(reqwest::header::HeaderMap, Vec<u8>), String> {
+    let mut response = client
+        .get(url.clone())
+        .header("accept", "application/json")
+        .timeout(timeout)
+        .send()
+        .await
+        .map_err(|e| describe_reqwest_error(&e, what))?;
+    if !response.status().is_success() {
+        return Err(format!(
+            "the server of {what} answered {}",
+            response.status()
+        ));
+    }
+    let too_large = || format!("{what} is larger than {max} bytes");
+    if response
+        .content_length()
+        .is_some_and(|len| len as usize > max)
+    {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| describe_reqwest_error(&e, what))?
+    {
+        if body.len() + chunk.len() > max {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok((response.headers().clone(), body))
+}
+
+fn describe_reqwest_error(e: &reqwest::Error, what: &str) -> String {
     if e.is_timeout() {
-        "the JWKS endpoint timed out".into()
+        format!("fetching {what} timed out")
     } else if e.is_connect() {
-        "could not connect to the JWKS endpoint".into()
+        format!("could not connect to the server of {what}")
+    } else if e.is_redirect() {
+        // reqwest's own message names the URL; the policy's reason is the cause.
+        let why = std::error::Error::source(e)
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| "a redirect failed".into());
+        format!("fetching {what} failed: {why}")
     } else {
-        format!("the JWKS request failed: {e}")
+        format!("fetching {what} failed: {e}")
     }
 }
 

@@ -1,6 +1,7 @@
 //! Upstream identity: verifies the caller's session JWT against the issuer it
 //! names, with that issuer's keys and algorithms, and returns its claims.
 
+pub(crate) mod discovery;
 pub mod jwks;
 pub(crate) mod jwks_cache;
 pub mod jws;
@@ -14,7 +15,7 @@ use serde_json::{Map, Value};
 
 use crate::clock::SharedClock;
 use crate::config::{IssuerSettings, KeySource};
-pub(crate) use jwks_cache::{CacheStatus, JwksCache, Readiness};
+pub(crate) use jwks_cache::{CacheStatus, DiscoveryStatus, JwksCache, Probe, Readiness};
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -101,24 +102,7 @@ pub(crate) struct Verifier {
 
 impl Verifier {
     pub(crate) fn new(issuers: &[IssuerSettings], clock: SharedClock) -> Verifier {
-        let client = reqwest::Client::builder()
-            .user_agent(concat!("ably-tokend/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(std::time::Duration::from_secs(5))
-            .redirect(reqwest::redirect::Policy::custom(|attempt| {
-                // A redirect must never downgrade https to http: whoever sits on
-                // the plain-text path could then hand us signing keys.
-                let downgrade = attempt.url().scheme() != "https"
-                    && attempt.previous().iter().any(|u| u.scheme() == "https");
-                if downgrade {
-                    attempt.error("the JWKS endpoint redirected from https to plain http")
-                } else if attempt.previous().len() > 3 {
-                    attempt.error("the JWKS endpoint redirected more than 3 times")
-                } else {
-                    attempt.follow()
-                }
-            }))
-            .build()
-            .expect("the HTTP client builds with static settings");
+        let client = jwks_cache::http_client();
         let by_iss = issuers
             .iter()
             .map(|settings| {
@@ -133,6 +117,13 @@ impl Verifier {
                             clock.clone(),
                         ))
                     }
+                    KeySource::Discovery(jwks) => Keys::Jwks(JwksCache::discovering(
+                        &settings.name,
+                        &settings.issuer,
+                        jwks.clone(),
+                        client.clone(),
+                        clock.clone(),
+                    )),
                     KeySource::Secret(secret) => {
                         Keys::Secret(DecodingKey::from_secret(secret.expose()))
                     }

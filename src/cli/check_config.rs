@@ -1,0 +1,170 @@
+//! `ably-tokend check-config`: for operators before a rollout. Loads the
+//! configuration (errors name the field) and the policy, then tries every
+//! issuer once, the way the sidecar would, and prints one line per issuer
+//! saying what works or why not. Exit 0 only when everything works.
+//!
+//! Each way an issuer gets its keys (and each issuer kind to come) has its
+//! one arm in [`check_issuer`]; the rest of the command is shared.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use super::Failure;
+use crate::clock;
+use crate::config::{IssuerSettings, KeySource, Settings};
+use crate::policy::Policy;
+use crate::upstream::{jwks_cache, JwksCache, Probe};
+
+/// What trying one issuer found.
+enum Verdict {
+    Works(String),
+    Fails(String),
+}
+
+pub(crate) fn check_config(config: Option<PathBuf>) -> Result<ExitCode, Failure> {
+    let settings = Settings::load(config.as_deref())
+        .and_then(|s| s.require_issuers().map(|()| s))
+        .map_err(|e| Failure(format!("configuration: {e}")))?;
+    let shown = config.map_or_else(
+        || crate::config::DEFAULT_CONFIG_FILE.to_string(),
+        |p| p.display().to_string(),
+    );
+    println!(
+        "config   {shown}: ok ({} issuer{})",
+        settings.issuers.len(),
+        plural(settings.issuers.len())
+    );
+    let mut failed = 0;
+    match Policy::load(&settings.policy.path) {
+        Ok(policy) => println!(
+            "policy   {}: ok ({} roles)",
+            settings.policy.path.display(),
+            policy.role_names().count()
+        ),
+        Err(e) => {
+            println!("policy   FAIL {e}");
+            failed += 1;
+        }
+    }
+    let verdicts = actix_web::rt::System::new().block_on(async {
+        let client = jwks_cache::http_client();
+        let mut out = Vec::new();
+        for issuer in &settings.issuers {
+            out.push(check_issuer(issuer, &client).await);
+        }
+        out
+    });
+    let width = settings
+        .issuers
+        .iter()
+        .map(|i| i.name.len())
+        .max()
+        .unwrap_or(0);
+    for (issuer, verdict) in settings.issuers.iter().zip(&verdicts) {
+        let (mark, text) = match verdict {
+            Verdict::Works(text) => ("ok  ", text),
+            Verdict::Fails(text) => {
+                failed += 1;
+                ("FAIL", text)
+            }
+        };
+        println!("issuer   {mark} {:width$}  {text}", issuer.name);
+    }
+    Ok(if failed == 0 {
+        println!("everything works");
+        ExitCode::SUCCESS
+    } else {
+        println!("{failed} problem{} found", plural(failed));
+        ExitCode::from(1)
+    })
+}
+
+/// Tries one issuer once. A new kind of issuer adds its arm here.
+async fn check_issuer(issuer: &IssuerSettings, client: &reqwest::Client) -> Verdict {
+    let cache = match &issuer.keys {
+        KeySource::Secret(_) => {
+            return Verdict::Works(format!(
+                "shared secret present ({})",
+                names(&issuer.algorithms)
+            ))
+        }
+        KeySource::Jwks(jwks) => {
+            JwksCache::new(&issuer.name, jwks.clone(), client.clone(), clock::system())
+        }
+        KeySource::Discovery(jwks) => JwksCache::discovering(
+            &issuer.name,
+            &issuer.issuer,
+            jwks.clone(),
+            client.clone(),
+            clock::system(),
+        ),
+    };
+    let how = match &issuer.keys {
+        KeySource::Discovery(jwks) => format!("discovery {} -> jwks_uri ", jwks.url),
+        _ => "jwks ".to_string(),
+    };
+    match cache.probe().await {
+        Ok(probe) => key_set_verdict(issuer, &how, &probe),
+        Err(why) => Verdict::Fails(why),
+    }
+}
+
+/// Works when at least one published key fits an algorithm the issuer allows.
+fn key_set_verdict(issuer: &IssuerSettings, how: &str, probe: &Probe) -> Verdict {
+    let keys: Vec<String> = probe
+        .keys
+        .keys
+        .iter()
+        .map(|key| {
+            let kid = key.kid.as_deref().unwrap_or("(no kid)");
+            let algs: Vec<_> = issuer
+                .algorithms
+                .iter()
+                .filter(|alg| key.accepts(**alg))
+                .collect();
+            if algs.is_empty() {
+                format!("{kid} (fits no allowed algorithm)")
+            } else {
+                format!("{kid} {}", names(algs))
+            }
+        })
+        .collect();
+    let usable = probe
+        .keys
+        .keys
+        .iter()
+        .any(|key| issuer.algorithms.iter().any(|alg| key.accepts(*alg)));
+    let count = probe.keys.keys.len();
+    let mut text = format!(
+        "{how}{}: {count} key{} ({})",
+        probe.jwks_uri,
+        plural(count),
+        keys.join(", ")
+    );
+    if !probe.keys.skipped.is_empty() {
+        text += &format!(", {} skipped", probe.keys.skipped.len());
+    }
+    if usable {
+        Verdict::Works(text)
+    } else {
+        Verdict::Fails(format!(
+            "{text}: no key fits the issuer's algorithms ({})",
+            names(&issuer.algorithms)
+        ))
+    }
+}
+
+fn names<'a>(algs: impl IntoIterator<Item = &'a jsonwebtoken::Algorithm>) -> String {
+    algs.into_iter()
+        .map(|a| format!("{a:?}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
