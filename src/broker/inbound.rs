@@ -503,6 +503,11 @@ mod tests {
         assert_eq!(params.format, Format::Json);
         assert!(params.echo);
         assert!(matches!(presented, Presented::Nothing));
+        // resume= wins over recover= (ably-js sends one or the other); empty is neither.
+        let (params, _) = ConnectParams::from_query("resume=k-2&recover=k-3");
+        assert_eq!(params.continues, Some(Continue::Resume("k-2".into())));
+        let (params, _) = ConnectParams::from_query("resume=&recover=");
+        assert_eq!(params.continues, None);
         let (_, presented) = ConnectParams::from_query("key=a.b:c&access_token=");
         assert!(matches!(presented, Presented::Token(t) if t.is_empty()));
     }

@@ -292,3 +292,68 @@ async fn a_resume_takes_over_a_transport_the_broker_still_thinks_is_open() {
     publish(&mut bob, "room", 0, "hello").await;
     assert_eq!(new.next().await["messages"][0]["data"], "hello");
 }
+
+#[actix_web::test]
+async fn untilattach_history_is_bounded_by_the_serial_and_refuses_a_foreign_one() {
+    use base64::Engine;
+    let broker = spawn_broker(Limits::default()).await;
+    let mut publisher = broker.connect_as(EVERYONE, Some("pub")).await;
+    publish(&mut publisher, "log", 0, "one").await;
+    let (mut reader, _) = connect(&broker, &long_token(&broker, "r"), "").await;
+    let attach_serial = serial(&attach(&mut reader, "log", None).await);
+    publish(&mut publisher, "log", 1, "two").await;
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(API_KEY)
+    );
+    let history = |query: String| {
+        let basic = basic.clone();
+        let url = format!(
+            "http://127.0.0.1:{}/channels/log/messages?{query}",
+            broker.port
+        );
+        async move {
+            reqwest::Client::new()
+                .get(url)
+                .header("authorization", basic)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let response = history(format!("from_serial={attach_serial}")).await;
+    assert_eq!(response.status(), 200);
+    let link = response.headers()["link"].to_str().unwrap().to_string();
+    assert!(
+        link.contains(&format!(
+            "from_serial={}",
+            attach_serial.replace(':', "%3A")
+        )),
+        "every link keeps the bound: {link}"
+    );
+    let body: Value = response.json().await.unwrap();
+    let data: Vec<&Value> = body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| &m["data"])
+        .collect();
+    assert_eq!(data, vec![&json!("one")]);
+    let camel: Value = history(format!("fromSerial={attach_serial}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(camel.as_array().unwrap().len(), 1);
+    let refused = history("from_serial=zzzz:0000000000000001".into()).await;
+    assert_eq!(refused.status(), 400);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], 40000);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("reattach"),
+        "{body}"
+    );
+}
