@@ -16,11 +16,12 @@ use tokio::sync::{mpsc, Notify};
 use tokio::time::Sleep;
 
 use super::auth::Credentials;
+use super::continuity::Registration;
 use super::hub::{
-    sync_frame, Backlog, ChannelLimitReached, ChannelLimits, Claim, Frame, Outbox, PresenceChange,
-    Subscriber,
+    sync_frame, Backlog, Catchup, ChannelLimitReached, ChannelLimits, Claim, Frame, Outbox,
+    PresenceChange, Subscriber,
 };
-use super::inbound::{AttachOptions, ConnectParams, Inbound, Rewind, MAX_REWIND};
+use super::inbound::{AttachOptions, ConnectParams, Continue, Inbound, Rewind, MAX_REWIND};
 use super::message::{
     may_attach, message_size, random_id, resolve_client_id, speaker, stored_message, supplied_id,
     valid_channel_name,
@@ -75,6 +76,8 @@ struct Membership {
     id: String,
     key: String,
     client_id: Option<String>,
+    /// The connection as `BrokerState::sessions` knows it while open.
+    registration: Registration,
     attached: HashMap<String, OpSet>,
     /// The modes asked for on attach (RTL4l), for channels that asked.
     requested_modes: HashMap<String, u64>,
@@ -104,8 +107,14 @@ impl Drop for Membership {
         for channel in self.attached.keys().chain(self.presence_channels.iter()) {
             self.state.hub.unsubscribe(channel, &self.id);
         }
-        self.state
-            .remember_closed(&self.key, &self.id, self.client_id.as_deref());
+        // Last: a resume taking this connection over waits for this, so it
+        // subscribes under the same id only once these subscriptions ended.
+        self.state.sessions.close(
+            &self.key,
+            &self.id,
+            self.client_id.as_deref(),
+            &self.registration,
+        );
         tracing::debug!(connection = %self.id, "realtime connection closed");
     }
 }
@@ -320,14 +329,16 @@ impl Connection {
             None => self.membership.requested_modes.remove(channel),
         };
         let modes = self.granted_modes(channel, ops);
-        // Rewind applies to a first attach only, not to a resume or a
-        // reattach (https://ably.com/docs/channels/options/rewind), and
-        // delivers at most MAX_REWIND messages.
-        let backlog = options
-            .rewind
-            .as_ref()
-            .filter(|_| !already && !options.resume)
-            .map(|(rewind, _)| match *rewind {
+        // A reattach with the channelSerial last seen (RTL4c1) continues
+        // from it; a channel attached on this connection all along has
+        // nothing to catch up. Rewind applies to a first attach only, not to
+        // a resume or a reattach (https://ably.com/docs/channels/options/rewind),
+        // and delivers at most MAX_REWIND messages.
+        let catchup = match (&options.channel_serial, &options.rewind) {
+            _ if already => Catchup::Nothing,
+            (Some(serial), _) => Catchup::Resume(serial.clone()),
+            (None, Some(_)) if options.resume => Catchup::Nothing,
+            (None, Some((rewind, _))) => Catchup::Rewind(match *rewind {
                 Rewind::Count(n) => Backlog {
                     limit: n.min(MAX_REWIND) as usize,
                     since: None,
@@ -336,14 +347,16 @@ impl Connection {
                     limit: MAX_REWIND as usize,
                     since: Some(self.state.hub.now_ms().saturating_sub(ms)),
                 },
-            });
+            }),
+            (None, None) => Catchup::Nothing,
+        };
         let attached = self.state.hub.attach(
             channel,
             self.id(),
             self.membership.claim(channel),
             self.limits(),
             self.subscriber(modes),
-            backlog,
+            catchup,
         );
         let Ok(attached) = attached else {
             match previous_modes {
@@ -370,27 +383,27 @@ impl Connection {
         if !attached.members.is_empty() {
             flags |= flag::HAS_PRESENCE;
         }
-        if !attached.backlog.is_empty() {
+        if !attached.backlog.is_empty() && !attached.resumed {
             flags |= flag::HAS_BACKLOG;
         }
-        if already {
+        // RESUMED: continuity kept (RTL2f), so ably-js emits no `update`
+        // and keeps its attachSerial (RTL15c). Without it after a reattach,
+        // the client knows messages may have been missed.
+        if already || attached.resumed {
             flags |= flag::RESUMED;
         }
-        // A channelSerial (RTL15b) makes ably-js send it back when it
-        // reattaches after a resume (RTL4c1), which is how a resume is told
-        // from a first attach above. Opaque: the broker's message count.
-        let serial = format!("attach:{}", self.state.hub.messages_published());
-        let mut frame = json!({"action": action::ATTACHED, "channel": channel, "flags": flags, "channelSerial": serial});
+        // The channel's serial now (RTL15b): ably-js sends it back when it
+        // reattaches (RTL4c1) and bounds `untilAttach` history by it (RTL10b).
+        let mut frame = json!({"action": action::ATTACHED, "channel": channel, "flags": flags, "channelSerial": attached.serial});
         // The params recognised and validated (RTL4k1); others are ignored.
         if let Some((_, text)) = &options.rewind {
             frame["params"] = json!({ "rewind": text });
         }
         self.send(&frame).await?;
-        for message in attached.backlog {
-            self.send(
-                &json!({"action": action::MESSAGE, "channel": channel, "messages": [message]}),
-            )
-            .await?;
+        // A rewind's messages, or what a resume missed, before live ones:
+        // live frames wait in the outbox until this returns.
+        for frame in attached.backlog {
+            self.send(&frame).await?;
         }
         if !attached.members.is_empty() && !already {
             self.send(&sync_frame(channel, attached.members, &random_id(8)))
@@ -800,6 +813,7 @@ impl Connection {
         tokio::pin!(expiry);
         let mut armed = None;
         let mut stopping = self.state.stopping();
+        let taken_over = self.membership.registration.stop.clone();
         loop {
             self.arm_expiry(&mut armed, expiry.as_mut());
             let step = tokio::select! {
@@ -811,6 +825,12 @@ impl Connection {
                 _ = heartbeat.tick() => self.heartbeat().await,
                 _ = &mut expiry, if armed.is_some() => {
                     self.disconnect(AblyError::new(40142, 401, "token expired")).await
+                }
+                // A resume of this connection arrived on a new transport
+                // (RTN15b): this one is the client's past, end it quietly.
+                _ = taken_over.notified() => {
+                    tracing::debug!(connection = %self.id(), "taken over by a resume");
+                    Step::Stop(None)
                 }
                 _ = stopping.wait_for(|stop| *stop) => {
                     self.disconnect(AblyError::new(80003, 503, "the broker is shutting down; reconnect later")).await
@@ -827,6 +847,25 @@ impl Connection {
                 return error;
             }
         }
+    }
+}
+
+/// Why a resume or recover got a new connection: the error its CONNECTED
+/// carries (RTN15c7), which ably-js sets as `connection.errorReason` and the
+/// `connected` state change's `reason`.
+fn not_continued(asked: &Continue) -> AblyError {
+    let ttl_s = CONNECTION_STATE_TTL_MS / 1000;
+    match asked {
+        Continue::Resume(_) => AblyError::new(
+            80008,
+            400,
+            format!("unable to resume the connection: it is unknown to this broker or closed more than {ttl_s} s ago; this is a new connection"),
+        ),
+        Continue::Recover(_) => AblyError::new(
+            80018,
+            400,
+            format!("unable to recover the connection: the recovery key's connection is unknown to this broker or closed more than {ttl_s} s ago; this is a new connection"),
+        ),
     }
 }
 
@@ -867,29 +906,39 @@ pub(crate) async fn run(
             return refuse(session, format, deadline, act, error).await;
         }
     };
+    // A resume (RTN15b) or recover (RTN16k) of a connection the broker
+    // still remembers keeps its id and key (RTN15c6, RTN16d); anything else
+    // is a new connection, told why when it asked to continue (RTN15c7,
+    // RTN16l). Taken before admission: a connection taken over frees its slot.
+    let continued = match &params.continues {
+        Some(asked) => Some((
+            asked.clone(),
+            state.sessions.take(asked.key(), client_id.as_deref()).await,
+        )),
+        None => None,
+    };
     let Some(_slot) = state.admit() else {
         let error = AblyError::new(42910, 429, "the broker has reached its connection limit");
         return refuse(session, format, deadline, action::ERROR, error).await;
     };
     let (tx, outbox) = mpsc::channel(state.limits.outbox_frames);
     let lagged = Arc::new(Notify::new());
-    // A resume (RTN15b) or recover (RTN16k) of a connection closed within
-    // the TTL keeps its id and key; anything else is a new connection.
-    let resumed = params.resume.as_deref().and_then(|key| {
-        state
-            .resumable(key, client_id.as_deref())
-            .map(|id| (id, key.to_string()))
-    });
-    let (id, key) = resumed.unwrap_or_else(|| {
-        let id = random_id(12);
-        (id.clone(), format!("{}-{id}", random_id(8)))
-    });
+    let (id, key, continue_error) = match continued {
+        Some((asked, Some(id))) => (id, asked.key().to_string(), None),
+        failed => {
+            let id = random_id(12);
+            let error = failed.map(|(asked, _)| not_continued(&asked));
+            (id.clone(), format!("{}-{id}", random_id(8)), error)
+        }
+    };
+    let registration = state.sessions.open(&key, &id, client_id.as_deref());
     let mut conn = Connection {
         membership: Membership {
             state: state.clone(),
             id,
             key,
             client_id,
+            registration,
             attached: HashMap::new(),
             requested_modes: HashMap::new(),
             presence_channels: HashSet::new(),
@@ -909,7 +958,10 @@ pub(crate) async fn run(
         .max_frame_size(state.limits.max_frame_size)
         .aggregate_continuations()
         .max_continuation_size(state.limits.max_frame_size);
-    let connected = conn.connected_frame();
+    let mut connected = conn.connected_frame();
+    if let Some(error) = continue_error {
+        connected["error"] = error.to_value();
+    }
     if conn.send(&connected).await.is_ok() {
         if let Some(error) = conn.serve(stream, outbox, lagged).await {
             let _ = conn.fatal(error).await;

@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde_json::{json, Map, Value};
 use tokio::sync::{mpsc, Notify};
 
+use super::continuity::Serials;
 use super::message::RecentIds;
 use super::protocol::{action, presence_action, SharedFrame};
 use crate::clock::SharedClock;
@@ -92,6 +93,8 @@ impl Member {
 }
 
 struct Stored {
+    /// The event's serial (see `continuity`): history's order, its page
+    /// cursor, and where a resume continues from.
     seq: u64,
     timestamp: u64,
     message: Value,
@@ -109,9 +112,25 @@ struct Channel {
     /// Client-supplied message ids published within the idempotency window
     /// (RSL1k), so a retried publish is delivered and stored once.
     recent_ids: RecentIds,
+    /// The serial of the channel's newest event, or of the broker when the
+    /// channel state was created: the channelSerial of ATTACHED (RTL15b).
+    last: u64,
+    /// Every event of this channel after serial `since` is still held in
+    /// `history` and `presence_history`, so a resume from any serial in
+    /// `since..=last` can be honoured (RTL4c1). Rises as entries are pruned.
+    since: u64,
 }
 
 impl Channel {
+    /// A channel's state, created when the broker's newest serial is `serial`.
+    fn starting_at(serial: u64) -> Channel {
+        Channel {
+            last: serial,
+            since: serial,
+            ..Channel::default()
+        }
+    }
+
     fn is_forgettable(&self) -> bool {
         self.subscribers.is_empty()
             && self.members.is_empty()
@@ -120,11 +139,13 @@ impl Channel {
             && self.recent_ids.is_empty()
     }
 
-    /// Records broadcast presence events in the channel's presence history.
-    fn record_presence(&mut self, items: &[Value], seq: &AtomicU64, now: u64) {
+    /// Records broadcast presence events in the channel's presence history,
+    /// each with the next serial.
+    fn record_presence(&mut self, items: &[Value], serial: &AtomicU64, now: u64) {
         for item in items {
+            self.last = serial.fetch_add(1, Ordering::Relaxed) + 1;
             self.presence_history.push_back(Stored {
-                seq: seq.fetch_add(1, Ordering::Relaxed),
+                seq: self.last,
                 timestamp: now,
                 message: item.clone(),
             });
@@ -186,12 +207,27 @@ pub(crate) struct Backlog {
     pub(crate) since: Option<u64>,
 }
 
+/// What an attaching subscriber is sent before live events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Catchup {
+    Nothing,
+    /// A rewind: messages from history (RTL4k, TB2d).
+    Rewind(Backlog),
+    /// A reattach with the channelSerial the client last saw (RTL4c1): every
+    /// message and presence event after it, when the broker still holds
+    /// them all.
+    Resume(String),
+}
+
 /// What an attach returns: the members for the SYNC (when presence is
-/// delivered) and the backlog, oldest first.
+/// delivered), the frames to send before live ones (oldest first), whether
+/// a resume was honoured, and the channel's serial for ATTACHED.
 #[derive(Debug, Default, PartialEq)]
 pub(crate) struct Attached {
     pub(crate) members: Vec<Value>,
     pub(crate) backlog: Vec<Value>,
+    pub(crate) resumed: bool,
+    pub(crate) serial: String,
 }
 
 /// A presence change asked for by a connection.
@@ -217,6 +253,8 @@ pub(crate) struct HistoryQuery {
     pub(crate) end: Option<u64>,
     /// Continue after this sequence number (pagination cursor).
     pub(crate) cursor: Option<u64>,
+    /// Only events up to this serial (RTL10b `untilAttach`).
+    pub(crate) until: Option<u64>,
 }
 
 pub(crate) struct HistoryPage {
@@ -249,9 +287,13 @@ pub(crate) struct Occupancy {
 pub(crate) struct Hub {
     channels: Mutex<HashMap<String, Channel>>,
     limits: HistoryLimits,
+    /// Messages published (a metric).
     seq: AtomicU64,
-    /// Orders presence history entries; apart from `seq`, which counts messages.
-    presence_seq: AtomicU64,
+    /// The newest serial issued, to a message or a presence event of any
+    /// channel; only advanced under the channels' lock, so each channel's
+    /// events are numbered in the order they happen.
+    serial: AtomicU64,
+    serials: Serials,
     deliveries: AtomicU64,
     clock: SharedClock,
 }
@@ -262,7 +304,8 @@ impl Hub {
             channels: Mutex::new(HashMap::new()),
             limits,
             seq: AtomicU64::new(0),
-            presence_seq: AtomicU64::new(0),
+            serial: AtomicU64::new(0),
+            serials: Serials::new(super::message::random_id(8)),
             deliveries: AtomicU64::new(0),
             clock,
         }
@@ -280,9 +323,26 @@ impl Hub {
         self.lock().len()
     }
 
-    /// Messages published since start (their history sequence numbers).
+    /// Messages published since start.
     pub(crate) fn messages_published(&self) -> u64 {
         self.seq.load(Ordering::Relaxed)
+    }
+
+    /// The sequence number of a serial this broker issued (for REST
+    /// history's `fromSerial`); `None` for any other text.
+    pub(crate) fn parse_serial(&self, text: &str) -> Option<u64> {
+        self.serials.parse(text)
+    }
+
+    /// The state of `channel`, created if the broker holds none.
+    fn open<'a>(
+        &self,
+        channels: &'a mut HashMap<String, Channel>,
+        channel: &str,
+    ) -> &'a mut Channel {
+        channels
+            .entry(channel.to_string())
+            .or_insert_with(|| Channel::starting_at(self.serial.load(Ordering::Relaxed)))
     }
 
     /// Frames queued to subscribers since start.
@@ -291,9 +351,7 @@ impl Hub {
     }
 
     pub(crate) fn subscribe(&self, channel: &str, connection_id: &str, subscriber: Subscriber) {
-        self.lock()
-            .entry(channel.to_string())
-            .or_default()
+        self.open(&mut self.lock(), channel)
             .subscribers
             .insert(connection_id.to_string(), subscriber);
     }
@@ -323,9 +381,10 @@ impl Hub {
     /// Attaches a connection (RTL4): checks the limits, then subscribes it
     /// (`Some`) or stops delivery to it (`None`: neither messages nor
     /// presence), all under one lock. Returns the members a presence
-    /// subscriber is sent in a SYNC, and the `backlog` from history for a
-    /// message subscriber; read under the same lock as the subscription
-    /// starts, so no message falls between the two or arrives in both.
+    /// subscriber is sent in a SYNC, and what `catchup` asks for (a rewind's
+    /// messages, or what a resume missed); read under the same lock as the
+    /// subscription starts, so no event falls between the two or arrives in
+    /// both.
     pub(crate) fn attach(
         &self,
         channel: &str,
@@ -333,7 +392,7 @@ impl Hub {
         claim: Claim,
         limits: ChannelLimits,
         subscriber: Option<Subscriber>,
-        backlog: Option<Backlog>,
+        catchup: Catchup,
     ) -> Result<Attached, ChannelLimitReached> {
         let now = self.now_ms();
         let mut channels = self.lock();
@@ -342,8 +401,12 @@ impl Hub {
         }
         match subscriber {
             Some(subscriber) => {
-                let state = channels.entry(channel.to_string()).or_default();
-                let mut attached = Attached::default();
+                let state = self.open(&mut channels, channel);
+                self.prune(state, now);
+                let mut attached = Attached {
+                    serial: self.serials.format(state.last),
+                    ..Attached::default()
+                };
                 if subscriber.presence {
                     attached.members = state
                         .members
@@ -351,9 +414,20 @@ impl Hub {
                         .map(|m| m.to_value(presence_action::PRESENT))
                         .collect();
                 }
-                if let Some(backlog) = backlog.filter(|_| subscriber.messages) {
-                    self.prune(state, now);
-                    attached.backlog = Hub::backlog(state, backlog);
+                match catchup {
+                    Catchup::Nothing => {}
+                    Catchup::Rewind(backlog) => {
+                        if subscriber.messages {
+                            attached.backlog = Hub::backlog(channel, state, backlog);
+                        }
+                    }
+                    Catchup::Resume(serial) => {
+                        if let Some(from) = self.resumable(state, &serial) {
+                            attached.resumed = true;
+                            attached.backlog =
+                                self.missed(channel, state, from, connection_id, &subscriber);
+                        }
+                    }
                 }
                 state
                     .subscribers
@@ -361,29 +435,107 @@ impl Hub {
                 Ok(attached)
             }
             None => {
-                if let Some(state) = channels.get_mut(channel) {
-                    state.subscribers.remove(connection_id);
-                    if state.is_forgettable() {
-                        channels.remove(channel);
+                let mut attached = Attached::default();
+                match channels.get_mut(channel) {
+                    Some(state) => {
+                        if let Catchup::Resume(serial) = &catchup {
+                            attached.resumed = self.resumable(state, serial).is_some();
+                        }
+                        attached.serial = self.serials.format(state.last);
+                        state.subscribers.remove(connection_id);
+                        if state.is_forgettable() {
+                            channels.remove(channel);
+                        }
+                    }
+                    None => {
+                        let newest = self.serial.load(Ordering::Relaxed);
+                        if let Catchup::Resume(serial) = &catchup {
+                            attached.resumed = self.serials.parse(serial) == Some(newest);
+                        }
+                        attached.serial = self.serials.format(newest);
                     }
                 }
-                Ok(Attached::default())
+                Ok(attached)
             }
         }
     }
 
-    /// The newest `backlog.limit` messages since `backlog.since`, oldest first.
-    fn backlog(state: &Channel, backlog: Backlog) -> Vec<Value> {
-        let mut messages: Vec<Value> = state
+    /// The serial a resume continues after, when the channel still holds
+    /// every event since it: one this broker issued, no older than what
+    /// pruning dropped, no newer than the channel's newest.
+    fn resumable(&self, state: &Channel, serial: &str) -> Option<u64> {
+        self.serials
+            .parse(serial)
+            .filter(|from| (state.since..=state.last).contains(from))
+    }
+
+    /// The newest `backlog.limit` messages since `backlog.since`, oldest
+    /// first, each in a MESSAGE frame of its own. Without a channelSerial:
+    /// the client's stays the one ATTACHED gave it.
+    fn backlog(channel: &str, state: &Channel, backlog: Backlog) -> Vec<Value> {
+        let mut frames: Vec<Value> = state
             .history
             .iter()
             .rev()
             .take_while(|m| backlog.since.is_none_or(|since| m.timestamp >= since))
             .take(backlog.limit)
-            .map(|m| m.message.clone())
+            .map(
+                |m| json!({"action": action::MESSAGE, "channel": channel, "messages": [m.message]}),
+            )
             .collect();
-        messages.reverse();
-        messages
+        frames.reverse();
+        frames
+    }
+
+    /// The messages and presence events after serial `from` that the
+    /// subscriber would have been sent live, in order, each in a frame with
+    /// its channelSerial (RTL15b).
+    fn missed(
+        &self,
+        channel: &str,
+        state: &Channel,
+        from: u64,
+        connection_id: &str,
+        subscriber: &Subscriber,
+    ) -> Vec<Value> {
+        let after = |history: &VecDeque<Stored>| history.partition_point(|m| m.seq <= from);
+        let own = |m: &Stored| {
+            m.message.get("connectionId").and_then(Value::as_str) == Some(connection_id)
+        };
+        let mut events: Vec<(u64, Value)> = Vec::new();
+        if subscriber.messages {
+            for m in state.history.range(after(&state.history)..) {
+                if subscriber.echo || !own(m) {
+                    let frame = json!({
+                        "action": action::MESSAGE,
+                        "channel": channel,
+                        "channelSerial": self.serials.format(m.seq),
+                        "messages": [m.message],
+                    });
+                    events.push((m.seq, frame));
+                }
+            }
+        }
+        if subscriber.presence {
+            for m in state
+                .presence_history
+                .range(after(&state.presence_history)..)
+            {
+                // An id for the frame that is not the connection's own: a
+                // synthesized leave (which has none) stays ordered by its
+                // timestamp, as when it was broadcast.
+                let frame = json!({
+                    "action": action::PRESENCE,
+                    "channel": channel,
+                    "id": format!("replay-{}", m.seq),
+                    "channelSerial": self.serials.format(m.seq),
+                    "presence": [m.message],
+                });
+                events.push((m.seq, frame));
+            }
+        }
+        events.sort_by_key(|(seq, _)| *seq);
+        events.into_iter().map(|(_, frame)| frame).collect()
     }
 
     /// Removes the connection from a channel: it stops receiving, and its
@@ -444,11 +596,12 @@ impl Hub {
             }
             items.push(v);
         }
-        state.record_presence(&items, &self.presence_seq, now);
+        state.record_presence(&items, &self.serial, now);
         self.prune(state, now);
         let frame = Arc::new(SharedFrame::new(json!({
             "action": action::PRESENCE,
             "channel": channel,
+            "channelSerial": self.serials.format(state.last),
             "id": format!("leave-{connection_id}-{now}"),
             "connectionId": connection_id,
             "timestamp": now,
@@ -481,7 +634,7 @@ impl Hub {
         if limits.is_some_and(|limits| Hub::refuses(&channels, channel, Claim::Visit, limits)) {
             return Err(ChannelLimitReached);
         }
-        let state = channels.entry(channel.to_string()).or_default();
+        let state = self.open(&mut channels, channel);
         let messages: Vec<Value> = frame
             .get_mut("messages")
             .and_then(Value::as_array_mut)
@@ -503,17 +656,20 @@ impl Hub {
         let published = fresh.len();
         if published > 0 {
             frame["messages"] = Value::Array(fresh.clone());
-            let frame = Arc::new(SharedFrame::new(frame));
-            let sent = state.broadcast(&frame, from);
-            self.deliveries.fetch_add(sent, Ordering::Relaxed);
+            self.seq.fetch_add(published as u64, Ordering::Relaxed);
+            // Each message has a serial; the frame carries its last (RTL15b).
             for message in fresh {
-                let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+                state.last = self.serial.fetch_add(1, Ordering::Relaxed) + 1;
                 state.history.push_back(Stored {
-                    seq,
+                    seq: state.last,
                     timestamp: now,
                     message,
                 });
             }
+            frame["channelSerial"] = json!(self.serials.format(state.last));
+            let frame = Arc::new(SharedFrame::new(frame));
+            let sent = state.broadcast(&frame, from);
+            self.deliveries.fetch_add(sent, Ordering::Relaxed);
         }
         self.prune(state, now);
         if state.is_forgettable() {
@@ -526,11 +682,14 @@ impl Hub {
         state.recent_ids.prune(now);
         let oldest = now.saturating_sub(self.limits.max_age.as_millis() as u64);
         for history in [&mut state.history, &mut state.presence_history] {
-            while history.len() > self.limits.max_messages {
-                history.pop_front();
-            }
-            while history.front().is_some_and(|m| m.timestamp < oldest) {
-                history.pop_front();
+            // What is dropped can no longer be replayed: a resume must now
+            // continue after it.
+            while history.len() > self.limits.max_messages
+                || history.front().is_some_and(|m| m.timestamp < oldest)
+            {
+                if let Some(dropped) = history.pop_front() {
+                    state.since = state.since.max(dropped.seq);
+                }
             }
         }
     }
@@ -552,7 +711,7 @@ impl Hub {
         if Hub::refuses(&channels, channel, claim, limits) {
             return Err(ChannelLimitReached);
         }
-        let state = channels.entry(channel.to_string()).or_default();
+        let state = self.open(&mut channels, channel);
         let mut items = Vec::with_capacity(changes.len());
         for (i, change) in changes.into_iter().enumerate() {
             let key = (change.client_id.clone(), connection_id.to_string());
@@ -595,11 +754,12 @@ impl Hub {
         if items.is_empty() {
             return Ok(());
         }
-        state.record_presence(&items, &self.presence_seq, now);
+        state.record_presence(&items, &self.serial, now);
         self.prune(state, now);
         let frame = Arc::new(SharedFrame::new(json!({
             "action": action::PRESENCE,
             "channel": channel,
+            "channelSerial": self.serials.format(state.last),
             "id": id_base,
             "connectionId": connection_id,
             "timestamp": now,
@@ -678,6 +838,7 @@ impl Hub {
         let in_range = |m: &&Stored| {
             query.start.is_none_or(|s| m.timestamp >= s)
                 && query.end.is_none_or(|e| m.timestamp <= e)
+                && query.until.is_none_or(|u| m.seq <= u)
         };
         let mut selected: Vec<&Stored> = match query.direction {
             Direction::Backwards => history
@@ -774,6 +935,7 @@ mod tests {
             start: None,
             end: None,
             cursor: None,
+            until: None,
         };
         let page = hub.history("c", HistoryKind::Messages, &query);
         let data: Vec<u64> = page
@@ -799,6 +961,7 @@ mod tests {
             start: None,
             end: None,
             cursor: None,
+            until: None,
         };
         let mut seen = Vec::new();
         loop {
@@ -827,6 +990,7 @@ mod tests {
             start: None,
             end: None,
             cursor: None,
+            until: None,
         };
         hub.history(channel, HistoryKind::Messages, &query)
             .messages
@@ -1040,6 +1204,7 @@ mod tests {
             start: None,
             end: None,
             cursor: None,
+            until: None,
         };
         hub.history("c", HistoryKind::Presence, &query)
             .messages
@@ -1107,6 +1272,7 @@ mod tests {
             start: None,
             end: None,
             cursor: None,
+            until: None,
         };
         assert!(hub
             .history("c", HistoryKind::Messages, &query)
@@ -1217,7 +1383,7 @@ mod tests {
                 Claim::New { holding },
                 limits,
                 Some(subscriber()),
-                None,
+                Catchup::Nothing,
             )
         };
         // One connection: up to its own limit, then refused.
@@ -1232,7 +1398,14 @@ mod tests {
         assert_eq!(hub.channel_count(), 3);
         // Re-attaching a channel the connection holds is not limited.
         assert!(hub
-            .attach("a", "c1", Claim::Held, limits, Some(subscriber()), None)
+            .attach(
+                "a",
+                "c1",
+                Claim::Held,
+                limits,
+                Some(subscriber()),
+                Catchup::Nothing
+            )
             .is_ok());
         // Publishing cannot create a channel past the broker's limit.
         assert_eq!(
@@ -1267,7 +1440,7 @@ mod tests {
                                     messages: true,
                                     presence: true,
                                 }),
-                                None,
+                                Catchup::Nothing,
                             )
                             .is_ok()
                         })
@@ -1287,10 +1460,10 @@ mod tests {
             hub.publish("c", message_frame(n), &[], None, None).unwrap();
             clock.advance_secs(10);
         }
-        let data = |messages: &[Value]| -> Vec<u64> {
-            messages
+        let data = |frames: &[Value]| -> Vec<u64> {
+            frames
                 .iter()
-                .map(|m| m["data"].as_u64().unwrap())
+                .map(|f| f["messages"][0]["data"].as_u64().unwrap())
                 .collect()
         };
         let subscribe = |id: &str, messages: bool, presence: bool, backlog: Option<Backlog>| {
@@ -1307,7 +1480,7 @@ mod tests {
                         messages,
                         presence,
                     }),
-                    backlog,
+                    backlog.map_or(Catchup::Nothing, Catchup::Rewind),
                 )
                 .unwrap();
             (attached, rx)
@@ -1370,5 +1543,186 @@ mod tests {
         assert_eq!(attached.members.len(), 1);
         let (attached, _rx4) = subscribe("late2", true, false, None);
         assert!(attached.members.is_empty());
+    }
+
+    /// Attaches `id` to "c" with `catchup`, as a subscriber of messages and
+    /// presence (`echo` as given).
+    fn attach_with(hub: &Hub, id: &str, echo: bool, catchup: Catchup) -> Attached {
+        hub.attach(
+            "c",
+            id,
+            Claim::New { holding: 0 },
+            LIMITS,
+            Some(Subscriber {
+                outbox: outbox(100).0,
+                echo,
+                messages: true,
+                presence: true,
+            }),
+            catchup,
+        )
+        .unwrap()
+    }
+
+    fn enter(hub: &Hub, connection: &str, client: &str) {
+        let change = PresenceChange {
+            action: presence_action::ENTER,
+            client_id: client.into(),
+            data: None,
+            encoding: None,
+            extras: None,
+        };
+        hub.presence(
+            "c",
+            connection,
+            &format!("{connection}:0"),
+            vec![change],
+            Claim::Held,
+            LIMITS,
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn a_resume_gets_every_event_after_its_serial_in_order_and_then_none_twice() {
+        let (hub, _clock) = hub(100);
+        let (watcher, mut rx) = outbox(100);
+        hub.subscribe(
+            "c",
+            "w",
+            Subscriber {
+                outbox: watcher,
+                echo: true,
+                messages: true,
+                presence: true,
+            },
+        );
+        let first = attach_with(&hub, "a", true, Catchup::Nothing);
+        hub.publish("c", message_frame(1), &[], None, None).unwrap();
+        enter(&hub, "x", "xavier");
+        hub.publish("c", message_frame(2), &[], None, None).unwrap();
+        // Every live frame carries a serial, rising, and the last is the channel's.
+        let live: Vec<String> = (0..3)
+            .map(|_| {
+                rx.try_recv().unwrap()["channelSerial"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        assert!(
+            first.serial < live[0] && live[0] < live[1] && live[1] < live[2],
+            "{live:?}"
+        );
+        // From the first ATTACHED's serial: all three, in order.
+        let resumed = attach_with(&hub, "a", true, Catchup::Resume(first.serial.clone()));
+        assert!(resumed.resumed);
+        assert_eq!(
+            resumed.serial, live[2],
+            "ATTACHED carries the channel's newest serial"
+        );
+        let kinds: Vec<(u64, String)> = resumed
+            .backlog
+            .iter()
+            .map(|f| {
+                (
+                    f["action"].as_u64().unwrap(),
+                    f["channelSerial"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (action::MESSAGE, live[0].clone()),
+                (action::PRESENCE, live[1].clone()),
+                (action::MESSAGE, live[2].clone())
+            ]
+        );
+        assert_eq!(resumed.backlog[1]["presence"][0]["clientId"], "xavier");
+        // From the middle: only what came after it.
+        let later = attach_with(&hub, "b", true, Catchup::Resume(live[1].clone()));
+        assert_eq!(later.backlog.len(), 1);
+        assert_eq!(later.backlog[0]["messages"][0]["data"], 2);
+        // From the newest: resumed with nothing to send.
+        let current = attach_with(&hub, "c2", true, Catchup::Resume(live[2].clone()));
+        assert!(current.resumed && current.backlog.is_empty());
+    }
+
+    #[test]
+    fn serials_the_broker_no_longer_holds_or_never_issued_are_not_resumed() {
+        let (hub, _clock) = hub(2);
+        let first = attach_with(&hub, "a", true, Catchup::Nothing);
+        for n in 0..3 {
+            hub.publish("c", message_frame(n), &[], None, None).unwrap();
+        }
+        // Three published, two kept: the first message is gone, so a resume
+        // from before it cannot be honoured.
+        let stale = attach_with(&hub, "a", true, Catchup::Resume(first.serial));
+        assert!(!stale.resumed);
+        assert!(stale.backlog.is_empty());
+        for unknown in ["attach:3", "", "zzzzzzzz:0000000000000001"] {
+            let attached = attach_with(&hub, "b", true, Catchup::Resume(unknown.into()));
+            assert!(!attached.resumed, "{unknown}");
+        }
+        // A serial newer than the channel's (another channel's) is not this channel's.
+        hub.publish("other", message_frame(9), &[], None, None)
+            .unwrap();
+        let newer = hub.serials.format(hub.serial.load(Ordering::Relaxed));
+        assert!(!attach_with(&hub, "b", true, Catchup::Resume(newer)).resumed);
+    }
+
+    #[test]
+    fn a_replay_skips_what_live_delivery_would_have_skipped() {
+        let (hub, _clock) = hub(100);
+        let first = attach_with(&hub, "me", false, Catchup::Nothing);
+        let mut own = message_frame(1);
+        own["messages"][0]["connectionId"] = json!("me");
+        hub.publish("c", own, &[], Some("me"), None).unwrap();
+        hub.publish("c", message_frame(2), &[], None, None).unwrap();
+        // echo=false: not its own message.
+        let resumed = attach_with(&hub, "me", false, Catchup::Resume(first.serial.clone()));
+        let data: Vec<Value> = resumed
+            .backlog
+            .iter()
+            .map(|f| f["messages"][0]["data"].clone())
+            .collect();
+        assert_eq!(data, vec![json!(2)]);
+        // Presence only: no messages.
+        let presence_only = hub
+            .attach(
+                "c",
+                "p",
+                Claim::New { holding: 0 },
+                LIMITS,
+                Some(Subscriber {
+                    outbox: outbox(10).0,
+                    echo: true,
+                    messages: false,
+                    presence: true,
+                }),
+                Catchup::Resume(first.serial),
+            )
+            .unwrap();
+        assert!(presence_only.resumed && presence_only.backlog.is_empty());
+    }
+
+    #[test]
+    fn untilattach_history_ends_at_the_attach_serial() {
+        let (hub, _clock) = hub(100);
+        hub.publish("c", message_frame(1), &[], None, None).unwrap();
+        let attached = attach_with(&hub, "a", true, Catchup::Nothing);
+        hub.publish("c", message_frame(2), &[], None, None).unwrap();
+        let query = HistoryQuery {
+            limit: 10,
+            direction: Direction::Backwards,
+            start: None,
+            end: None,
+            cursor: None,
+            until: hub.parse_serial(&attached.serial),
+        };
+        let page = hub.history("c", HistoryKind::Messages, &query);
+        let data: Vec<Value> = page.messages.iter().map(|m| m["data"].clone()).collect();
+        assert_eq!(data, vec![json!(1)]);
     }
 }

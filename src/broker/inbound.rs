@@ -104,10 +104,7 @@ impl Inbound {
                 options: AttachOptions::from_fields(
                     fields.get("params"),
                     fields.get("flags").and_then(Value::as_u64).unwrap_or(0),
-                    fields
-                        .get("channelSerial")
-                        .and_then(Value::as_str)
-                        .is_some_and(|s| !s.is_empty()),
+                    fields.get("channelSerial").and_then(Value::as_str),
                 ),
             },
             action::DETACH => Inbound::Detach { channel },
@@ -159,7 +156,14 @@ pub(crate) struct AttachOptions {
     /// ATTACH_RESUME flag, TR3f): rewind does not apply to it ("Rewind only
     /// has an effect on an initial channel attachment").
     pub(crate) resume: bool,
+    /// The channelSerial the client last saw (RTL4c1, RTL15b): where a
+    /// resume continues from. At most `MAX_SERIAL` bytes; a longer one is
+    /// kept out, so the resume is not honoured.
+    pub(crate) channel_serial: Option<String>,
 }
+
+/// The longest channelSerial an ATTACH may carry and have it honoured.
+const MAX_SERIAL: usize = 64;
 
 /// Why an ATTACH's params cannot be honoured: the attach fails with a
 /// channel ERROR, as Ably fails an attach whose rewind "cannot be parsed
@@ -210,13 +214,15 @@ impl AttachOptions {
     fn from_fields(
         params: Option<&Value>,
         flags: u64,
-        has_serial: bool,
+        serial: Option<&str>,
     ) -> Result<AttachOptions, AttachError> {
         let modes = flags & AttachOptions::MODES;
+        let serial = serial.filter(|s| !s.is_empty());
         let mut options = AttachOptions {
             rewind: None,
             modes: (modes != 0).then_some(modes),
-            resume: has_serial || flags & flag::ATTACH_RESUME != 0,
+            resume: serial.is_some() || flags & flag::ATTACH_RESUME != 0,
+            channel_serial: serial.filter(|s| s.len() <= MAX_SERIAL).map(str::to_string),
         };
         match params {
             None | Some(Value::Null) => {}
@@ -242,8 +248,25 @@ pub(crate) struct ConnectParams {
     pub(crate) echo: bool,
     pub(crate) heartbeats: bool,
     pub(crate) client_id: Option<String>,
-    /// The connection key of `resume=` or `recover=`.
-    pub(crate) resume: Option<String>,
+    /// `resume=` or `recover=` with the connection key to continue.
+    pub(crate) continues: Option<Continue>,
+}
+
+/// What a connect asks to continue (RTN15b, RTN16k).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Continue {
+    /// The same client after a dropped transport.
+    Resume(String),
+    /// A new client instance with a recovery key's connection key.
+    Recover(String),
+}
+
+impl Continue {
+    pub(crate) fn key(&self) -> &str {
+        match self {
+            Continue::Resume(key) | Continue::Recover(key) => key,
+        }
+    }
 }
 
 /// The credential in the WebSocket URL (RTN2e). Not `Debug`: it holds a
@@ -286,7 +309,11 @@ impl ConnectParams {
             echo: query.echo.as_deref() != Some("false"),
             heartbeats: query.heartbeats.as_deref() == Some("true"),
             client_id: query.client_id.filter(|c| !c.is_empty()),
-            resume: query.resume.or(query.recover).filter(|k| !k.is_empty()),
+            continues: match (query.resume, query.recover) {
+                (Some(key), _) if !key.is_empty() => Some(Continue::Resume(key)),
+                (_, Some(key)) if !key.is_empty() => Some(Continue::Recover(key)),
+                _ => None,
+            },
         };
         let presented = match (query.access_token.or(query.access_token_camel), query.key) {
             (Some(token), _) => Presented::Token(token),
@@ -389,6 +416,7 @@ mod tests {
                 rewind: Some((Rewind::Count(10), "10".into())),
                 modes: Some(flag::PUBLISH | flag::SUBSCRIBE),
                 resume: false,
+                channel_serial: None,
             }
         );
         for (text, ms) in [
@@ -400,12 +428,14 @@ mod tests {
             let options = attach(json!({"action": 10, "params": {"rewind": text}})).unwrap();
             assert_eq!(options.rewind, Some((Rewind::WithinMs(ms), text.into())));
         }
-        // A channelSerial (RTL4c1) or ATTACH_RESUME makes it a resume.
-        assert!(
-            attach(json!({"action": 10, "channelSerial": "s:1", "params": {}}))
-                .unwrap()
-                .resume
-        );
+        // A channelSerial (RTL4c1) or ATTACH_RESUME makes it a resume; the
+        // serial is kept when it is not absurdly long.
+        let resumed = attach(json!({"action": 10, "channelSerial": "s:1", "params": {}})).unwrap();
+        assert!(resumed.resume);
+        assert_eq!(resumed.channel_serial.as_deref(), Some("s:1"));
+        let long = attach(json!({"action": 10, "channelSerial": "s".repeat(65)})).unwrap();
+        assert!(long.resume);
+        assert_eq!(long.channel_serial, None);
         assert!(
             attach(json!({"action": 10, "flags": flag::ATTACH_RESUME}))
                 .unwrap()
@@ -465,7 +495,7 @@ mod tests {
                 echo: false,
                 heartbeats: true,
                 client_id: Some("alice".into()),
-                resume: Some("k-1".into()),
+                continues: Some(Continue::Recover("k-1".into())),
             }
         );
         assert!(matches!(presented, Presented::Token(t) if t == "t"));
@@ -473,6 +503,11 @@ mod tests {
         assert_eq!(params.format, Format::Json);
         assert!(params.echo);
         assert!(matches!(presented, Presented::Nothing));
+        // resume= wins over recover= (ably-js sends one or the other); empty is neither.
+        let (params, _) = ConnectParams::from_query("resume=k-2&recover=k-3");
+        assert_eq!(params.continues, Some(Continue::Resume("k-2".into())));
+        let (params, _) = ConnectParams::from_query("resume=&recover=");
+        assert_eq!(params.continues, None);
         let (_, presented) = ConnectParams::from_query("key=a.b:c&access_token=");
         assert!(matches!(presented, Presented::Token(t) if t.is_empty()));
     }

@@ -6,6 +6,7 @@
 
 pub(crate) mod auth;
 pub(crate) mod connection;
+pub(crate) mod continuity;
 pub(crate) mod hub;
 pub(crate) mod inbound;
 pub(crate) mod message;
@@ -66,24 +67,13 @@ pub(crate) struct BrokerState {
     pub(crate) auth: BrokerAuth,
     pub(crate) limits: Limits,
     connections: AtomicUsize,
-    /// Connections closed within the connection-state TTL, by key, so a
-    /// client that resumes (e.g. after renewing an expired token) keeps its
-    /// connection id. Message continuity is not kept: channels re-attach
-    /// without the RESUMED flag, which tells ably-js exactly that.
-    recent: std::sync::Mutex<std::collections::HashMap<String, Recent>>,
+    /// Open connections, and those closed within the connection-state TTL,
+    /// by key: what a resume (RTN15b) or recover (RTN16k) continues.
+    pub(crate) sessions: continuity::Sessions,
     /// Flips to true when the broker stops: every connection then sends
     /// DISCONNECTED and closes, so clients reconnect elsewhere or later.
     stopping: tokio::sync::watch::Sender<bool>,
 }
-
-struct Recent {
-    id: String,
-    client_id: Option<String>,
-    closed_ms: u64,
-}
-
-/// Most remembered closed connections.
-const MAX_RECENT: usize = 10_000;
 
 /// Held while a connection counts against `max_connections`.
 pub(crate) struct Slot(Arc<BrokerState>);
@@ -116,36 +106,6 @@ impl BrokerState {
 
     pub(crate) fn stopping(&self) -> tokio::sync::watch::Receiver<bool> {
         self.stopping.subscribe()
-    }
-
-    fn remember_closed(&self, key: &str, id: &str, client_id: Option<&str>) {
-        let now = self.hub.now_ms();
-        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
-        if recent.len() >= MAX_RECENT {
-            recent.retain(|_, r| {
-                now.saturating_sub(r.closed_ms) < connection::CONNECTION_STATE_TTL_MS
-            });
-            if recent.len() >= MAX_RECENT {
-                return;
-            }
-        }
-        recent.insert(
-            key.to_string(),
-            Recent {
-                id: id.to_string(),
-                client_id: client_id.map(str::to_string),
-                closed_ms: now,
-            },
-        );
-    }
-
-    /// The id of a recently closed connection this client may resume.
-    fn resumable(&self, key: &str, client_id: Option<&str>) -> Option<String> {
-        let now = self.hub.now_ms();
-        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = recent.remove(key)?;
-        let fresh = now.saturating_sub(entry.closed_ms) < connection::CONNECTION_STATE_TTL_MS;
-        (fresh && entry.client_id.as_deref() == client_id).then_some(entry.id)
     }
 }
 
@@ -185,10 +145,10 @@ impl Broker {
                 },
                 clock.clone(),
             ),
-            auth: BrokerAuth::new(keys, clock),
+            auth: BrokerAuth::new(keys, clock.clone()),
             limits,
             connections: AtomicUsize::new(0),
-            recent: std::sync::Mutex::new(std::collections::HashMap::new()),
+            sessions: continuity::Sessions::new(connection::CONNECTION_STATE_TTL_MS, clock),
             stopping: tokio::sync::watch::Sender::new(false),
         });
         let data = web::Data::from(state.clone());
@@ -274,6 +234,7 @@ impl Broker {
                 every.tick().await;
                 state.hub.sweep();
                 state.auth.sweep();
+                state.sessions.sweep();
             }
         });
         let result = self.server.await;

@@ -435,6 +435,10 @@ pub(crate) struct HistoryParams {
     start: Option<String>,
     end: Option<String>,
     cursor: Option<String>,
+    /// `untilAttach` as ably-js sends it (RTL10b): the channel's attachSerial.
+    from_serial: Option<String>,
+    #[serde(rename = "fromSerial")]
+    from_serial_camel: Option<String>,
 }
 
 fn parse_number(value: &Option<String>, name: &str) -> Result<Option<u64>, AblyError> {
@@ -455,6 +459,8 @@ struct PageQuery {
     start: Option<u64>,
     end: Option<u64>,
     cursor: Option<u64>,
+    /// Only events up to this channelSerial (RTL10b), as sent.
+    from_serial: Option<String>,
 }
 
 impl PageQuery {
@@ -485,6 +491,11 @@ impl PageQuery {
             start: parse_number(&params.start, "start")?,
             end: parse_number(&params.end, "end")?,
             cursor: parse_number(&params.cursor, "cursor")?,
+            from_serial: params
+                .from_serial
+                .clone()
+                .or_else(|| params.from_serial_camel.clone())
+                .filter(|s| !s.is_empty()),
         };
         if let (Some(start), Some(end)) = (query.start, query.end) {
             if start > end {
@@ -506,6 +517,10 @@ impl PageQuery {
         }
         if let Some(end) = self.end {
             link.push_str(&format!("&end={end}"));
+        }
+        if let Some(serial) = &self.from_serial {
+            let serial: String = url::form_urlencoded::byte_serialize(serial.as_bytes()).collect();
+            link.push_str(&format!("&from_serial={serial}"));
         }
         if let Some(cursor) = cursor {
             link.push_str(&format!("&cursor={cursor}"));
@@ -543,6 +558,17 @@ fn history_page(
     let credentials = authenticate(req, state)?;
     require(&credentials, channel, Operation::History)?;
     let query = PageQuery::parse(params)?;
+    // `untilAttach` (RTL10b): only what was published up to the attach.
+    let until = match &query.from_serial {
+        None => None,
+        Some(serial) => Some(state.hub.parse_serial(serial).ok_or_else(|| {
+            AblyError::new(
+                40000,
+                400,
+                "fromSerial is not a channelSerial of this broker run (was the broker restarted since the attach?); reattach the channel and try again",
+            )
+        })?),
+    };
     let page = state.hub.history(
         channel,
         kind,
@@ -552,6 +578,7 @@ fn history_page(
             start: query.start,
             end: query.end,
             cursor: query.cursor,
+            until,
         },
     );
     let resource = match kind {

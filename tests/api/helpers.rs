@@ -691,13 +691,19 @@ pub struct TestBroker {
 }
 
 pub async fn spawn_broker(limits: Limits) -> TestBroker {
+    spawn_broker_with_clock(limits, clock::system()).await
+}
+
+/// A broker reading `clock` (a `ManualClock` expires what it remembers
+/// without sleeping).
+pub async fn spawn_broker_with_clock(limits: Limits, clock: SharedClock) -> TestBroker {
     let key: ApiKey = API_KEY.parse().unwrap();
     let settings = BrokerSettings {
         bind: "127.0.0.1:0".parse().unwrap(),
         history_max_messages: 100,
         history_max_age: Duration::from_secs(120),
     };
-    let broker = Broker::build(&settings, vec![key.clone()], clock::system(), limits).unwrap();
+    let broker = Broker::build(&settings, vec![key.clone()], clock, limits).unwrap();
     let (port, handle) = (broker.port(), broker.handle());
     actix_web::rt::spawn(broker.run_until_stopped());
     TestBroker { port, key, handle }

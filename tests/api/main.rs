@@ -8,6 +8,7 @@ mod architecture;
 mod attach;
 mod broker;
 mod cli;
+mod continuity;
 mod defences;
 mod denials;
 mod discovery;
