@@ -19,4 +19,5 @@ mod names;
 mod operations;
 mod process;
 mod rest_surface;
+mod sandbox;
 mod tokens;
