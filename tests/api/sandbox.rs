@@ -398,3 +398,39 @@ async fn the_sandbox_refuses_a_non_loopback_address() {
         .unwrap();
     assert_eq!(usage.status.code(), Some(2));
 }
+
+// What the first conformance run found in connection setup (COMPATIBILITY.md).
+
+#[actix_web::test]
+async fn a_wildcard_token_connection_is_told_its_client_id_is_the_wildcard() {
+    // ably-js test/realtime/init.test.js `init_usetokenauth_defaulttokenparams_wildcard`
+    // reads `auth.clientId` as `*` once connected (RSA7b4): it takes it from
+    // CONNECTED's connectionDetails.
+    let broker = spawn_broker(Limits::default()).await;
+    let token = broker.jwt(r#"{"*":["*"]}"#, Some("*"), 60_000, now_ms());
+    let mut socket = broker.connect(&format!("access_token={token}")).await;
+    let connected = socket.next().await;
+    assert_eq!(connected["action"], 4, "{connected}");
+    assert_eq!(
+        connected["connectionDetails"]["clientId"], "*",
+        "{connected}"
+    );
+    // Connecting as someone in particular on that token names them instead.
+    let mut named = broker
+        .connect(&format!("access_token={token}&clientId=alice"))
+        .await;
+    let connected = named.next().await;
+    assert_eq!(
+        connected["connectionDetails"]["clientId"], "alice",
+        "{connected}"
+    );
+    // A token with no clientId leaves it null, as before.
+    let anonymous = broker.jwt(r#"{"*":["*"]}"#, None, 60_000, now_ms());
+    let mut socket = broker.connect(&format!("access_token={anonymous}")).await;
+    let connected = socket.next().await;
+    assert_eq!(
+        connected["connectionDetails"]["clientId"],
+        Value::Null,
+        "{connected}"
+    );
+}
