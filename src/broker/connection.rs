@@ -181,11 +181,18 @@ impl Connection {
     }
 
     fn connected_frame(&self) -> Value {
+        // A connection on a wildcard token with no clientId of its own is
+        // told `*`, which ably-js then reports as `auth.clientId` (RSA7b4).
+        let client_id = self.membership.client_id.as_deref().or(self
+            .credentials
+            .client_id
+            .as_deref()
+            .filter(|c| *c == "*"));
         json!({
             "action": action::CONNECTED,
             "connectionId": self.membership.id,
             "connectionDetails": {
-                "clientId": self.membership.client_id,
+                "clientId": client_id,
                 "connectionKey": self.membership.key,
                 "connectionStateTtl": CONNECTION_STATE_TTL_MS,
                 "maxIdleInterval": MAX_IDLE_INTERVAL_MS,

@@ -13,6 +13,7 @@ pub(crate) mod message;
 mod metrics;
 pub(crate) mod protocol;
 pub(crate) mod rest;
+mod sandbox;
 
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -30,6 +31,9 @@ use auth::BrokerAuth;
 use hub::{HistoryLimits, Hub};
 use inbound::{ConnectParams, Presented};
 use protocol::AblyError;
+pub use sandbox::{
+    Sandbox, SandboxError, MAX_APPS as SANDBOX_MAX_APPS, MAX_BODY as SANDBOX_MAX_BODY,
+};
 
 /// Limits that keep one client from exhausting the broker.
 #[derive(Debug, Clone)]

@@ -50,10 +50,18 @@ enum Command {
     },
     /// Run the embedded Ably broker alone, trusting the [ably] keys.
     Broker {
-        #[arg(long, short)]
+        #[arg(long, short, conflicts_with = "sandbox")]
         config: Option<PathBuf>,
         #[arg(long, value_enum)]
         log_format: Option<LogFormatArg>,
+        /// Answer ably-js's local-sandbox contract instead (POST /apps, DELETE
+        /// /apps/{appId}, POST /stats): each app gets a broker of its own, on
+        /// loopback, with the keys it asks for. No configuration file is read.
+        #[arg(long)]
+        sandbox: bool,
+        /// Where the sandbox listens: a loopback address (0 picks a port).
+        #[arg(long, requires = "sandbox", default_value = "127.0.0.1:9010")]
+        bind: std::net::SocketAddr,
     },
     /// Load the configuration and policy, then try every issuer once
     /// (discovery, JWKS, secret); exit 0 only when all of it works.
@@ -142,9 +150,15 @@ pub fn run() -> ExitCode {
         Command::Serve { config, log_format } => {
             serve::serve(config, log_format.map(LogFormatArg::into))
         }
-        Command::Broker { config, log_format } => {
-            serve::broker(config, log_format.map(LogFormatArg::into))
-        }
+        Command::Broker {
+            sandbox: true,
+            bind,
+            log_format,
+            ..
+        } => serve::sandbox(bind, log_format.map(LogFormatArg::into)),
+        Command::Broker {
+            config, log_format, ..
+        } => serve::broker(config, log_format.map(LogFormatArg::into)),
         Command::Dev {
             port,
             broker_port,

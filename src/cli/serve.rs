@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use serde_json::json;
 
 use super::Failure;
-use crate::broker::{Broker, Limits};
+use crate::broker::{Broker, Limits, Sandbox};
 use crate::clock;
 use crate::config::{LogFormat, Settings};
 use crate::dev::{DevError, DevStack};
@@ -101,6 +101,33 @@ pub(crate) fn broker(
         .map_err(|e| Failure(format!("cannot listen on {}: {e}", settings.broker.bind)))?;
         tracing::info!(port = broker.port(), "broker listening");
         broker.run_until_stopped().await?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// `broker --sandbox`: ably-js's local-sandbox contract on a loopback address.
+pub(crate) fn sandbox(
+    bind: std::net::SocketAddr,
+    log_format: Option<LogFormat>,
+) -> Result<ExitCode, Failure> {
+    init_logging(
+        log_format.unwrap_or(LogFormat::Pretty),
+        "info",
+        Sink::Stdout,
+    );
+    actix_web::rt::System::new().block_on(async move {
+        let sandbox = Sandbox::build(
+            bind,
+            crate::config::BrokerSettings::default(),
+            clock::system(),
+            Limits::default(),
+        )
+        .map_err(|e| Failure(format!("--bind: {e}")))?;
+        tracing::info!(
+            port = sandbox.port(),
+            "sandbox listening: POST /apps creates an app with a broker of its own"
+        );
+        sandbox.run_until_stopped().await?;
         Ok(ExitCode::SUCCESS)
     })
 }

@@ -23,4 +23,5 @@ mod operations;
 mod process;
 mod readme_providers;
 mod rest_surface;
+mod sandbox;
 mod tokens;
