@@ -8,6 +8,7 @@ pub(crate) mod auth;
 pub(crate) mod connection;
 pub(crate) mod hub;
 pub(crate) mod inbound;
+pub(crate) mod liveness;
 pub(crate) mod message;
 mod metrics;
 pub(crate) mod protocol;
@@ -65,6 +66,9 @@ pub(crate) struct BrokerState {
     pub(crate) hub: Hub,
     pub(crate) auth: BrokerAuth,
     pub(crate) limits: Limits,
+    pub(crate) timings: liveness::Timings,
+    /// Members of connections that dropped without CLOSE, until they leave.
+    pub(crate) departures: liveness::Departures,
     connections: AtomicUsize,
     /// Connections closed within the connection-state TTL, by key, so a
     /// client that resumes (e.g. after renewing an expired token) keeps its
@@ -187,6 +191,10 @@ impl Broker {
             ),
             auth: BrokerAuth::new(keys, clock),
             limits,
+            timings: liveness::Timings {
+                max_idle_interval: settings.max_idle_interval,
+            },
+            departures: liveness::Departures::new(settings.presence_grace),
             connections: AtomicUsize::new(0),
             recent: std::sync::Mutex::new(std::collections::HashMap::new()),
             stopping: tokio::sync::watch::Sender::new(false),
@@ -276,8 +284,10 @@ impl Broker {
                 state.auth.sweep();
             }
         });
+        let departures = actix_web::rt::spawn(liveness::run(self.state.clone()));
         let result = self.server.await;
         self.state.disconnect_all();
+        departures.abort();
         sweeper.abort();
         signals.abort();
         result

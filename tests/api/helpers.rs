@@ -696,6 +696,7 @@ pub async fn spawn_broker(limits: Limits) -> TestBroker {
         bind: "127.0.0.1:0".parse().unwrap(),
         history_max_messages: 100,
         history_max_age: Duration::from_secs(120),
+        ..BrokerSettings::default()
     };
     let broker = Broker::build(&settings, vec![key.clone()], clock::system(), limits).unwrap();
     let (port, handle) = (broker.port(), broker.handle());
