@@ -761,6 +761,12 @@ impl Connection {
             }
             Some(Ok(AggregatedMessage::Pong(_))) => return Step::Continue,
             Some(Ok(AggregatedMessage::Close(_))) | None => return Step::Stop(None),
+            // The transport broke under the frames (a reset, an end without
+            // a close frame): the network, not the client, so it may resume.
+            Some(Err(ProtocolError::Io(error))) if transport_failed(&error) => {
+                tracing::debug!(connection = %self.id(), %error, "the transport broke");
+                return Step::Stop(None);
+            }
             Some(Err(error)) => {
                 return Step::Stop(Some(AblyError::new(
                     40000,
@@ -872,6 +878,14 @@ impl Connection {
             }
         }
     }
+}
+
+/// Whether a WebSocket read error is the transport failing (actix-ws wraps
+/// the payload's errors), rather than a frame the client got wrong.
+fn transport_failed(error: &std::io::Error) -> bool {
+    error
+        .get_ref()
+        .is_some_and(|inner| inner.is::<actix_web::error::PayloadError>())
 }
 
 /// Answers a client that may not connect with one frame, then closes.

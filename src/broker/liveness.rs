@@ -181,7 +181,10 @@ mod tests {
             assert!(departures.schedule(&i.to_string(), vec!["x".into()], 0));
         }
         assert!(!departures.schedule("one more", vec!["x".into()], 0));
-        assert!(departures.schedule("0", vec!["x".into()], 0), "a reschedule");
+        assert!(
+            departures.schedule("0", vec!["x".into()], 0),
+            "a reschedule"
+        );
         assert_eq!(departures.pending(), MAX_PENDING);
     }
 

@@ -15,6 +15,7 @@ mod http;
 mod idempotency;
 mod jwks;
 mod keys;
+mod liveness;
 mod names;
 mod operations;
 mod process;
