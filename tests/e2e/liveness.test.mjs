@@ -5,7 +5,8 @@
 // freeze the network (no FIN) or drop it.
 //
 // - frozen: the broker closes the silent connection, and the member leaves the grace after that,
-//   not before, while the frozen client itself still believes it is connected;
+//   not before, while the frozen client itself still believes it is connected; back on the
+//   network, it resumes and its member enters again;
 // - dropped, then resumed within the grace: the same connection id, ably-js re-enters on its own
 //   (RTP17i), and the others see no leave, no enter and no update;
 // - CLOSEd: the member leaves at once;
@@ -201,7 +202,18 @@ describe("presence liveness", () => {
     // The broker noticed first: the client waits maxIdleInterval + realtimeRequestTimeout (RTN23a).
     assert.equal(subject.connection.state, "connected", "the frozen client has not noticed yet");
 
+    // The network comes back: the client learns its socket is gone, resumes the connection the
+    // broker remembers (same id) and re-enters, which after the grace is an enter again.
     net.resume();
+    await connectionState(subject, "disconnected");
+    await connected(subject);
+    assert.equal(subject.connection.id, subjectId, "the closed connection resumed");
+    const back = await inbox.waitFor(
+      (p) => p.action === "enter" && p.clientId === "subject" && inbox.items.indexOf(left) < inbox.items.indexOf(p),
+      "subject's enter after it came back",
+    );
+    assert.equal(back.connectionId, subjectId);
+    assert.equal(back.data, "here");
     await Promise.all([closeClient(subject), closeClient(watcher)]);
   });
 
