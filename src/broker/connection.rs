@@ -31,7 +31,6 @@ use super::BrokerState;
 use crate::capability::{OpSet, Operation};
 
 pub(crate) const CONNECTION_STATE_TTL_MS: u64 = 120_000;
-pub(crate) const MAX_IDLE_INTERVAL_MS: u64 = 15_000;
 const YEAR_MS: u64 = 365 * 24 * 3600 * 1000;
 
 /// Every write has a deadline: a client that stops reading fills the
@@ -69,8 +68,10 @@ enum Step {
 /// The channels a connection takes part in, and what the broker needs to
 /// let its client resume. Dropping it is the connection's clean-up, on every
 /// way out of `run`, a panic included: its subscriptions end, its members
-/// leave, and the broker remembers the connection so a client that resumes
-/// within the connection-state TTL keeps its id (RTN15b, RTN15c6).
+/// leave (at once after CLOSE or a fatal error, else once the presence grace
+/// is over, see `liveness`), and the broker remembers the connection so a
+/// client that resumes within the connection-state TTL keeps its id and its
+/// members (RTN15b, RTN15c6).
 struct Membership {
     state: Arc<BrokerState>,
     id: String,
@@ -82,6 +83,9 @@ struct Membership {
     /// The modes asked for on attach (RTL4l), for channels that asked.
     requested_modes: HashMap<String, u64>,
     presence_channels: HashSet<String>,
+    /// The client closed the connection (CLOSE), or it failed: its members
+    /// leave now instead of after the grace.
+    leave_at_once: bool,
 }
 
 impl Membership {
@@ -104,8 +108,25 @@ impl Membership {
 
 impl Drop for Membership {
     fn drop(&mut self) {
-        for channel in self.attached.keys().chain(self.presence_channels.iter()) {
-            self.state.hub.unsubscribe(channel, &self.id);
+        let hub = &self.state.hub;
+        for channel in self.attached.keys() {
+            if !self.presence_channels.contains(channel) {
+                hub.unsubscribe(channel, &self.id);
+            }
+        }
+        let present: Vec<String> = self.presence_channels.drain().collect();
+        let lingering = !self.leave_at_once
+            && !present.is_empty()
+            && self
+                .state
+                .departures
+                .schedule(&self.id, present.clone(), hub.now_ms());
+        for channel in &present {
+            if lingering {
+                hub.drop_subscriber(channel, &self.id);
+            } else {
+                hub.unsubscribe(channel, &self.id);
+            }
         }
         // Last: a resume taking this connection over waits for this, so it
         // subscribes under the same id only once these subscriptions ended.
@@ -126,6 +147,9 @@ struct Connection {
     outbox: Outbox,
     session: actix_ws::Session,
     state: Arc<BrokerState>,
+    /// When the client was last heard from (any frame, a pong included), on
+    /// the broker's clock.
+    heard_ms: u64,
 }
 
 impl Connection {
@@ -195,7 +219,7 @@ impl Connection {
                 "clientId": client_id,
                 "connectionKey": self.membership.key,
                 "connectionStateTtl": CONNECTION_STATE_TTL_MS,
-                "maxIdleInterval": MAX_IDLE_INTERVAL_MS,
+                "maxIdleInterval": self.state.timings.max_idle_interval.as_millis() as u64,
                 "maxMessageSize": self.state.limits.max_message_size,
                 "maxFrameSize": self.state.limits.max_frame_size,
                 "serverId": "ably-tokend-broker",
@@ -261,6 +285,7 @@ impl Connection {
                 self.send(&reply).await?;
             }
             Inbound::Close => {
+                self.membership.leave_at_once = true;
                 self.send(&json!({"action": action::CLOSED})).await?;
                 return Ok(Flow::Close);
             }
@@ -630,6 +655,7 @@ impl Connection {
                 data: item.get("data").filter(|d| !d.is_null()).cloned(),
                 encoding: item.get("encoding").filter(|e| !e.is_null()).cloned(),
                 extras: item.get("extras").filter(|e| e.is_object()).cloned(),
+                id: item.get("id").and_then(Value::as_str).map(str::to_string),
             });
         }
         let applied = self.state.hub.presence(
@@ -729,6 +755,7 @@ impl Connection {
                 Ok(Flow::Continue)
             }
             Err(error) => {
+                self.membership.leave_at_once = true;
                 self.fatal(error).await?;
                 Ok(Flow::Close)
             }
@@ -740,6 +767,7 @@ impl Connection {
         &mut self,
         incoming: Option<Result<AggregatedMessage, ProtocolError>>,
     ) -> Step {
+        self.heard_ms = self.state.hub.now_ms();
         let (bytes, format) = match incoming {
             Some(Ok(AggregatedMessage::Text(text))) => (text.into_bytes(), Format::Json),
             Some(Ok(AggregatedMessage::Binary(bytes))) => (bytes, Format::MsgPack),
@@ -753,6 +781,12 @@ impl Connection {
             }
             Some(Ok(AggregatedMessage::Pong(_))) => return Step::Continue,
             Some(Ok(AggregatedMessage::Close(_))) | None => return Step::Stop(None),
+            // The transport broke under the frames (a reset, an end without
+            // a close frame): the network, not the client, so it may resume.
+            Some(Err(ProtocolError::Io(error))) if transport_failed(&error) => {
+                tracing::debug!(connection = %self.id(), %error, "the transport broke");
+                return Step::Stop(None);
+            }
             Some(Err(error)) => {
                 return Step::Stop(Some(AblyError::new(
                     40000,
@@ -773,7 +807,23 @@ impl Connection {
 
     /// A WebSocket ping on every tick, which keeps proxies from idling the
     /// socket out; a HEARTBEAT too when the client asked for them (RTN23b).
+    /// Every live client answers the pings (a WebSocket endpoint must pong,
+    /// RFC 6455 §5.5.2, ably-js's `heartbeats=true` clients included), so a
+    /// connection silent past the idle timeout is dead: it is closed, and its
+    /// members wait out the presence grace.
     async fn heartbeat(&mut self) -> Step {
+        let silent = self.state.hub.now_ms().saturating_sub(self.heard_ms);
+        if silent > self.state.timings.idle_timeout_ms() {
+            tracing::debug!(connection = %self.id(), silent_ms = silent, "closing a connection that went silent");
+            let error = AblyError::new(
+                80003,
+                408,
+                format!("nothing heard from the client in {silent} ms; the connection is taken for dead"),
+            );
+            let frame = json!({"action": action::DISCONNECTED, "error": error.to_value()});
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.send(&frame)).await;
+            return Step::Stop(None);
+        }
         let deadline = self.state.limits.send_timeout;
         if !matches!(
             tokio::time::timeout(deadline, self.session.ping(b"")).await,
@@ -814,7 +864,7 @@ impl Connection {
         mut outbox: mpsc::Receiver<Frame>,
         lagged: Arc<Notify>,
     ) -> Option<AblyError> {
-        let mut heartbeat = tokio::time::interval(Duration::from_millis(MAX_IDLE_INTERVAL_MS / 2));
+        let mut heartbeat = tokio::time::interval(self.state.timings.ping_every());
         heartbeat.tick().await;
         let expiry = tokio::time::sleep(Duration::from_millis(YEAR_MS));
         tokio::pin!(expiry);
@@ -874,6 +924,14 @@ fn not_continued(asked: &Continue) -> AblyError {
             format!("unable to recover the connection: the recovery key's connection is unknown to this broker or closed more than {ttl_s} s ago; this is a new connection"),
         ),
     }
+}
+
+/// Whether a WebSocket read error is the transport failing (actix-ws wraps
+/// the payload's errors), rather than a frame the client got wrong.
+fn transport_failed(error: &std::io::Error) -> bool {
+    error
+        .get_ref()
+        .is_some_and(|inner| inner.is::<actix_web::error::PayloadError>())
 }
 
 /// Answers a client that may not connect with one frame, then closes.
@@ -939,6 +997,10 @@ pub(crate) async fn run(
         }
     };
     let registration = state.sessions.open(&key, &id, client_id.as_deref());
+    // A resumed connection's members, still present within the grace, are
+    // its own again: no leave, and they leave when it ends. (`take` above
+    // waited for a taken-over transport's clean-up, which scheduled them.)
+    let present = state.departures.adopt(&id);
     let mut conn = Connection {
         membership: Membership {
             state: state.clone(),
@@ -948,7 +1010,8 @@ pub(crate) async fn run(
             registration,
             attached: HashMap::new(),
             requested_modes: HashMap::new(),
-            presence_channels: HashSet::new(),
+            presence_channels: present.into_iter().collect(),
+            leave_at_once: false,
         },
         params,
         credentials,
@@ -958,6 +1021,7 @@ pub(crate) async fn run(
             lagging: Arc::new(AtomicBool::new(false)),
         },
         session: session.clone(),
+        heard_ms: state.hub.now_ms(),
         state: state.clone(),
     };
     tracing::debug!(connection = %conn.id(), client_id = ?conn.membership.client_id, "realtime connection opened");
@@ -971,6 +1035,7 @@ pub(crate) async fn run(
     }
     if conn.send(&connected).await.is_ok() {
         if let Some(error) = conn.serve(stream, outbox, lagged).await {
+            conn.membership.leave_at_once = true;
             let _ = conn.fatal(error).await;
         }
     }

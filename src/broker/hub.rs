@@ -237,6 +237,8 @@ pub(crate) struct PresenceChange {
     pub(crate) data: Option<Value>,
     pub(crate) encoding: Option<Value>,
     pub(crate) extras: Option<Value>,
+    /// The id the client set, which only an automatic re-entry does (RTP17g).
+    pub(crate) id: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -715,7 +717,17 @@ impl Hub {
         let mut items = Vec::with_capacity(changes.len());
         for (i, change) in changes.into_iter().enumerate() {
             let key = (change.client_id.clone(), connection_id.to_string());
-            let present = state.members.contains_key(&key);
+            // An automatic re-entry (RTP17g) carries the id of the member's
+            // latest event: when that is still the member's state, the
+            // re-entry changes nothing, and the others hear nothing.
+            let current = state.members.get(&key);
+            if change.action != presence_action::LEAVE
+                && change.id.is_some()
+                && change.id.as_deref() == current.map(|m| m.id.as_str())
+            {
+                continue;
+            }
+            let present = current.is_some();
             let member = Member {
                 client_id: change.client_id,
                 connection_id: connection_id.to_string(),
@@ -1163,6 +1175,7 @@ mod tests {
             data: Some(json!(data)),
             encoding: None,
             extras: None,
+            id: None,
         };
         hub.presence(
             "c",
@@ -1222,6 +1235,7 @@ mod tests {
             data: Some(json!(data)),
             encoding: None,
             extras,
+            id: None,
         };
         let lock = json!({"locks": [{"id": "seat-1"}]});
         for (serial, c) in [
@@ -1290,6 +1304,7 @@ mod tests {
                 data: Some(json!(n.to_string())),
                 encoding: None,
                 extras: None,
+                id: None,
             };
             hub.presence(
                 "c",
@@ -1338,6 +1353,7 @@ mod tests {
             data: None,
             encoding: None,
             extras: None,
+            id: None,
         };
         // s1 is also present with two members; p1 is present only.
         hub.presence(
@@ -1523,6 +1539,7 @@ mod tests {
                 data: None,
                 encoding: None,
                 extras: None,
+                id: None,
             }],
             Claim::New { holding: 0 },
             LIMITS,
@@ -1571,6 +1588,7 @@ mod tests {
             data: None,
             encoding: None,
             extras: None,
+            id: None,
         };
         hub.presence(
             "c",

@@ -93,6 +93,7 @@ mod tests {
             bind: "127.0.0.1:0".parse().unwrap(),
             history_max_messages: 10,
             history_max_age: std::time::Duration::from_secs(60),
+            ..BrokerSettings::default()
         };
         let broker = Broker::build(
             &settings,

@@ -9,6 +9,7 @@ pub(crate) mod connection;
 pub(crate) mod continuity;
 pub(crate) mod hub;
 pub(crate) mod inbound;
+pub(crate) mod liveness;
 pub(crate) mod message;
 mod metrics;
 pub(crate) mod protocol;
@@ -70,6 +71,9 @@ pub(crate) struct BrokerState {
     pub(crate) hub: Hub,
     pub(crate) auth: BrokerAuth,
     pub(crate) limits: Limits,
+    pub(crate) timings: liveness::Timings,
+    /// Members of connections that dropped without CLOSE, until they leave.
+    pub(crate) departures: liveness::Departures,
     connections: AtomicUsize,
     /// Open connections, and those closed within the connection-state TTL,
     /// by key: what a resume (RTN15b) or recover (RTN16k) continues.
@@ -151,6 +155,10 @@ impl Broker {
             ),
             auth: BrokerAuth::new(keys, clock.clone()),
             limits,
+            timings: liveness::Timings {
+                max_idle_interval: settings.max_idle_interval,
+            },
+            departures: liveness::Departures::new(settings.presence_grace),
             connections: AtomicUsize::new(0),
             sessions: continuity::Sessions::new(connection::CONNECTION_STATE_TTL_MS, clock),
             stopping: tokio::sync::watch::Sender::new(false),
@@ -241,8 +249,10 @@ impl Broker {
                 state.sessions.sweep();
             }
         });
+        let departures = actix_web::rt::spawn(liveness::run(self.state.clone()));
         let result = self.server.await;
         self.state.disconnect_all();
+        departures.abort();
         sweeper.abort();
         signals.abort();
         result

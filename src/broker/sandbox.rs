@@ -289,6 +289,7 @@ impl AppSpec {
                     data: member.data.map(Value::String),
                     encoding: member.encoding.map(Value::String),
                     extras: None,
+                    id: None,
                 });
             }
             channels.push((channel.name, members));

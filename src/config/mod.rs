@@ -160,6 +160,12 @@ pub struct BrokerSettings {
     pub bind: SocketAddr,
     pub history_max_messages: usize,
     pub history_max_age: Duration,
+    /// How long the members of a connection that dropped without CLOSE stay
+    /// present, so a client that resumes within it shows no leave/enter.
+    pub presence_grace: Duration,
+    /// Advertised as `maxIdleInterval` (CD2h): the broker pings at half of it,
+    /// and closes a connection it has heard nothing from for 1.5 times it.
+    pub max_idle_interval: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

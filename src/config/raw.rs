@@ -179,6 +179,8 @@ pub(super) struct RawBroker {
     pub(crate) bind: String,
     pub(crate) history_max_messages: usize,
     pub(crate) history_max_age: String,
+    pub(crate) presence_grace: String,
+    pub(crate) max_idle_interval: String,
 }
 
 impl Default for RawBroker {
@@ -187,6 +189,8 @@ impl Default for RawBroker {
             bind: "127.0.0.1:8081".into(),
             history_max_messages: 1000,
             history_max_age: "2m".into(),
+            presence_grace: "15s".into(),
+            max_idle_interval: "15s".into(),
         }
     }
 }

@@ -330,3 +330,32 @@ fn keys_tables_name_the_field_and_never_the_secret() {
     .unwrap_err();
     assert!(e.contains("ABLY_API_KEY"), "{e}");
 }
+
+#[test]
+fn broker_liveness_settings_default_to_ablys_and_are_bounded() {
+    let s = Settings::from_toml(MINIMAL).unwrap();
+    assert_eq!(s.broker.presence_grace, Duration::from_secs(15));
+    assert_eq!(s.broker.max_idle_interval, Duration::from_secs(15));
+    let s = Settings::from_toml(&format!(
+        "{MINIMAL}\n[broker]\npresence_grace = \"0s\"\nmax_idle_interval = \"500ms\""
+    ))
+    .unwrap();
+    assert_eq!(s.broker.presence_grace, Duration::ZERO);
+    assert_eq!(s.broker.max_idle_interval, Duration::from_millis(500));
+    let e = err(&format!("{MINIMAL}\n[broker]\npresence_grace = \"3m\""));
+    assert_eq!(
+        e,
+        "broker.presence_grace: \"3m\" is out of range: it must be from 0s to 2m"
+    );
+    let e = err(&format!(
+        "{MINIMAL}\n[broker]\nmax_idle_interval = \"10ms\""
+    ));
+    assert_eq!(
+        e,
+        "broker.max_idle_interval: \"10ms\" is out of range: it must be from 100ms to 5m"
+    );
+    let e = err(&format!(
+        "{MINIMAL}\n[broker]\nmax_idle_interval = \"often\""
+    ));
+    assert!(e.starts_with("broker.max_idle_interval:"), "{e}");
+}

@@ -21,6 +21,16 @@ pub(super) type EnvLookup<'e> = &'e dyn Fn(&str) -> Option<String>;
 /// Largest request body the sidecar can be told to accept.
 const MAX_BODY_BYTES_LIMIT: usize = 1024 * 1024;
 
+/// Longest `broker.presence_grace`: the connection-state TTL (CD2f), past
+/// which a client cannot resume the connection its members belong to.
+const MAX_PRESENCE_GRACE: Duration = Duration::from_secs(120);
+/// Bounds of `broker.max_idle_interval`: ably-js waits that long plus
+/// `realtimeRequestTimeout` for a sign of life (RTN23a), so much shorter
+/// would make the broker ping constantly and much longer would leave dead
+/// members present for minutes.
+const MIN_IDLE_INTERVAL: Duration = Duration::from_millis(100);
+const MAX_IDLE_INTERVAL: Duration = Duration::from_secs(300);
+
 pub(super) fn settings(raw: RawSettings, env: EnvLookup<'_>) -> Result<Settings, ConfigError> {
     let server = server(raw.server)?;
     let ably = ably(raw.ably, env)?;
@@ -259,11 +269,39 @@ pub(super) fn policy(raw: RawPolicy) -> PolicySettings {
     }
 }
 
+/// A duration within `[min, max]`, or an error naming the field and the bounds.
+fn bounded(field: &str, text: &str, min: Duration, max: Duration) -> Result<Duration, ConfigError> {
+    let value = parse_duration(field, text)?;
+    if value < min || value > max {
+        return Err(invalid(
+            field,
+            format!(
+                "{text:?} is out of range: it must be from {} to {}",
+                humantime::format_duration(min),
+                humantime::format_duration(max)
+            ),
+        ));
+    }
+    Ok(value)
+}
+
 pub(super) fn broker(raw: RawBroker) -> Result<BrokerSettings, ConfigError> {
     Ok(BrokerSettings {
         bind: parse_bind("broker.bind", &raw.bind)?,
         history_max_messages: raw.history_max_messages,
         history_max_age: parse_duration("broker.history_max_age", &raw.history_max_age)?,
+        presence_grace: bounded(
+            "broker.presence_grace",
+            &raw.presence_grace,
+            Duration::ZERO,
+            MAX_PRESENCE_GRACE,
+        )?,
+        max_idle_interval: bounded(
+            "broker.max_idle_interval",
+            &raw.max_idle_interval,
+            MIN_IDLE_INTERVAL,
+            MAX_IDLE_INTERVAL,
+        )?,
     })
 }
 

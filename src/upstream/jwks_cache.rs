@@ -485,6 +485,10 @@ fn describe_reqwest_error(e: &reqwest::Error, what: &str) -> String {
         format!("fetching {what} timed out")
     } else if e.is_connect() {
         format!("could not connect to the server of {what}")
+    } else if e.is_request() && !e.is_redirect() {
+        // Sending failed on a pooled connection the server had closed: to
+        // whoever reads /readyz, the same outage as a refused connection.
+        format!("could not connect to the server of {what} (the request could not be sent)")
     } else if e.is_redirect() {
         // reqwest's own message names the URL; the policy's reason is the cause.
         let why = std::error::Error::source(e)

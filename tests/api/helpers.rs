@@ -702,6 +702,7 @@ pub async fn spawn_broker_with_clock(limits: Limits, clock: SharedClock) -> Test
         bind: "127.0.0.1:0".parse().unwrap(),
         history_max_messages: 100,
         history_max_age: Duration::from_secs(120),
+        ..BrokerSettings::default()
     };
     let broker = Broker::build(&settings, vec![key.clone()], clock, limits).unwrap();
     let (port, handle) = (broker.port(), broker.handle());

@@ -92,6 +92,7 @@ async fn broker_with(key: ApiKey) -> String {
         bind: "127.0.0.1:0".parse().unwrap(),
         history_max_messages: 100,
         history_max_age: Duration::from_secs(120),
+        ..BrokerSettings::default()
     };
     let broker = Broker::build(&settings, vec![key], clock::system(), Limits::default()).unwrap();
     let base = format!("http://127.0.0.1:{}", broker.port());

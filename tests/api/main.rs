@@ -18,6 +18,7 @@ mod http;
 mod idempotency;
 mod jwks;
 mod keys;
+mod liveness;
 mod names;
 mod operations;
 mod process;
