@@ -595,13 +595,26 @@ pub(crate) struct StatsParams {
 
 /// `GET /stats` (RSC6): the broker keeps no usage statistics, so every
 /// query answers an empty page, with its links; the parameters are checked
-/// as Ably checks them so a wrong call fails here as it would there.
+/// as Ably checks them so a wrong call fails here as it would there. Reading
+/// stats takes the `stats` operation (https://ably.com/docs/auth/capabilities),
+/// which is not about a channel: granted on any resource, it is enough.
 pub(crate) async fn stats(
     req: HttpRequest,
     params: web::Query<StatsParams>,
     state: web::Data<BrokerState>,
 ) -> Result<HttpResponse, AblyError> {
-    authenticate(&req, &state)?;
+    let credentials = authenticate(&req, &state)?;
+    if !credentials
+        .capability
+        .iter()
+        .any(|(_, ops)| ops.allows(Operation::Stats))
+    {
+        return Err(AblyError::new(
+            40160,
+            401,
+            "the capability does not permit stats: grant it on any resource, e.g. {\"*\":[\"stats\"]}",
+        ));
+    }
     let query = PageQuery::parse(&params.page)?;
     match params.unit.as_deref() {
         None | Some("" | "minute" | "hour" | "day" | "month") => {}
