@@ -884,6 +884,8 @@ pub(crate) async fn run(
         let id = random_id(12);
         (id.clone(), format!("{}-{id}", random_id(8)))
     });
+    // Until the Membership's drop says it closed.
+    state.opened(&key, &id, client_id.as_deref());
     let mut conn = Connection {
         membership: Membership {
             state: state.clone(),

@@ -71,6 +71,10 @@ pub(crate) struct BrokerState {
     /// connection id. Message continuity is not kept: channels re-attach
     /// without the RESUMED flag, which tells ably-js exactly that.
     recent: std::sync::Mutex<std::collections::HashMap<String, Recent>>,
+    /// Open connections by key, for a REST publish on behalf of one (TM2h,
+    /// <https://ably.com/docs/pub-sub/advanced#publish-on-behalf>). Bounded
+    /// by `max_connections`: each entry belongs to a connection holding a slot.
+    open: std::sync::Mutex<std::collections::HashMap<String, Open>>,
     /// Flips to true when the broker stops: every connection then sends
     /// DISCONNECTED and closes, so clients reconnect elsewhere or later.
     stopping: tokio::sync::watch::Sender<bool>,
@@ -80,6 +84,13 @@ struct Recent {
     id: String,
     client_id: Option<String>,
     closed_ms: u64,
+}
+
+/// An open connection as a REST publish on its behalf sees it.
+#[derive(Debug, Clone)]
+pub(crate) struct Open {
+    pub(crate) id: String,
+    pub(crate) client_id: Option<String>,
 }
 
 /// Most remembered closed connections.
@@ -118,7 +129,29 @@ impl BrokerState {
         self.stopping.subscribe()
     }
 
+    /// Records a connection as open under `key` until `remember_closed`.
+    fn opened(&self, key: &str, id: &str, client_id: Option<&str>) {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        open.insert(
+            key.to_string(),
+            Open {
+                id: id.to_string(),
+                client_id: client_id.map(str::to_string),
+            },
+        );
+    }
+
+    /// The open connection whose private key is `key`, if any.
+    pub(crate) fn open_connection(&self, key: &str) -> Option<Open> {
+        let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        open.get(key).cloned()
+    }
+
     fn remember_closed(&self, key: &str, id: &str, client_id: Option<&str>) {
+        self.open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
         let now = self.hub.now_ms();
         let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
         if recent.len() >= MAX_RECENT {
@@ -189,6 +222,7 @@ impl Broker {
             limits,
             connections: AtomicUsize::new(0),
             recent: std::sync::Mutex::new(std::collections::HashMap::new()),
+            open: std::sync::Mutex::new(std::collections::HashMap::new()),
             stopping: tokio::sync::watch::Sender::new(false),
         });
         let data = web::Data::from(state.clone());
