@@ -187,9 +187,44 @@ async fn a_token_that_expires_mid_connection_gets_disconnected_40142() {
     let token = broker.jwt(r#"{"*":["*"]}"#, Some("u"), 1_500, now_ms());
     let mut socket = broker.connect(&format!("access_token={token}")).await;
     assert_eq!(socket.next().await["action"], 4);
+    // Asked to re-authenticate first (RTN22); a client that does not...
+    assert_eq!(socket.next().await, json!({"action": 17}));
+    // ...is disconnected when the token expires.
     let disconnected = socket.next().await;
     assert_eq!(disconnected["action"], 6);
     assert_eq!(disconnected["error"]["code"], 40142);
+}
+
+#[actix_web::test]
+async fn a_connection_asked_to_reauthenticate_carries_on_with_its_new_token() {
+    let broker = spawn_broker(Limits::default()).await;
+    let short = broker.jwt(r#"{"*":["*"]}"#, Some("u"), 1_200, now_ms());
+    let mut socket = broker.connect(&format!("access_token={short}")).await;
+    let connected = socket.next().await;
+    assert_eq!(connected["action"], 4);
+    let started = std::time::Instant::now();
+    assert_eq!(
+        socket.next().await,
+        json!({"action": 17}),
+        "AUTH before expiry"
+    );
+    let waited = started.elapsed().as_millis();
+    assert!(
+        (500..1_200).contains(&waited),
+        "AUTH came {waited} ms after CONNECTED, a third of the 1.2 s before expiry"
+    );
+
+    // The client answers in band (RTC8a) with a token for the same clientId.
+    let renewed = broker.jwt(r#"{"*":["*"]}"#, Some("u"), 60_000, now_ms());
+    socket
+        .send(json!({"action": 17, "auth": {"accessToken": renewed}}))
+        .await;
+    let again = socket.next().await;
+    assert_eq!(again["action"], 4, "CONNECTED again: {again}");
+    assert_eq!(again["connectionId"], connected["connectionId"]);
+    // Past the first token's expiry: no DISCONNECTED, and no second AUTH
+    // before the new token runs short.
+    socket.silent_for(1_000).await;
 }
 
 #[actix_web::test]
