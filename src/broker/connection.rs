@@ -294,6 +294,9 @@ impl Connection {
             Inbound::Other(other) => {
                 tracing::debug!(connection = %self.id(), action = other, "ignored an unknown protocol action")
             }
+            Inbound::Unsupported { action, serial } => {
+                self.nack(serial, unsupported(action)).await?
+            }
         }
         Ok(Flow::Continue)
     }
@@ -864,6 +867,20 @@ impl Connection {
             }
         }
     }
+}
+
+/// The NACK error for a protocol action the broker does not implement.
+fn unsupported(action: u64) -> AblyError {
+    let what = match action {
+        19 => "OBJECT (LiveObjects)",
+        21 => "ANNOTATION (message annotations)",
+        _ => "this action",
+    };
+    AblyError::new(
+        40000,
+        400,
+        format!("protocol action {action}, {what}, is not supported by this broker; see the README's \"What it does not do\""),
+    )
 }
 
 /// Answers a client that may not connect with one frame, then closes.

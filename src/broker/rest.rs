@@ -746,11 +746,24 @@ pub(crate) async fn presence(
     ))
 }
 
+/// Any other route: 404 40400, naming what the broker does not implement
+/// when the path is one of Ably's (README, "What it does not do").
 pub(crate) async fn not_found(req: HttpRequest) -> HttpResponse {
     let path: String = req.path().chars().take(200).collect();
+    let why = if path.starts_with("/comet/") {
+        ": the broker serves realtime over WebSocket only (no comet or long polling); drop the transports option"
+    } else if path.starts_with("/push/") || path.ends_with("/push/subscriptions") {
+        ": the broker does not implement push notifications"
+    } else if path.ends_with("/annotations") {
+        ": the broker does not implement message annotations"
+    } else if path.starts_with("/channels/") && path.contains("/object") {
+        ": the broker does not implement LiveObjects"
+    } else {
+        ""
+    };
     actix_web::ResponseError::error_response(&AblyError::new(
         40400,
         404,
-        format!("no broker route {} {path}", req.method()),
+        format!("no broker route {} {path}{why}", req.method()),
     ))
 }

@@ -492,3 +492,26 @@ async fn rest_and_realtime_apply_the_same_client_id_rule() {
     }
     assert_eq!(codes, vec![0, 40012, 40012]);
 }
+
+#[actix_web::test]
+async fn actions_the_broker_does_not_implement_are_nacked_when_they_expect_an_ack() {
+    let broker = spawn_broker(Limits::default()).await;
+    let mut socket = broker.connect_as(r#"{"*":["*"]}"#, Some("u")).await;
+    // OBJECT (19, LiveObjects) and ANNOTATION (21) carry a msgSerial.
+    for (action, what) in [(19, "OBJECT (LiveObjects)"), (21, "ANNOTATION")] {
+        socket
+            .send(json!({"action": action, "channel": "room", "msgSerial": action, "state": []}))
+            .await;
+        let nack = socket.next().await;
+        assert_eq!(nack["action"], 2, "{nack}");
+        assert_eq!(nack["msgSerial"], action);
+        assert_eq!(nack["count"], 1);
+        assert_eq!(nack["error"]["code"], 40000);
+        let message = nack["error"]["message"].as_str().unwrap();
+        assert!(message.contains(what), "{message}");
+    }
+    // One without a msgSerial is ignored, and the connection carries on.
+    socket.send(json!({"action": 19, "channel": "room"})).await;
+    socket.send(json!({"action": 10, "channel": "room"})).await;
+    assert_eq!(socket.next().await["action"], 11);
+}
