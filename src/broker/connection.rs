@@ -40,7 +40,7 @@ const AUTH_LEAD_MS: u64 = 30_000;
 /// 30 s before, or a third of what is left before for a token with less than
 /// 90 s to go, so a short-lived token is renewed in time and each renewal
 /// asks again only once its new token runs short.
-pub(crate) fn reauth_due_ms(now_ms: u64, expires_ms: u64) -> u64 {
+fn reauth_due_ms(now_ms: u64, expires_ms: u64) -> u64 {
     let left = expires_ms.saturating_sub(now_ms);
     expires_ms - AUTH_LEAD_MS.min(left / 3)
 }
