@@ -32,6 +32,18 @@ use crate::capability::{OpSet, Operation};
 
 pub(crate) const CONNECTION_STATE_TTL_MS: u64 = 120_000;
 const YEAR_MS: u64 = 365 * 24 * 3600 * 1000;
+/// How long before its token expires a connection is asked to re-authenticate.
+const AUTH_LEAD_MS: u64 = 30_000;
+
+/// When to send AUTH (RTN22: the client then re-authenticates in band, RTC8)
+/// to a connection whose token expires at `expires_ms`, seen at `now_ms`:
+/// 30 s before, or a third of what is left before for a token with less than
+/// 90 s to go, so a short-lived token is renewed in time and each renewal
+/// asks again only once its new token runs short.
+fn reauth_due_ms(now_ms: u64, expires_ms: u64) -> u64 {
+    let left = expires_ms.saturating_sub(now_ms);
+    expires_ms - AUTH_LEAD_MS.min(left / 3)
+}
 
 /// Every write has a deadline: a client that stops reading fills the
 /// socket, and the connection is then dropped instead of holding its slot.
@@ -322,6 +334,9 @@ impl Connection {
             Inbound::Auth { access_token } => return self.reauthenticate(&access_token).await,
             Inbound::Other(other) => {
                 tracing::debug!(connection = %self.id(), action = other, "ignored an unknown protocol action")
+            }
+            Inbound::Unsupported { action, serial } => {
+                self.nack(serial, unsupported(action)).await?
             }
         }
         Ok(Flow::Continue)
@@ -842,18 +857,29 @@ impl Connection {
         Step::Continue
     }
 
-    /// Points the expiry timer at the credentials' expiry when it changed
-    /// (at the start, and after re-authentication).
-    fn arm_expiry(&self, armed: &mut Option<u64>, expiry: Pin<&mut Sleep>) {
+    /// Points the expiry timer at the credentials' expiry, and the AUTH
+    /// request timer shortly before it (`reauth_due_ms`), when the expiry
+    /// changed (at the start, and after re-authentication). Returns whether
+    /// an AUTH request is now due to be sent.
+    fn arm_expiry(
+        &self,
+        armed: &mut Option<u64>,
+        expiry: Pin<&mut Sleep>,
+        reauth: Pin<&mut Sleep>,
+    ) -> bool {
         if self.credentials.expires_ms == *armed {
-            return;
+            return false;
         }
         *armed = self.credentials.expires_ms;
-        if let Some(at) = *armed {
-            let left = at.saturating_sub(self.state.hub.now_ms());
-            // A JWT may name any exp; a year out is as good as never.
-            expiry.reset(tokio::time::Instant::now() + Duration::from_millis(left.min(YEAR_MS)));
-        }
+        let Some(at) = *armed else {
+            return false;
+        };
+        let now = self.state.hub.now_ms();
+        // A JWT may name any exp; a year out is as good as never.
+        let after = |ms: u64| tokio::time::Instant::now() + Duration::from_millis(ms.min(YEAR_MS));
+        expiry.reset(after(at.saturating_sub(now)));
+        reauth.reset(after(reauth_due_ms(now, at).saturating_sub(now)));
+        true
     }
 
     /// The connection's loop, after CONNECTED: returns when it ends, with the
@@ -868,11 +894,17 @@ impl Connection {
         heartbeat.tick().await;
         let expiry = tokio::time::sleep(Duration::from_millis(YEAR_MS));
         tokio::pin!(expiry);
+        let reauth = tokio::time::sleep(Duration::from_millis(YEAR_MS));
+        tokio::pin!(reauth);
         let mut armed = None;
+        // Whether this token's AUTH request is still to be sent (once per token).
+        let mut reauth_pending = false;
         let mut stopping = self.state.stopping();
         let taken_over = self.membership.registration.stop.clone();
         loop {
-            self.arm_expiry(&mut armed, expiry.as_mut());
+            if self.arm_expiry(&mut armed, expiry.as_mut(), reauth.as_mut()) {
+                reauth_pending = true;
+            }
             let step = tokio::select! {
                 incoming = stream.recv() => self.receive(incoming).await,
                 Some(frame) = outbox.recv() => match self.send_shared(&frame).await {
@@ -880,6 +912,13 @@ impl Connection {
                     Err(_) => Step::Stop(None),
                 },
                 _ = heartbeat.tick() => self.heartbeat().await,
+                _ = &mut reauth, if reauth_pending => {
+                    reauth_pending = false;
+                    match self.send(&json!({"action": action::AUTH})).await {
+                        Ok(()) => Step::Continue,
+                        Err(_) => Step::Stop(None),
+                    }
+                }
                 _ = &mut expiry, if armed.is_some() => {
                     self.disconnect(AblyError::new(40142, 401, "token expired")).await
                 }
@@ -932,6 +971,20 @@ fn transport_failed(error: &std::io::Error) -> bool {
     error
         .get_ref()
         .is_some_and(|inner| inner.is::<actix_web::error::PayloadError>())
+}
+
+/// The NACK error for a protocol action the broker does not implement.
+fn unsupported(action: u64) -> AblyError {
+    let what = match action {
+        19 => "OBJECT (LiveObjects)",
+        21 => "ANNOTATION (message annotations)",
+        _ => "this action",
+    };
+    AblyError::new(
+        40000,
+        400,
+        format!("protocol action {action}, {what}, is not supported by this broker; see the README's \"What it does not do\""),
+    )
 }
 
 /// Answers a client that may not connect with one frame, then closes.
@@ -1042,4 +1095,32 @@ pub(crate) async fn run(
     // The clean-up: subscriptions end, members leave, the id is remembered.
     drop(conn);
     close(session).await;
+}
+
+#[cfg(test)]
+mod reauth_tests {
+    use super::reauth_due_ms;
+
+    const NOW: u64 = 1_700_000_000_000;
+
+    #[test]
+    fn a_long_token_is_asked_to_renew_30_seconds_before_it_expires() {
+        let hour = NOW + 3_600_000;
+        assert_eq!(reauth_due_ms(NOW, hour), hour - 30_000);
+        // At 90 s left, a third is 30 s: both rules agree.
+        assert_eq!(reauth_due_ms(NOW, NOW + 90_000), NOW + 60_000);
+    }
+
+    #[test]
+    fn a_short_token_is_asked_to_renew_when_a_third_of_it_is_left() {
+        assert_eq!(reauth_due_ms(NOW, NOW + 5_000), NOW + 5_000 - 1_666);
+        assert_eq!(reauth_due_ms(NOW, NOW + 60_000), NOW + 40_000);
+        assert!(reauth_due_ms(NOW, NOW + 1) <= NOW + 1);
+    }
+
+    #[test]
+    fn an_expired_token_is_due_at_once() {
+        assert_eq!(reauth_due_ms(NOW, NOW - 5), NOW - 5);
+        assert_eq!(reauth_due_ms(NOW, NOW), NOW);
+    }
 }

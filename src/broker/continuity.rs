@@ -220,6 +220,14 @@ impl Sessions {
         Some((fresh && closed.client_id.as_deref() == client_id).then_some(closed.id))
     }
 
+    /// The id and clientId of the open connection `key` names.
+    pub(crate) fn live(&self, key: &str) -> Option<(String, Option<String>)> {
+        self.lock()
+            .live
+            .get(key)
+            .map(|l| (l.id.clone(), l.client_id.clone()))
+    }
+
     /// Forgets closed connections past the TTL.
     pub(crate) fn sweep(&self) {
         let now = self.clock.now_ms();

@@ -50,6 +50,13 @@ pub(crate) enum Inbound {
     },
     /// An action a client has no reason to send (CONNECTED, ACK, …): ignored.
     Other(u64),
+    /// An action the broker does not implement that expects an ACK (it
+    /// carries a `msgSerial`): OBJECT (19, LiveObjects), ANNOTATION (21).
+    /// Answered with a NACK, so the client's call fails instead of waiting.
+    Unsupported {
+        action: u64,
+        serial: u64,
+    },
 }
 
 /// Why a frame is not a protocol message. Each is fatal to the connection.
@@ -127,7 +134,13 @@ impl Inbound {
                     .unwrap_or("")
                     .to_string(),
             },
-            other => Inbound::Other(other),
+            other => match serial {
+                Some(serial) => Inbound::Unsupported {
+                    action: other,
+                    serial,
+                },
+                None => Inbound::Other(other),
+            },
         })
     }
 }
@@ -371,6 +384,15 @@ mod tests {
         assert_eq!(
             Inbound::from_frame(json!({"action": 4})),
             Ok(Inbound::Other(4))
+        );
+        assert_eq!(
+            Inbound::from_frame(
+                json!({"action": 21, "channel": "c", "msgSerial": 3, "annotations": []})
+            ),
+            Ok(Inbound::Unsupported {
+                action: 21,
+                serial: 3
+            })
         );
     }
 

@@ -83,6 +83,14 @@ pub(crate) struct BrokerState {
     stopping: tokio::sync::watch::Sender<bool>,
 }
 
+/// An open connection as a REST publish on its behalf sees it (TM2h,
+/// <https://ably.com/docs/pub-sub/advanced#publish-on-behalf>).
+#[derive(Debug, Clone)]
+pub(crate) struct Open {
+    pub(crate) id: String,
+    pub(crate) client_id: Option<String>,
+}
+
 /// Held while a connection counts against `max_connections`.
 pub(crate) struct Slot(Arc<BrokerState>);
 
@@ -114,6 +122,13 @@ impl BrokerState {
 
     pub(crate) fn stopping(&self) -> tokio::sync::watch::Receiver<bool> {
         self.stopping.subscribe()
+    }
+
+    /// The open connection whose private key is `key`, if any.
+    pub(crate) fn open_connection(&self, key: &str) -> Option<Open> {
+        self.sessions
+            .live(key)
+            .map(|(id, client_id)| Open { id, client_id })
     }
 }
 

@@ -271,41 +271,104 @@ fn publish_to(
     let now = state.hub.now_ms();
     let base = format!("rest-{}", random_id(12));
     let mut messages = Vec::with_capacity(items.len());
+    // The connection each message is published on behalf of, if any.
+    let mut on_behalf: Vec<Option<String>> = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
-        let client_id = speaker(
+        let mut client_id = speaker(
             caller.identified.as_deref(),
             &caller.credentials,
             item.get("clientId"),
         )?;
+        let connection = behalf_of(state, item)?;
+        if let Some(open) = &connection {
+            client_id = attributed_client_id(client_id, open)?;
+        }
+        let connection_id = connection.map(|open| open.id);
         messages.push(stored_message(
             item,
             format!("{base}:{i}"),
             client_id,
-            None,
+            connection_id.as_deref(),
             now,
         ));
+        on_behalf.push(connection_id);
     }
     let supplied: Vec<bool> = items.iter().map(|i| supplied_id(i).is_some()).collect();
     let serials: Vec<Value> = messages.iter().map(|m| m["id"].clone()).collect();
-    let delivery = json!({
-        "action": action::MESSAGE,
-        "channel": channel,
-        "id": base,
-        "timestamp": now,
-        "messages": messages,
-    });
-    // REST publishes are not bound by the channel limits, as before. A
-    // retried publish whose ids the channel has seen within the idempotency
-    // window answers as the first did, without delivering again (RSL1k,
-    // https://ably.com/docs/pub-sub/advanced#idempotency).
-    state
-        .hub
-        .publish(channel, delivery, &supplied, None, None)
-        .expect("without limits a publish is always admitted");
+    // One delivery per run of messages on behalf of the same connection (or
+    // none), in order, so echo suppression applies to exactly those.
+    let mut start = 0;
+    while start < messages.len() {
+        let from = on_behalf[start].as_deref();
+        let end = (start..messages.len())
+            .find(|&i| on_behalf[i].as_deref() != from)
+            .unwrap_or(messages.len());
+        let delivery = json!({
+            "action": action::MESSAGE,
+            "channel": channel,
+            "id": base,
+            "timestamp": now,
+            "messages": &messages[start..end],
+        });
+        // REST publishes are not bound by the channel limits, as before. A
+        // retried publish whose ids the channel has seen within the
+        // idempotency window answers as the first did, without delivering
+        // again (RSL1k, https://ably.com/docs/pub-sub/advanced#idempotency).
+        state
+            .hub
+            .publish(channel, delivery, &supplied[start..end], from, None)
+            .expect("without limits a publish is always admitted");
+        start = end;
+    }
     Ok(Published {
         message_id: base,
         serials,
     })
+}
+
+/// Longest `connectionKey` read; the broker's keys are 21 characters.
+const MAX_CONNECTION_KEY: usize = 256;
+
+/// The open realtime connection a REST message is published on behalf of:
+/// the one whose private key (`connection.key` in ably-js) the message
+/// carries as `connectionKey` (TM2h). Like Ably, a key that names no open
+/// connection refuses the publish with 40006
+/// (ably/ably-common errors/codes/40006.md).
+fn behalf_of(state: &BrokerState, item: &Value) -> Result<Option<super::Open>, AblyError> {
+    let Some(key) = item.get("connectionKey").filter(|k| !k.is_null()) else {
+        return Ok(None);
+    };
+    let invalid = || {
+        AblyError::new(
+            40006,
+            400,
+            "Malformed message; invalid connectionKey: it must be the connection.key of an open realtime connection to this broker",
+        )
+    };
+    let key = key
+        .as_str()
+        .filter(|k| !k.is_empty() && k.len() <= MAX_CONNECTION_KEY)
+        .ok_or_else(invalid)?;
+    state.open_connection(key).map(Some).ok_or_else(invalid)
+}
+
+/// A message on behalf of a connection is that connection's: it carries the
+/// connection's clientId, and may name no other (40006, as Ably refuses a
+/// REST publisher and realtime client with different client ids).
+fn attributed_client_id(
+    client_id: Option<String>,
+    open: &super::Open,
+) -> Result<Option<String>, AblyError> {
+    match (client_id, &open.client_id) {
+        (Some(named), Some(own)) if &named != own => Err(AblyError::new(
+            40006,
+            400,
+            format!(
+                "Malformed message; mismatched clientId: {named:?} is not the clientId of the connection its connectionKey names"
+            ),
+        )),
+        (named, own) => Ok(named.or_else(|| own.clone())),
+    }
 }
 
 pub(crate) async fn publish(
@@ -634,13 +697,26 @@ pub(crate) struct StatsParams {
 
 /// `GET /stats` (RSC6): the broker keeps no usage statistics, so every
 /// query answers an empty page, with its links; the parameters are checked
-/// as Ably checks them so a wrong call fails here as it would there.
+/// as Ably checks them so a wrong call fails here as it would there. Reading
+/// stats takes the `stats` operation (https://ably.com/docs/auth/capabilities),
+/// which is not about a channel: granted on any resource, it is enough.
 pub(crate) async fn stats(
     req: HttpRequest,
     params: web::Query<StatsParams>,
     state: web::Data<BrokerState>,
 ) -> Result<HttpResponse, AblyError> {
-    authenticate(&req, &state)?;
+    let credentials = authenticate(&req, &state)?;
+    if !credentials
+        .capability
+        .iter()
+        .any(|(_, ops)| ops.allows(Operation::Stats))
+    {
+        return Err(AblyError::new(
+            40160,
+            401,
+            "the capability does not permit stats: grant it on any resource, e.g. {\"*\":[\"stats\"]}",
+        ));
+    }
     let query = PageQuery::parse(&params.page)?;
     match params.unit.as_deref() {
         None | Some("" | "minute" | "hour" | "day" | "month") => {}
@@ -709,11 +785,24 @@ pub(crate) async fn presence(
     ))
 }
 
+/// Any other route: 404 40400, naming what the broker does not implement
+/// when the path is one of Ably's (README, "What it does not do").
 pub(crate) async fn not_found(req: HttpRequest) -> HttpResponse {
     let path: String = req.path().chars().take(200).collect();
+    let why = if path.starts_with("/comet/") {
+        ": the broker serves realtime over WebSocket only (no comet or long polling); drop the transports option"
+    } else if path.starts_with("/push/") || path.ends_with("/push/subscriptions") {
+        ": the broker does not implement push notifications"
+    } else if path.ends_with("/annotations") {
+        ": the broker does not implement message annotations"
+    } else if path.starts_with("/channels/") && path.contains("/object") {
+        ": the broker does not implement LiveObjects"
+    } else {
+        ""
+    };
     actix_web::ResponseError::error_response(&AblyError::new(
         40400,
         404,
-        format!("no broker route {} {path}", req.method()),
+        format!("no broker route {} {path}{why}", req.method()),
     ))
 }

@@ -187,9 +187,47 @@ async fn a_token_that_expires_mid_connection_gets_disconnected_40142() {
     let token = broker.jwt(r#"{"*":["*"]}"#, Some("u"), 1_500, now_ms());
     let mut socket = broker.connect(&format!("access_token={token}")).await;
     assert_eq!(socket.next().await["action"], 4);
+    // Asked to re-authenticate first (RTN22); a client that does not...
+    assert_eq!(socket.next().await, json!({"action": 17}));
+    // ...is disconnected when the token expires.
     let disconnected = socket.next().await;
     assert_eq!(disconnected["action"], 6);
     assert_eq!(disconnected["error"]["code"], 40142);
+}
+
+#[actix_web::test]
+async fn a_connection_asked_to_reauthenticate_carries_on_with_its_new_token() {
+    let broker = spawn_broker(Limits::default()).await;
+    let short = broker.jwt(r#"{"*":["*"]}"#, Some("u"), 1_200, now_ms());
+    let mut socket = broker.connect(&format!("access_token={short}")).await;
+    let connected = socket.next().await;
+    assert_eq!(connected["action"], 4);
+    assert_eq!(
+        socket.next().await,
+        json!({"action": 17}),
+        "AUTH before expiry"
+    );
+    // Before the token's own expiry (its `exp` is whole seconds, so the
+    // exact instant depends on when in the second it was minted; the timing
+    // rule itself is unit-tested in connection.rs).
+    let exp_ms = jwt_exp_secs(&short) * 1000;
+    assert!(
+        now_ms() < exp_ms,
+        "AUTH came at {} ms, after the token expired at {exp_ms} ms",
+        now_ms()
+    );
+
+    // The client answers in band (RTC8a) with a token for the same clientId.
+    let renewed = broker.jwt(r#"{"*":["*"]}"#, Some("u"), 60_000, now_ms());
+    socket
+        .send(json!({"action": 17, "auth": {"accessToken": renewed}}))
+        .await;
+    let again = socket.next().await;
+    assert_eq!(again["action"], 4, "CONNECTED again: {again}");
+    assert_eq!(again["connectionId"], connected["connectionId"]);
+    // Past the first token's expiry: no DISCONNECTED, and no second AUTH
+    // before the new token runs short.
+    socket.silent_for(1_000).await;
 }
 
 #[actix_web::test]
@@ -456,4 +494,39 @@ async fn rest_and_realtime_apply_the_same_client_id_rule() {
         codes.push(reply["error"]["code"].as_u64().unwrap_or(0));
     }
     assert_eq!(codes, vec![0, 40012, 40012]);
+}
+
+#[actix_web::test]
+async fn actions_the_broker_does_not_implement_are_nacked_when_they_expect_an_ack() {
+    let broker = spawn_broker(Limits::default()).await;
+    let mut socket = broker.connect_as(r#"{"*":["*"]}"#, Some("u")).await;
+    // OBJECT (19, LiveObjects) and ANNOTATION (21) carry a msgSerial.
+    for (action, what) in [(19, "OBJECT (LiveObjects)"), (21, "ANNOTATION")] {
+        socket
+            .send(json!({"action": action, "channel": "room", "msgSerial": action, "state": []}))
+            .await;
+        let nack = socket.next().await;
+        assert_eq!(nack["action"], 2, "{nack}");
+        assert_eq!(nack["msgSerial"], action);
+        assert_eq!(nack["count"], 1);
+        assert_eq!(nack["error"]["code"], 40000);
+        let message = nack["error"]["message"].as_str().unwrap();
+        assert!(message.contains(what), "{message}");
+    }
+    // One without a msgSerial is ignored, and the connection carries on.
+    socket.send(json!({"action": 19, "channel": "room"})).await;
+    socket.send(json!({"action": 10, "channel": "room"})).await;
+    assert_eq!(socket.next().await["action"], 11);
+}
+
+/// The `exp` claim of a compact JWT, in seconds.
+fn jwt_exp_secs(jwt: &str) -> u64 {
+    use base64::Engine;
+    let payload = jwt.split('.').nth(1).unwrap();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap();
+    serde_json::from_slice::<serde_json::Value>(&bytes).unwrap()["exp"]
+        .as_u64()
+        .unwrap()
 }

@@ -169,12 +169,12 @@ async fn page_queries_out_of_bounds_are_refused_with_40003() {
 }
 
 #[actix_web::test]
-async fn stats_answers_an_empty_page_to_any_authenticated_caller() {
+async fn stats_answers_an_empty_page_to_a_caller_with_the_stats_capability() {
     let rest = Rest::start().await;
     let (_, headers, body) = ok_json(rest.with_token(
         Method::GET,
         "/stats?unit=day&limit=5&direction=forwards",
-        r#"{"room":["subscribe"]}"#,
+        r#"{"room":["subscribe"],"*":["stats"]}"#,
         None,
     ))
     .await;
@@ -191,6 +191,16 @@ async fn stats_answers_an_empty_page_to_any_authenticated_caller() {
         .await
         .unwrap();
     assert_eq!(response.status(), 401);
+    // Any other operation, even on every channel, is not enough.
+    for capability in [
+        r#"{"room":["subscribe"]}"#,
+        r#"{"*":["publish","subscribe","history","presence"]}"#,
+    ] {
+        let (status, code, message) =
+            refusal(rest.with_token(Method::GET, "/stats", capability, None)).await;
+        assert_eq!((status, code), (401, 40160), "{capability}: {message}");
+        assert!(message.contains("stats"), "{message}");
+    }
 }
 
 #[actix_web::test]

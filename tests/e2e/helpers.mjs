@@ -411,16 +411,24 @@ export function memberSummary(members) {
 
 /**
  * An HTTP proxy on loopback in front of the sidecar's token routes that records every request the
- * client makes to its authUrl (method, path and query), then forwards it unchanged. It lets a test
- * prove that the client went back to its authUrl.
+ * client makes to its authUrl (method, path and query), then forwards it unchanged (or, after
+ * `failNext(n)`, answers the next n with 503). It lets a test prove that the client went back to
+ * its authUrl, and make a renewal fail.
  */
 export async function authProxy(stack) {
   const hits = [];
+  let failing = 0;
   const server = http.createServer(async (req, res) => {
     const chunks = [];
     for await (const chunk of req) chunks.push(chunk);
     const url = new URL(req.url, stack.sidecar);
     hits.push({ method: req.method, path: url.pathname, query: Object.fromEntries(url.searchParams), at: Date.now() });
+    if (failing > 0) {
+      failing -= 1;
+      res.writeHead(503, { "content-type": "text/plain" });
+      res.end("the auth proxy was told to fail this request");
+      return;
+    }
     const headers = {};
     for (const name of ["authorization", "accept", "content-type", "cookie"]) {
       if (req.headers[name]) headers[name] = req.headers[name];
@@ -450,6 +458,10 @@ export async function authProxy(stack) {
   const { port } = server.address();
   return {
     hits,
+    /** Answer the next `n` requests with 503 instead of forwarding them. */
+    failNext: (n = 1) => {
+      failing = n;
+    },
     url: (mode = "token") => `http://127.0.0.1:${port}${new URL(authUrlFor(stack, mode)).pathname}`,
     close: () =>
       new Promise((resolve) => {

@@ -1,7 +1,8 @@
-// A short-lived token that expires mid-session: the broker disconnects the client with 40142, the
-// client goes back to its authUrl (the sidecar, behind a counting proxy here) for a new token,
-// reconnects, and its subscription keeps receiving what is published after the renewal.
-// In TokenRequest mode and in JWT mode.
+// A short-lived token mid-session: the broker asks the client to re-authenticate shortly before it
+// expires (AUTH, RTN22), the client goes back to its authUrl (the sidecar, behind a counting proxy
+// here) for a new token and hands it over in band, and the connection never drops — in
+// TokenRequest mode and in JWT mode. A client whose in-band renewal fails is disconnected with 40142
+// at expiry, renews then, and resumes its connection.
 
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
@@ -36,7 +37,7 @@ describe("token renewal through the authUrl", () => {
   });
 
   for (const mode of ["token", "jwt"]) {
-    it(`a ${TTL_MS / 1000}s ${mode === "token" ? "TokenRequest" : "JWT"} expires mid-session, is renewed, and the subscription keeps receiving`, TEST, async () => {
+    it(`a ${TTL_MS / 1000}s ${mode === "token" ? "TokenRequest" : "JWT"} is renewed in band before it expires (AUTH from the broker), without a disconnection`, TEST, async () => {
       const hitsBefore = proxy.hits.length;
       const alice = await realtime(stack, {
         sub: "alice",
@@ -50,10 +51,11 @@ describe("token renewal through the authUrl", () => {
 
       await Promise.all([connected(alice), connected(sam)]);
       const firstConnectionId = alice.connection.id;
-      const hitsAtConnect = proxy.hits.length - hitsBefore;
-      assert.equal(hitsAtConnect, 1, "one trip to the authUrl to connect");
+      assert.equal(proxy.hits.length - hitsBefore, 1, "one trip to the authUrl to connect");
       assert.equal(proxy.hits.at(-1).query.ttl, String(TTL_MS), "ably-js passed authParams to the authUrl");
       const firstToken = alice.auth.tokenDetails.token;
+      // A JWT's TokenDetails has no `expires` in ably-js; it was issued just now for TTL_MS.
+      const firstExpires = alice.auth.tokenDetails.expires ?? Date.now() + TTL_MS;
       if (mode === "token") {
         const { issued, expires } = alice.auth.tokenDetails;
         assert.ok(expires - issued <= TTL_MS, `the broker honoured the TokenRequest's ttl: ${expires - issued} ms`);
@@ -65,43 +67,76 @@ describe("token renewal through the authUrl", () => {
       await within(sam.channels.get(name).publish("update", "before expiry"), "publish before expiry", { clients: [sam] });
       await inbox.waitFor((m) => m.data === "before expiry", "the message before expiry");
 
-      // The broker disconnects alice with 40142 when the token expires...
-      await until(
-        () => transitions.some((t) => t.state === "disconnected" && t.code === 40142),
-        "alice to be DISCONNECTED with 40142 (token expired)",
-        { ms: TTL_MS + 8000, clients: [alice] },
+      // The broker sends AUTH a third of the token's life before it expires (RTN22); ably-js
+      // fetches a new token from its authUrl and sends it in an AUTH of its own (RTC8a).
+      await until(() => alice.auth.tokenDetails && alice.auth.tokenDetails.token !== firstToken, "alice to hold a renewed token", {
+        ms: TTL_MS + 5000,
+        clients: [alice],
+      });
+      assert.ok(Date.now() < firstExpires, "renewed before the first token expired");
+      assert.equal(proxy.hits.length - hitsBefore, 2, "the authUrl was asked once more");
+      // Well past the first token's expiry, the connection is still the same and still up.
+      await until(() => Date.now() > firstExpires + 1500, "the first token's expiry to pass", { ms: TTL_MS + 5000 });
+      assert.equal(alice.connection.state, "connected");
+      assert.equal(alice.connection.id, firstConnectionId, "the same connection throughout");
+      // ably-js reports each in-band renewal as a connected → connected update, and nothing else.
+      assert.deepEqual(
+        transitions.filter((t) => t.state !== "connected"),
+        [],
+        "never disconnected (40142), suspended or failed",
       );
-      // ...and she renews through the authUrl and reconnects.
-      const expiredAt = transitions.findIndex((t) => t.state === "disconnected" && t.code === 40142);
-      await until(
-        () => transitions.slice(expiredAt + 1).some((t) => t.state === "connected") && alice.connection.state === "connected",
-        "alice to reconnect after the expiry",
-        { clients: [alice] },
-      );
-      assert.ok(proxy.hits.length - hitsBefore >= 2, `the authUrl was hit again: ${proxy.hits.length - hitsBefore} hits`);
-      assert.notEqual(alice.auth.tokenDetails.token, firstToken, "the client holds a new token");
+      assert.ok(transitions.length >= 2, `the renewal's connected update was seen: ${JSON.stringify(transitions)}`);
       assert.equal(alice.auth.clientId, "alice");
-      assert.ok(
-        !transitions.some((t) => t.state === "failed" || t.state === "suspended"),
-        `no failed or suspended state on the way: ${JSON.stringify(transitions)}`,
-      );
 
-      // The same subscription receives what is published after the renewal.
-      await channelState(channel, "attached", { clients: [alice] });
       await within(sam.channels.get(name).publish("update", "after renewal"), "publish after renewal", { clients: [sam] });
       await inbox.waitFor((m) => m.data === "after renewal", "the message published after the renewal");
-      assert.deepEqual(
-        inbox.items.map((m) => m.data),
-        ["before expiry", "after renewal"],
-        "each message delivered once",
-      );
-
-      // Expected of a resume (`resume=` with the connection key): the same connection.
-      assert.equal(alice.connection.id, firstConnectionId, "the reconnection resumed the same connection");
+      assert.deepEqual(inbox.items.map((m) => m.data), ["before expiry", "after renewal"], "each message delivered once");
 
       await Promise.all([closeClient(alice), closeClient(sam)]);
     });
   }
+
+  it("a client that cannot renew in band is DISCONNECTED 40142 at expiry, renews then, and resumes", TEST, async () => {
+    // A proxy of its own, so that no other test's client takes the failure meant for alice.
+    const own = await authProxy(stack);
+    after(() => own.close());
+    const alice = await realtime(stack, { sub: "alice", authUrl: own.url("token"), authParams: { ttl: String(TTL_MS) } });
+    const sam = await realtime(stack, { sub: "sam", roles: ["support"] });
+    const transitions = [];
+    alice.connection.on((change) => transitions.push({ state: change.current, code: change.reason?.code, at: Date.now() }));
+    await Promise.all([connected(alice), connected(sam)]);
+    const firstConnectionId = alice.connection.id;
+    const firstToken = alice.auth.tokenDetails.token;
+    const name = uniqueChannel("orders:alice");
+    const channel = alice.channels.get(name);
+    const inbox = await messageInbox(alice, channel);
+    // The renewal the broker's AUTH asks for fails at the authUrl (503, not a 403: RSA4d would fail
+    // the connection), so the token runs out.
+    own.failNext(1);
+
+    await until(
+      () => transitions.some((t) => t.state === "disconnected" && t.code === 40142),
+      "alice to be DISCONNECTED with 40142 (token expired)",
+      { ms: TTL_MS + 8000, clients: [alice] },
+    );
+    const expiredAt = transitions.findIndex((t) => t.state === "disconnected" && t.code === 40142);
+    await until(
+      () => transitions.slice(expiredAt + 1).some((t) => t.state === "connected") && alice.connection.state === "connected",
+      "alice to reconnect after the expiry",
+      { clients: [alice] },
+    );
+    assert.notEqual(alice.auth.tokenDetails.token, firstToken, "the client holds a new token");
+    assert.ok(
+      !transitions.some((t) => t.state === "failed" || t.state === "suspended"),
+      `no failed or suspended state on the way: ${JSON.stringify(transitions)}`,
+    );
+    // Expected of a resume (`resume=` with the connection key): the same connection.
+    assert.equal(alice.connection.id, firstConnectionId, "the reconnection resumed the same connection");
+    await channelState(channel, "attached", { clients: [alice] });
+    await within(sam.channels.get(name).publish("update", "after renewal"), "publish after renewal", { clients: [sam] });
+    await inbox.waitFor((m) => m.data === "after renewal", "the message published after the renewal");
+    await Promise.all([closeClient(alice), closeClient(sam)]);
+  });
 
   it("client.auth.authorize() re-authenticates in band (AUTH) without dropping the connection", TEST, async () => {
     const alice = await realtime(stack, { sub: "alice", authUrl: proxy.url("token") });

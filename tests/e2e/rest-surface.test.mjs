@@ -1,4 +1,5 @@
-// The rest of the REST surface ably-js calls: PaginatedResult's first/current/next links, stats(),
+// The rest of the REST surface ably-js calls: PaginatedResult's first/current/next links, stats()
+// (with the key; refused to a token without `stats`),
 // batchPublish() with per-channel results, a channel's status(), a key-authenticated client's
 // clientId (X-Ably-ClientId), presence extras on enter/update/leave, in presence.get() and SYNC,
 // and presence history.
@@ -81,6 +82,14 @@ describe("REST surface", () => {
     const error = await rejection(rest.stats({ unit: "fortnight" }), "stats with an unknown unit", { clients: [rest] });
     assert.equal(error.code, 40003);
     assert.equal(error.statusCode, 400);
+  });
+
+  it("stats() needs the stats capability: a user's token without it gets 40160", TEST, async () => {
+    const rest = await restAsUser(stack(), { sub: "sam", roles: ["support"] });
+    const error = await rejection(rest.stats(), "stats() with a token that lacks stats", { clients: [rest] });
+    assert.equal(error.code, 40160);
+    assert.equal(error.statusCode, 401);
+    assert.match(error.message, /does not permit stats/);
   });
 
   for (const protocol of protocols) {
