@@ -238,6 +238,54 @@ async fn a_resume_within_the_grace_keeps_the_member_and_its_automatic_re_entry_i
     assert_eq!(left["connectionId"], alice_id);
 }
 
+/// The client saw its transport fail before the broker did (a frozen network
+/// that came back before the idle close): the resume takes the old, still
+/// open connection over (RTN15b), and its member never leaves.
+#[actix_web::test]
+async fn a_resume_that_takes_over_a_connection_still_open_keeps_its_member() {
+    let live = spawn(Duration::from_secs(300)).await;
+    let mut watcher = watcher(&live, "room").await;
+    let (mut alice, connected) = live.connect("alice", None).await;
+    let alice_id = connected["connectionId"].as_str().unwrap().to_string();
+    let key = connected["connectionDetails"]["connectionKey"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    attach(&mut alice, "room").await;
+    let own = presence(&mut alice, "room", 0, json!({"action": 2, "data": "here"})).await;
+    let member_id = own_member_id(&mut alice, own).await;
+    presence_event(&mut watcher, 2).await;
+
+    // The old socket stays open; a second transport resumes it.
+    let (mut again, connected) = live.connect("alice", Some(&key)).await;
+    assert_eq!(connected["connectionId"], alice_id, "the resume keeps the id");
+    assert!(connected["error"].is_null(), "{connected}");
+    let old = alice.next().await;
+    assert!(
+        old.is_null() || old["action"] != 4,
+        "the old transport is ended, not served: {old}"
+    );
+    attach(&mut again, "room").await;
+    assert_eq!(again.next().await["action"], 16, "the SYNC after the attach");
+    let frames = presence(
+        &mut again,
+        "room",
+        1,
+        json!({"action": 2, "data": "here", "id": member_id}),
+    )
+    .await;
+    assert!(frames.is_empty(), "{frames:?}");
+    live.advance(GRACE_MS * 2).await;
+    watcher.silent_for(300).await;
+
+    let (mut late, _) = live.connect("late", None).await;
+    attach(&mut late, "room").await;
+    let sync = late.next().await;
+    let members = sync["presence"].as_array().unwrap();
+    assert_eq!(members.len(), 1, "{sync}");
+    assert_eq!(members[0]["connectionId"], alice_id);
+}
+
 #[actix_web::test]
 async fn a_resume_after_the_grace_finds_the_member_gone_and_its_re_entry_is_an_enter() {
     let live = spawn(Duration::from_secs(300)).await;
