@@ -75,7 +75,11 @@ pub fn authjs_cookie(data: &[u8]) {
     match authjs::decrypt(value, AUTHJS_COOKIE, keys) {
         Ok(_claims) => {
             assert!(value.len() <= MAX_COOKIE_BYTES);
-            assert_eq!(value.split('.').count(), 5, "opened a token that is not five parts");
+            assert_eq!(
+                value.split('.').count(),
+                5,
+                "opened a token that is not five parts"
+            );
         }
         Err(e) => {
             if value.len() > MAX_COOKIE_BYTES {
@@ -103,7 +107,10 @@ pub fn cookie_chunks(data: &[u8]) {
         header.split(';').find_map(|pair| {
             let (k, v) = pair.trim().split_once('=')?;
             let v = v.trim();
-            let v = v.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(v);
+            let v = v
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .unwrap_or(v);
             (k.trim() == name && !v.is_empty()).then_some(v)
         })
     };
@@ -256,8 +263,7 @@ mod tests {
     /// inputs that reach decryption and the claim parser.
     #[test]
     fn the_real_library_seeds_decrypt() {
-        let keys =
-            authjs::Keys::derive(&[AUTHJS_SECRET.as_bytes()], &[AUTHJS_COOKIE.to_string()]);
+        let keys = authjs::Keys::derive(&[AUTHJS_SECRET.as_bytes()], &[AUTHJS_COOKIE.to_string()]);
         for seed in ["authjs_v5", "nextauth_v4"] {
             let path = Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("fuzz/corpus/authjs_cookie")

@@ -13,6 +13,7 @@ mod denials;
 mod helpers;
 mod http;
 mod idempotency;
+mod identity;
 mod jwks;
 mod keys;
 mod names;

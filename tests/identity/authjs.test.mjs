@@ -3,12 +3,14 @@
 // `ably-tokend serve` configured with the README's copy-paste configurations.
 
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
 import { after, before, describe, test } from "node:test";
 
 import { encode as encodeV5 } from "@auth/core/jwt";
 import { CompactEncrypt } from "jose";
 import { encode as encodeV4 } from "next-auth/jwt";
 
+import { BINARY } from "../support/node/stack.mjs";
 import { SessionStore } from "./node_modules/@auth/core/lib/utils/cookie.js";
 import {
   assertNoSecretsLogged,
@@ -234,5 +236,52 @@ describe("NextAuth v4 (the README's configuration)", () => {
     }
     const expired = await encodeV4({ token: { sub: "erin" }, secret: NEXTAUTH_SECRET, maxAge: -60 });
     assertRefused(await requestToken(stack, { [V4]: expired }), "session_token_expired");
+  });
+});
+
+describe("ably-tokend token inspect", () => {
+  const inspect = (value, args, env = {}) => {
+    const run = spawnSync(BINARY, ["token", "inspect", value, ...args], {
+      env: { PATH: process.env.PATH, NO_COLOR: "1", ...env },
+      encoding: "utf8",
+      timeout: 20_000,
+    });
+    const output = run.stdout + run.stderr;
+    for (const secret of Object.values(env)) assert.ok(!output.includes(secret), "the secret was printed");
+    return { status: run.status, output };
+  };
+
+  test("decrypts an Auth.js v5 cookie with --secret-env and shows its header and claims", async () => {
+    const value = await v5Cookie({ sub: "alice", role: "editor" }, { salt: V5_SECURE });
+    const ok = inspect(value, ["--secret-env", "OLD", "--secret-env", "AUTH_SECRET", "--cookie-name", V5_SECURE], {
+      AUTH_SECRET,
+      OLD: OLD_SECRET,
+    });
+    assert.equal(ok.status, 0, ok.output);
+    assert.match(ok.output, /kind: +encrypted session cookie \(Auth\.js v5\)/);
+    assert.match(ok.output, /"enc":"A256CBC-HS512"/);
+    assert.match(ok.output, /sub: +"alice"/);
+    assert.match(ok.output, /"role": "editor"/);
+    assert.match(ok.output, /verified: +yes, decrypted with the secret in AUTH_SECRET/);
+    // The default cookie name is the http one: the key differs, so it does not open.
+    const wrongName = inspect(value, ["--secret-env", "AUTH_SECRET"], { AUTH_SECRET });
+    assert.equal(wrongName.status, 1, wrongName.output);
+    assert.match(wrongName.output, /verified: +NO: no secret in AUTH_SECRET opens it/);
+    assert.doesNotMatch(wrongName.output, /alice/);
+  });
+
+  test("decrypts a NextAuth v4 cookie; without --secret-env shows the header only", async () => {
+    const value = await encodeV4({ token: { sub: "erin" }, secret: NEXTAUTH_SECRET });
+    const ok = inspect(value, ["--secret-env", "NEXTAUTH_SECRET"], { NEXTAUTH_SECRET });
+    assert.equal(ok.status, 0, ok.output);
+    assert.match(ok.output, /NextAuth v4/);
+    assert.match(ok.output, /sub: +"erin"/);
+    const bare = inspect(value, []);
+    assert.equal(bare.status, 0, bare.output);
+    assert.match(bare.output, /"enc":"A256GCM"/);
+    assert.doesNotMatch(bare.output, /erin/);
+    const unset = inspect(value, ["--secret-env", "NOT_SET_ANYWHERE"]);
+    assert.notEqual(unset.status, 0);
+    assert.match(unset.output, /environment variable NOT_SET_ANYWHERE is not set/);
   });
 });
