@@ -214,7 +214,8 @@ impl Verifier {
                     .by_name
                     .get(&cookie.issuer)
                     .map(|&i| &self.issuers[i])
-                    .expect("cookie routes name configured issuers");
+                    // Routes are built from the same settings; never a panic.
+                    .ok_or(UpstreamError::IssuerUnknown)?;
                 match &issuer.keys {
                     Keys::Authjs(keys) => self.open_authjs(issuer, keys, cookie),
                     Keys::Jwks(_) | Keys::Secret(_) => {
@@ -246,7 +247,7 @@ impl Verifier {
         if expected.is_some_and(|e| !Arc::ptr_eq(&e.settings, &issuer.settings)) {
             return Err(UpstreamError::IssuerUnknown);
         }
-        let jwt = issuer.settings.jwt().expect("by_iss holds jwt issuers");
+        let jwt = issuer.settings.jwt().ok_or(UpstreamError::IssuerUnknown)?;
         // The algorithm list comes from configuration; the token's alg only
         // selects among it. `none` and every HS alg on a JWKS issuer fail here.
         let alg = Algorithm::from_str(&token.alg)
@@ -269,7 +270,8 @@ impl Verifier {
                 key,
                 alg,
             ),
-            Keys::Authjs(_) => unreachable!("by_iss holds jwt issuers"),
+            // by_iss holds jwt issuers only.
+            Keys::Authjs(_) => return Err(UpstreamError::IssuerUnknown),
         };
         if !verified.unwrap_or(false) {
             return Err(UpstreamError::BadSignature);
