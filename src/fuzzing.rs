@@ -11,6 +11,8 @@ use crate::broker::inbound::Inbound;
 use crate::broker::protocol::{self, Format};
 use crate::capability::{laws, Capability};
 use crate::policy::Policy;
+use crate::upstream::authjs::{self, MAX_COOKIE_BYTES};
+use crate::upstream::credential::{self, MAX_CHUNKS};
 use crate::upstream::jwks::{KeySet, MAX_KEYS};
 use crate::upstream::jws;
 
@@ -51,6 +53,70 @@ pub fn jwks_document(data: &[u8]) {
             );
             assert!(set.find(key.kid.as_deref(), alg).is_some() || key.kid.is_none());
         }
+    }
+}
+
+/// The secret the `authjs_cookie` seeds were encrypted with (by @auth/core
+/// and next-auth, under [`AUTHJS_COOKIE`]), so mutations reach decryption.
+pub const AUTHJS_SECRET: &str = "fuzzing-secret-for-authjs-cookies-0123456789";
+pub const AUTHJS_COOKIE: &str = "authjs.session-token";
+
+/// An Auth.js v5 / NextAuth v4 session cookie value, decrypted as the
+/// sidecar does: refused cheaply when oversized, and what opens is a JSON
+/// object from a well-formed five-part token.
+pub fn authjs_cookie(data: &[u8]) {
+    static KEYS: std::sync::OnceLock<authjs::Keys> = std::sync::OnceLock::new();
+    let Ok(value) = std::str::from_utf8(data) else {
+        return;
+    };
+    let keys = KEYS.get_or_init(|| {
+        authjs::Keys::derive(&[AUTHJS_SECRET.as_bytes()], &[AUTHJS_COOKIE.to_string()])
+    });
+    match authjs::decrypt(value, AUTHJS_COOKIE, keys) {
+        Ok(_claims) => {
+            assert!(value.len() <= MAX_COOKIE_BYTES);
+            assert_eq!(
+                value.split('.').count(),
+                5,
+                "opened a token that is not five parts"
+            );
+        }
+        Err(e) => {
+            if value.len() > MAX_COOKIE_BYTES {
+                assert_eq!(e.reason(), "session_token_too_large");
+            }
+        }
+    }
+}
+
+/// The Cookie header of a request, with `authjs.session-token` listed:
+/// whatever is found is within the size bound, and a joined value is the
+/// concatenation of `NAME.0`, `NAME.1`, … in order.
+pub fn cookie_chunks(data: &[u8]) {
+    let Ok(header) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(Some(value)) = credential::cookie(std::iter::once(header), AUTHJS_COOKIE) else {
+        return;
+    };
+    assert!(!value.is_empty());
+    assert!(value.len() <= MAX_COOKIE_BYTES);
+    // Each chunk's first occurrence, by index; a whole value when there is none.
+    let chunk = |i: usize| {
+        let name = format!("{AUTHJS_COOKIE}.{i}");
+        header.split(';').find_map(|pair| {
+            let (k, v) = pair.trim().split_once('=')?;
+            let v = v.trim();
+            let v = v
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .unwrap_or(v);
+            (k.trim() == name && !v.is_empty()).then_some(v)
+        })
+    };
+    if chunk(0).is_some() {
+        let joined: String = (0..MAX_CHUNKS).map_while(chunk).collect();
+        assert_eq!(value, joined, "chunks joined out of order");
     }
 }
 
@@ -189,6 +255,23 @@ mod tests {
         replay("policy_toml", policy_toml);
         replay("broker_frame", broker_frame);
         replay("token_params", token_params);
+        replay("authjs_cookie", authjs_cookie);
+        replay("cookie_chunks", cookie_chunks);
+    }
+
+    /// The seeds made by @auth/core and next-auth open: mutations start from
+    /// inputs that reach decryption and the claim parser.
+    #[test]
+    fn the_real_library_seeds_decrypt() {
+        let keys = authjs::Keys::derive(&[AUTHJS_SECRET.as_bytes()], &[AUTHJS_COOKIE.to_string()]);
+        for seed in ["authjs_v5", "nextauth_v4"] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("fuzz/corpus/authjs_cookie")
+                .join(seed);
+            let value = std::fs::read_to_string(&path).unwrap();
+            let claims = authjs::decrypt(value.trim(), AUTHJS_COOKIE, &keys).unwrap();
+            assert_eq!(claims["sub"], "fuzz-user", "{seed}");
+        }
     }
 
     #[test]
@@ -201,6 +284,8 @@ mod tests {
             policy_toml,
             broker_frame,
             token_params,
+            authjs_cookie,
+            cookie_chunks,
         ] {
             check(b"");
         }

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use super::Failure;
 use crate::clock;
-use crate::config::{IssuerSettings, KeySource, Settings};
+use crate::config::{IssuerKind, IssuerSettings, JwtIssuer, KeySource, Settings};
 use crate::policy::Policy;
 use crate::upstream::{jwks_cache, JwksCache, Probe};
 
@@ -81,6 +81,24 @@ pub(crate) fn check_config(config: Option<PathBuf>) -> Result<ExitCode, Failure>
 
 /// Tries one issuer once. A new kind of issuer adds its arm here.
 async fn check_issuer(issuer: &IssuerSettings, client: &reqwest::Client) -> Verdict {
+    match &issuer.kind {
+        IssuerKind::Jwt(jwt) => check_jwt(&issuer.name, jwt, client).await,
+        // Start-up already refused a missing or short secret: what is left
+        // to say is how many there are to try.
+        IssuerKind::Authjs(authjs) => Verdict::Works(format!(
+            "Auth.js secrets present ({}), cookies {}",
+            authjs
+                .secrets
+                .iter()
+                .map(|s| s.env.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            issuer.cookies.join(", ")
+        )),
+    }
+}
+
+async fn check_jwt(name: &str, issuer: &JwtIssuer, client: &reqwest::Client) -> Verdict {
     let cache = match &issuer.keys {
         KeySource::Secret(_) => {
             return Verdict::Works(format!(
@@ -89,10 +107,10 @@ async fn check_issuer(issuer: &IssuerSettings, client: &reqwest::Client) -> Verd
             ))
         }
         KeySource::Jwks(jwks) => {
-            JwksCache::new(&issuer.name, jwks.clone(), client.clone(), clock::system())
+            JwksCache::new(name, jwks.clone(), client.clone(), clock::system())
         }
         KeySource::Discovery(jwks) => JwksCache::discovering(
-            &issuer.name,
+            name,
             &issuer.issuer,
             jwks.clone(),
             client.clone(),
@@ -110,7 +128,7 @@ async fn check_issuer(issuer: &IssuerSettings, client: &reqwest::Client) -> Verd
 }
 
 /// Works when at least one published key fits an algorithm the issuer allows.
-fn key_set_verdict(issuer: &IssuerSettings, how: &str, probe: &Probe) -> Verdict {
+fn key_set_verdict(issuer: &JwtIssuer, how: &str, probe: &Probe) -> Verdict {
     let keys: Vec<String> = probe
         .keys
         .keys

@@ -1,5 +1,6 @@
-//! `token inspect`: decode a TokenRequest, an Ably JWT or an upstream JWT,
-//! show what it grants in words, and verify it when given the key.
+//! `token inspect`: decode a TokenRequest, an Ably JWT, an upstream JWT or an
+//! Auth.js / NextAuth session cookie, show what it grants in words, and
+//! verify it when given the key (or, for a cookie, the secret's variable).
 
 use std::io::Read;
 use std::process::ExitCode;
@@ -26,6 +27,14 @@ pub(crate) struct InspectArgs {
     /// A JWKS file to verify an upstream JWT's signature with.
     #[arg(long)]
     jwks: Option<std::path::PathBuf>,
+    /// For an Auth.js / NextAuth session cookie: the environment variable
+    /// holding the app's secret (AUTH_SECRET); repeat to try several. The
+    /// secret itself is never printed.
+    #[arg(long, value_name = "NAME")]
+    secret_env: Vec<String>,
+    /// The cookie the value came from (Auth.js v5 derives its key from it).
+    #[arg(long, value_name = "NAME", default_value = "authjs.session-token")]
+    cookie_name: String,
 }
 
 pub(crate) fn inspect(args: InspectArgs) -> Result<ExitCode, Failure> {
@@ -51,9 +60,13 @@ pub(crate) fn inspect(args: InspectArgs) -> Result<ExitCode, Failure> {
         return token_request(text, key.as_ref(), now);
     }
     let parts: Vec<&str> = text.split('.').collect();
+    if parts.len() == 5 {
+        return authjs_cookie(text, &args.secret_env, &args.cookie_name, now);
+    }
     if parts.len() != 3 {
         return Err(Failure(
-            "not a TokenRequest (JSON) nor a JWT (three dot-separated parts); an opaque Ably token cannot be decoded"
+            "not a TokenRequest (JSON), a JWT (three dot-separated parts) nor an Auth.js cookie \
+             (five); an opaque Ably token cannot be decoded"
                 .into(),
         ));
     }
@@ -180,6 +193,74 @@ fn upstream_jwt(
             _ => Err("the signature does not match the JWKS key".into()),
         }
     }))
+}
+
+/// An Auth.js v5 / NextAuth v4 session cookie: the header is readable as
+/// is; the claims only with the secret, tried variable by variable.
+fn authjs_cookie(
+    text: &str,
+    secret_env: &[String],
+    cookie: &str,
+    now: i64,
+) -> Result<ExitCode, Failure> {
+    use crate::upstream::authjs;
+
+    let header = text
+        .split('.')
+        .next()
+        .and_then(|h| URL_SAFE_NO_PAD.decode(h).ok())
+        .and_then(|h| serde_json::from_slice::<Value>(&h).ok())
+        .ok_or_else(|| Failure("the encrypted token's header is not base64url JSON".into()))?;
+    let version = match header["enc"].as_str() {
+        Some("A256CBC-HS512") => "Auth.js v5",
+        Some("A256GCM") => "NextAuth v4",
+        _ => "not one Auth.js or NextAuth writes",
+    };
+    println!("kind:        encrypted session cookie ({version})");
+    println!("header:      {header}");
+    if secret_env.is_empty() {
+        println!("verified:    no (pass --secret-env NAME, the variable holding AUTH_SECRET, to decrypt)");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("cookie:      {cookie} (Auth.js v5 derives its key from the name)");
+    let mut last = None;
+    for name in secret_env {
+        let secret = std::env::var(name)
+            .ok()
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| {
+                Failure(format!(
+                    "--secret-env: environment variable {name} is not set"
+                ))
+            })?;
+        let keys = authjs::Keys::derive(&[secret.as_bytes()], &[cookie.to_string()]);
+        match authjs::decrypt(text, cookie, &keys) {
+            Ok(claims) => {
+                let claims = Value::Object(claims);
+                for field in ["sub", "name", "email", "jti"] {
+                    if let Some(v) = claims.get(field) {
+                        println!("{:<12} {}", format!("{field}:"), v);
+                    }
+                }
+                times(&claims, now);
+                println!(
+                    "claims:      {}",
+                    serde_json::to_string_pretty(&claims).unwrap_or_default()
+                );
+                return verdict(Some(Ok(format!("decrypted with the secret in {name}"))));
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    let why = match last {
+        Some(crate::upstream::UpstreamError::BadSignature) => format!(
+            "no secret in {} opens it (another secret, or another cookie name: --cookie-name)",
+            secret_env.join(", ")
+        ),
+        Some(e) => e.to_string(),
+        None => "nothing was tried".into(),
+    };
+    verdict(Some(Err(why)))
 }
 
 fn times(claims: &Value, now: i64) {

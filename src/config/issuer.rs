@@ -1,5 +1,6 @@
-//! One `[[issuers]]` table: where its keys come from, which algorithms it may
-//! sign with, where its claims are read, and how its timings are bounded.
+//! One `[[issuers]]` table: its kind, where its keys or secrets come from,
+//! which algorithms it may sign with, which cookies it owns, where its claims
+//! are read, and how its timings are bounded.
 //! Errors name the table by index: `issuers[2].jwks_url: ...`.
 
 use std::str::FromStr;
@@ -8,7 +9,11 @@ use std::time::Duration;
 use jsonwebtoken::Algorithm;
 
 use super::raw::RawIssuer;
-use super::{invalid, parse_duration, ConfigError, IssuerSettings, JwksSettings, KeySource};
+use super::validate::EnvLookup;
+use super::{
+    invalid, parse_duration, AuthjsIssuer, ConfigError, IssuerKind, IssuerSettings, JwksSettings,
+    JwtIssuer, KeySource, NamedSecret,
+};
 use crate::policy::ClaimPointer;
 use crate::signing::KeySecret;
 
@@ -27,7 +32,8 @@ const ASYMMETRIC: &[Algorithm] = &[
 /// What a shared-secret issuer may sign with.
 const SYMMETRIC: &[Algorithm] = &[Algorithm::HS256, Algorithm::HS384, Algorithm::HS512];
 
-/// Shorter HMAC keys than the hash output are guessable (RFC 7518 §3.2).
+/// Shorter HMAC keys than the hash output are guessable (RFC 7518 §3.2);
+/// the same floor holds for the secrets Auth.js derives its keys from.
 const MIN_SECRET_BYTES: usize = 32;
 /// Clock skew larger than this is a broken clock, not skew.
 const MAX_LEEWAY: Duration = Duration::from_secs(300);
@@ -41,30 +47,54 @@ impl At {
     }
 }
 
-pub(super) fn validate_issuer(i: usize, raw: RawIssuer) -> Result<IssuerSettings, ConfigError> {
+pub(super) fn validate_issuer(
+    i: usize,
+    raw: RawIssuer,
+    env: EnvLookup<'_>,
+) -> Result<IssuerSettings, ConfigError> {
     let at = At(i);
-    check_names(&at, &raw)?;
-    let keys = key_source(&at, &raw)?;
-    let algorithms = algorithms(&at, &keys, raw.algorithms)?;
+    if raw.name.trim().is_empty() {
+        return Err(invalid(at.field("name"), "must not be empty"));
+    }
     let leeway = leeway(&at, &raw.leeway)?;
     let roles_claim = claim(&at, "roles_claim", &raw.roles_claim)?;
     let client_id_claim = claim(&at, "client_id_claim", &raw.client_id_claim)?;
+    let cookies = cookies(&at, raw.cookies.as_deref())?;
+    let kind = match raw.kind.as_deref() {
+        None | Some("jwt") => IssuerKind::Jwt(Box::new(jwt_issuer(&at, &raw)?)),
+        Some("authjs") => {
+            if cookies.is_empty() {
+                return Err(invalid(
+                    at.field("cookies"),
+                    "an authjs issuer reads sessions from cookies: list them, e.g. \
+                     [\"authjs.session-token\", \"__Secure-authjs.session-token\"]",
+                ));
+            }
+            IssuerKind::Authjs(authjs_issuer(&at, &raw, env)?)
+        }
+        Some(other) => {
+            return Err(invalid(
+                at.field("kind"),
+                format!("{other:?} is not a kind of issuer: use \"jwt\" or \"authjs\""),
+            ))
+        }
+    };
     Ok(IssuerSettings {
         name: raw.name,
-        issuer: raw.issuer,
-        keys,
-        audiences: raw.audiences,
-        authorized_parties: raw.authorized_parties,
-        algorithms,
+        kind,
+        cookies,
         leeway,
         roles_claim,
         client_id_claim,
     })
 }
 
-fn check_names(at: &At, raw: &RawIssuer) -> Result<(), ConfigError> {
-    if raw.name.trim().is_empty() {
-        return Err(invalid(at.field("name"), "must not be empty"));
+fn jwt_issuer(at: &At, raw: &RawIssuer) -> Result<JwtIssuer, ConfigError> {
+    if raw.secret_env.is_some() {
+        return Err(invalid(
+            at.field("secret_env"),
+            "applies to kind = \"authjs\" only: a jwt issuer takes jwks_url or secret",
+        ));
     }
     if raw.issuer.trim().is_empty() {
         return Err(invalid(
@@ -72,7 +102,109 @@ fn check_names(at: &At, raw: &RawIssuer) -> Result<(), ConfigError> {
             "must not be empty: it is compared exactly with the token's iss",
         ));
     }
-    Ok(())
+    let keys = key_source(at, raw)?;
+    let algorithms = algorithms(at, &keys, raw.algorithms.clone())?;
+    Ok(JwtIssuer {
+        issuer: raw.issuer.value.clone(),
+        keys,
+        audiences: raw.audiences.value.clone(),
+        authorized_parties: raw.authorized_parties.value.clone(),
+        algorithms,
+    })
+}
+
+/// An Auth.js issuer's secrets, read from the environment now; the fields
+/// of JWT issuers are errors here, so a table is never half one kind.
+fn authjs_issuer(
+    at: &At,
+    raw: &RawIssuer,
+    env: EnvLookup<'_>,
+) -> Result<AuthjsIssuer, ConfigError> {
+    let foreign = [
+        ("issuer", raw.issuer.given),
+        ("jwks_url", raw.jwks_url.is_some()),
+        ("audiences", raw.audiences.given),
+        ("authorized_parties", raw.authorized_parties.given),
+        ("algorithms", raw.algorithms.is_some()),
+        ("jwks_cache_ttl", raw.jwks_cache_ttl.given),
+        ("jwks_refetch_cooldown", raw.jwks_refetch_cooldown.given),
+        ("jwks_stale_for", raw.jwks_stale_for.given),
+        ("jwks_timeout", raw.jwks_timeout.given),
+    ];
+    if raw.secret.is_some() {
+        return Err(invalid(
+            at.field("secret"),
+            "an authjs issuer's secrets come from the environment only: \
+             name the variables in secret_env (e.g. [\"AUTH_SECRET\"])",
+        ));
+    }
+    if let Some((field, _)) = foreign.iter().find(|(_, set)| *set) {
+        return Err(invalid(
+            at.field(field),
+            "does not apply to kind = \"authjs\" (its cookies are decrypted with the \
+             secrets named in secret_env)",
+        ));
+    }
+    let names = raw.secret_env.as_deref().unwrap_or_default();
+    if names.is_empty() {
+        return Err(invalid(
+            at.field("secret_env"),
+            "name the environment variables holding the app's AUTH_SECRET (newest first), \
+             e.g. [\"AUTH_SECRET\"]",
+        ));
+    }
+    let mut secrets: Vec<NamedSecret> = Vec::with_capacity(names.len());
+    for (j, name) in names.iter().enumerate() {
+        let field = at.field(&format!("secret_env[{j}]"));
+        if name.trim().is_empty() {
+            return Err(invalid(field, "must name an environment variable"));
+        }
+        if secrets.iter().any(|s| &s.env == name) {
+            return Err(invalid(field, format!("{name} is listed twice")));
+        }
+        let value = env(name)
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| invalid(&field, format!("environment variable {name} is not set")))?;
+        if value.len() < MIN_SECRET_BYTES {
+            return Err(invalid(
+                field,
+                format!(
+                    "environment variable {name} holds fewer than {MIN_SECRET_BYTES} bytes: \
+                     generate a secret with `npx auth secret` or `openssl rand -base64 32`"
+                ),
+            ));
+        }
+        secrets.push(NamedSecret {
+            env: name.clone(),
+            secret: KeySecret::new(value),
+        });
+    }
+    Ok(AuthjsIssuer { secrets })
+}
+
+/// Cookie names (RFC 6265 §4.1.1 tokens, as browsers and Auth.js write
+/// them), each once.
+fn cookies(at: &At, names: Option<&[String]>) -> Result<Vec<String>, ConfigError> {
+    let names = names.unwrap_or_default();
+    for (j, name) in names.iter().enumerate() {
+        let field = at.field(&format!("cookies[{j}]"));
+        if !is_cookie_name(name) {
+            return Err(invalid(field, format!("{name:?} is not a cookie name")));
+        }
+        if names[..j].contains(name) {
+            return Err(invalid(field, format!("{name:?} is listed twice")));
+        }
+    }
+    Ok(names.to_vec())
+}
+
+/// Letters, digits and `_-.`: what session cookies are named with.
+pub(super) fn is_cookie_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 256
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
 }
 
 /// At most one of `jwks_url` and `secret`; with neither, the key set is found

@@ -124,17 +124,52 @@ pub(crate) struct JwksSettings {
     pub(crate) timeout: Duration,
 }
 
+/// One `[[issuers]]` table: what every kind shares (how its claims are read,
+/// which cookies it owns), and what its kind needs.
 #[derive(Debug, Clone)]
 pub(crate) struct IssuerSettings {
     pub(crate) name: String,
+    pub(crate) kind: IssuerKind,
+    /// Cookies that carry this issuer's session, in order of preference; a
+    /// cookie is listed by one issuer at most.
+    pub(crate) cookies: Vec<String>,
+    pub(crate) leeway: Duration,
+    pub(crate) roles_claim: ClaimPointer,
+    pub(crate) client_id_claim: ClaimPointer,
+}
+
+/// How an issuer's sessions are verified (`kind = ...` in the table).
+#[derive(Debug, Clone)]
+pub(crate) enum IssuerKind {
+    /// Signed JWTs (JWS), by JWKS or shared secret.
+    Jwt(Box<JwtIssuer>),
+    /// Auth.js v5 / NextAuth v4 session cookies: JWTs encrypted (JWE) with a
+    /// key derived from the app's secret.
+    Authjs(AuthjsIssuer),
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct JwtIssuer {
+    /// Compared exactly with a token's `iss`.
     pub(crate) issuer: String,
     pub(crate) keys: KeySource,
     pub(crate) audiences: Vec<String>,
     pub(crate) authorized_parties: Vec<String>,
     pub(crate) algorithms: Vec<Algorithm>,
-    pub(crate) leeway: Duration,
-    pub(crate) roles_claim: ClaimPointer,
-    pub(crate) client_id_claim: ClaimPointer,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct AuthjsIssuer {
+    /// The app's secrets, newest first (rotation: each is tried in turn).
+    pub(crate) secrets: Vec<NamedSecret>,
+}
+
+/// A secret read from the environment at start-up, with the variable's name
+/// for messages. `Debug` never shows the value.
+#[derive(Debug, Clone)]
+pub(crate) struct NamedSecret {
+    pub(crate) env: String,
+    pub(crate) secret: KeySecret,
 }
 
 impl IssuerSettings {
@@ -145,7 +180,15 @@ impl IssuerSettings {
         issuer: &str,
         secret: &str,
     ) -> Result<IssuerSettings, ConfigError> {
-        issuer::validate_issuer(0, RawIssuer::with_secret(name, issuer, secret))
+        issuer::validate_issuer(0, RawIssuer::with_secret(name, issuer, secret), &|_| None)
+    }
+
+    /// The JWT issuer's settings, if this is one.
+    pub(crate) fn jwt(&self) -> Option<&JwtIssuer> {
+        match &self.kind {
+            IssuerKind::Jwt(jwt) => Some(jwt.as_ref()),
+            _ => None,
+        }
     }
 }
 

@@ -84,17 +84,57 @@ pub(super) struct RawKey {
     pub(crate) capability: Option<BTreeMap<String, Vec<String>>>,
 }
 
+/// A field with a default that remembers whether the file set it, so a key
+/// that does not belong to an issuer's kind is an error even when its value
+/// is the default. Reads as the value it holds.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Given<T> {
+    pub(crate) value: T,
+    pub(crate) given: bool,
+}
+
+impl<T> Given<T> {
+    fn default_to(value: T) -> Given<T> {
+        Given {
+            value,
+            given: false,
+        }
+    }
+}
+
+impl<T> std::ops::Deref for Given<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.value
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Given<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        T::deserialize(d).map(|value| Given { value, given: true })
+    }
+}
+
+/// One `[[issuers]]` table. Which fields apply depends on `kind`; the
+/// others must be absent (checked in `issuer.rs`).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawIssuer {
     pub(crate) name: String,
-    pub(crate) issuer: String,
+    /// `"jwt"` (the default) or `"authjs"`.
+    pub(crate) kind: Option<String>,
+    /// Cookies that carry this issuer's session (jwt and authjs kinds).
+    pub(crate) cookies: Option<Vec<String>>,
+    #[serde(default)]
+    pub(crate) issuer: Given<String>,
     pub(crate) jwks_url: Option<String>,
     pub(crate) secret: Option<String>,
+    /// Names of environment variables holding secrets, newest first (authjs).
+    pub(crate) secret_env: Option<Vec<String>>,
     #[serde(default)]
-    pub(crate) audiences: Vec<String>,
+    pub(crate) audiences: Given<Vec<String>>,
     #[serde(default)]
-    pub(crate) authorized_parties: Vec<String>,
+    pub(crate) authorized_parties: Given<Vec<String>>,
     pub(crate) algorithms: Option<Vec<String>>,
     #[serde(default = "default_leeway")]
     pub(crate) leeway: String,
@@ -103,13 +143,13 @@ pub(super) struct RawIssuer {
     #[serde(default = "default_client_id_claim")]
     pub(crate) client_id_claim: String,
     #[serde(default = "default_cache_ttl")]
-    pub(crate) jwks_cache_ttl: String,
+    pub(crate) jwks_cache_ttl: Given<String>,
     #[serde(default = "default_cooldown")]
-    pub(crate) jwks_refetch_cooldown: String,
+    pub(crate) jwks_refetch_cooldown: Given<String>,
     #[serde(default = "default_stale_for")]
-    pub(crate) jwks_stale_for: String,
+    pub(crate) jwks_stale_for: Given<String>,
     #[serde(default = "default_timeout")]
-    pub(crate) jwks_timeout: String,
+    pub(crate) jwks_timeout: Given<String>,
 }
 
 impl RawIssuer {
@@ -118,11 +158,17 @@ impl RawIssuer {
     pub(crate) fn with_secret(name: &str, issuer: &str, secret: &str) -> RawIssuer {
         RawIssuer {
             name: name.into(),
-            issuer: issuer.into(),
+            kind: None,
+            cookies: None,
+            issuer: Given {
+                value: issuer.into(),
+                given: true,
+            },
             jwks_url: None,
             secret: Some(secret.into()),
-            audiences: Vec::new(),
-            authorized_parties: Vec::new(),
+            secret_env: None,
+            audiences: Given::default(),
+            authorized_parties: Given::default(),
             algorithms: None,
             leeway: default_leeway(),
             roles_claim: default_roles_claim(),
@@ -144,17 +190,17 @@ fn default_roles_claim() -> String {
 fn default_client_id_claim() -> String {
     "/sub".into()
 }
-fn default_cache_ttl() -> String {
-    "10m".into()
+fn default_cache_ttl() -> Given<String> {
+    Given::default_to("10m".into())
 }
-fn default_cooldown() -> String {
-    "30s".into()
+fn default_cooldown() -> Given<String> {
+    Given::default_to("30s".into())
 }
-fn default_stale_for() -> String {
-    "24h".into()
+fn default_stale_for() -> Given<String> {
+    Given::default_to("24h".into())
 }
-fn default_timeout() -> String {
-    "5s".into()
+fn default_timeout() -> Given<String> {
+    Given::default_to("5s".into())
 }
 
 #[derive(Deserialize)]

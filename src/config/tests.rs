@@ -22,10 +22,12 @@ fn minimal_file_gets_documented_defaults() {
     assert_eq!(s.ably.max_ttl, ABLY_MAX_TTL);
     assert_eq!(s.ably.token_format, TokenFormat::TokenRequest);
     let issuer = &s.issuers[0];
-    assert_eq!(issuer.algorithms, vec![Algorithm::RS256]);
     assert_eq!(issuer.leeway, Duration::from_secs(5));
     assert_eq!(issuer.client_id_claim.as_str(), "/sub");
-    let KeySource::Jwks(jwks) = &issuer.keys else {
+    assert!(issuer.cookies.is_empty());
+    let jwt = issuer.jwt().expect("kind defaults to jwt");
+    assert_eq!(jwt.algorithms, vec![Algorithm::RS256]);
+    let KeySource::Jwks(jwks) = &jwt.keys else {
         panic!("expected a JWKS issuer")
     };
     assert_eq!(jwks.cache_ttl, Duration::from_secs(600));
@@ -154,7 +156,10 @@ fn secret_issuers_need_a_long_secret_and_hs_algorithms() {
     assert!(err(text).starts_with("issuers[0].secret:"));
     let ok = text.replace("\"short\"", "\"0123456789abcdef0123456789abcdef\"");
     let s = Settings::from_toml(&ok).unwrap();
-    assert_eq!(s.issuers[0].algorithms, vec![Algorithm::HS256]);
+    assert_eq!(
+        s.issuers[0].jwt().unwrap().algorithms,
+        vec![Algorithm::HS256]
+    );
     let rs = format!("{ok}algorithms = [\"RS256\"]");
     assert!(err(&rs).starts_with("issuers[0].algorithms[0]:"));
 }
@@ -207,9 +212,10 @@ fn settings_built_in_code_match_a_file_with_the_same_values() {
     };
     // Debug shows every field but secrets; compare secrets by hand.
     assert_eq!(format!("{built:?}"), format!("{file:?}"));
-    let (KeySource::Secret(a), KeySource::Secret(b)) =
-        (&built.issuers[0].keys, &file.issuers[0].keys)
-    else {
+    let (KeySource::Secret(a), KeySource::Secret(b)) = (
+        &built.issuers[0].jwt().unwrap().keys,
+        &file.issuers[0].jwt().unwrap().keys,
+    ) else {
         panic!("expected secret issuers")
     };
     assert_eq!(a.expose(), b.expose());
@@ -358,4 +364,118 @@ fn broker_liveness_settings_default_to_ablys_and_are_bounded() {
         "{MINIMAL}\n[broker]\nmax_idle_interval = \"often\""
     ));
     assert!(e.starts_with("broker.max_idle_interval:"), "{e}");
+}
+
+const AUTHJS: &str = r#"
+    [ably]
+    api_key = "appId.keyId:topsecretvalue"
+    [[issuers]]
+    name = "clerk"
+    issuer = "https://clerk.example.com"
+    jwks_url = "https://clerk.example.com/.well-known/jwks.json"
+    [[issuers]]
+    name = "app"
+    kind = "authjs"
+    secret_env = ["AUTH_SECRET", "AUTH_SECRET_1"]
+    cookies = ["authjs.session-token", "__Secure-authjs.session-token"]
+    roles_claim = "/role"
+"#;
+
+const AUTH_SECRET: &str = "this-is-the-app-auth-secret-0123";
+const AUTH_SECRET_1: &str = "this-was-the-app-auth-secret-old";
+
+fn authjs(text: &str, env: &[(&str, &str)]) -> Result<Settings, String> {
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    load_with_env(&format!("authjs-{n}"), text, env)
+}
+
+fn both_secrets() -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("AUTH_SECRET", AUTH_SECRET),
+        ("AUTH_SECRET_1", AUTH_SECRET_1),
+    ]
+}
+
+#[test]
+fn authjs_issuers_read_their_secrets_from_the_environment_in_order() {
+    let s = authjs(AUTHJS, &both_secrets()).unwrap();
+    let issuer = &s.issuers[1];
+    assert_eq!(
+        issuer.cookies,
+        vec!["authjs.session-token", "__Secure-authjs.session-token"]
+    );
+    assert_eq!(issuer.leeway, Duration::from_secs(5));
+    assert_eq!(issuer.roles_claim.as_str(), "/role");
+    let IssuerKind::Authjs(authjs) = &issuer.kind else {
+        panic!("expected an authjs issuer")
+    };
+    let names: Vec<&str> = authjs.secrets.iter().map(|s| s.env.as_str()).collect();
+    assert_eq!(names, vec!["AUTH_SECRET", "AUTH_SECRET_1"]);
+    assert_eq!(authjs.secrets[1].secret.expose(), AUTH_SECRET_1.as_bytes());
+    let debug = format!("{s:?}");
+    assert!(
+        !debug.contains(AUTH_SECRET) && !debug.contains(AUTH_SECRET_1),
+        "{debug}"
+    );
+}
+
+#[test]
+fn authjs_errors_name_the_field_and_never_the_secret() {
+    let only_new = [("AUTH_SECRET", AUTH_SECRET)];
+    assert_eq!(
+        authjs(AUTHJS, &only_new).unwrap_err(),
+        "issuers[1].secret_env[1]: environment variable AUTH_SECRET_1 is not set"
+    );
+    let short = [
+        ("AUTH_SECRET", "short-secret"),
+        ("AUTH_SECRET_1", AUTH_SECRET_1),
+    ];
+    let e = authjs(AUTHJS, &short).unwrap_err();
+    assert!(
+        e.starts_with(
+            "issuers[1].secret_env[0]: environment variable AUTH_SECRET holds fewer than 32 bytes"
+        ),
+        "{e}"
+    );
+    assert!(!e.contains("short-secret"), "{e}");
+    let cases = [
+        ("kind = \"authjs\"", "kind = \"auth.js\"", "issuers[1].kind: \"auth.js\" is not a kind of issuer"),
+        ("roles_claim", "issuer = \"x\"\nroles_claim", "issuers[1].issuer: does not apply to kind = \"authjs\""),
+        ("roles_claim", "jwks_url = \"https://x.example/jwks\"\nroles_claim", "issuers[1].jwks_url: does not apply"),
+        ("roles_claim", "jwks_timeout = \"5s\"\nroles_claim", "issuers[1].jwks_timeout: does not apply"),
+        ("roles_claim", "algorithms = [\"RS256\"]\nroles_claim", "issuers[1].algorithms: does not apply"),
+        ("roles_claim", "audiences = []\nroles_claim", "issuers[1].audiences: does not apply"),
+        ("roles_claim", "secret = \"0123456789abcdef0123456789abcdef\"\nroles_claim", "issuers[1].secret: an authjs issuer's secrets come from the environment only"),
+        ("secret_env = [\"AUTH_SECRET\", \"AUTH_SECRET_1\"]", "secret_env = []", "issuers[1].secret_env: name the environment variables"),
+        ("secret_env = [\"AUTH_SECRET\", \"AUTH_SECRET_1\"]", "", "issuers[1].secret_env: name the environment variables"),
+        ("\"AUTH_SECRET_1\"]", "\"AUTH_SECRET\"]", "issuers[1].secret_env[1]: AUTH_SECRET is listed twice"),
+        ("cookies = [\"authjs.session-token\", \"__Secure-authjs.session-token\"]", "", "issuers[1].cookies: an authjs issuer reads sessions from cookies"),
+        ("\"__Secure-authjs.session-token\"]", "\"a b\"]", "issuers[1].cookies[1]: \"a b\" is not a cookie name"),
+        ("\"__Secure-authjs.session-token\"]", "\"authjs.session-token\"]", "issuers[1].cookies[1]: \"authjs.session-token\" is listed twice"),
+        // secret_env on a jwt issuer
+        ("jwks_url = \"https", "secret_env = [\"AUTH_SECRET\"]\njwks_url = \"https", "issuers[0].secret_env: applies to kind = \"authjs\" only"),
+        // a cookie listed by two issuers
+        ("jwks_url = \"https", "cookies = [\"__Secure-authjs.session-token\"]\njwks_url = \"https", "issuers[1].cookies[1]: \"__Secure-authjs.session-token\" is already listed by issuers[0]"),
+    ];
+    for (from, to, expected) in cases {
+        let text = AUTHJS.replacen(from, to, 1);
+        let e = authjs(&text, &both_secrets()).unwrap_err();
+        assert!(e.starts_with(expected), "{from} → {to}: {e}");
+        assert!(
+            !e.contains(AUTH_SECRET) && !e.contains(AUTH_SECRET_1),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn jwt_issuers_may_list_cookies_and_still_need_an_issuer() {
+    let text = MINIMAL.replace("jwks_url", "cookies = [\"sb-abcd-auth-token\"]\njwks_url");
+    let s = Settings::from_toml(&text).unwrap();
+    assert_eq!(s.issuers[0].cookies, vec!["sb-abcd-auth-token"]);
+    let e = err(&MINIMAL.replace("issuer = \"https://clerk.example.com\"", ""));
+    assert!(e.starts_with("issuers[0].issuer: must not be empty"), "{e}");
+    let e = err(&MINIMAL.replace("jwks_url", "kind = \"jwt\"\nkind2 = 1\njwks_url"));
+    assert!(e.contains("kind2"), "{e}");
 }

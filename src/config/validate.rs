@@ -14,7 +14,8 @@ use super::{
 use crate::capability::Capability;
 use crate::signing::ApiKey;
 
-/// Reads one environment variable (`[[ably.keys]] key_env`); the process
+/// Reads one environment variable (`[[ably.keys]] key_env`, `[[issuers]]
+/// secret_env`); the process
 /// environment when loading, a fixed list in tests.
 pub(super) type EnvLookup<'e> = &'e dyn Fn(&str) -> Option<String>;
 
@@ -36,7 +37,7 @@ pub(super) fn settings(raw: RawSettings, env: EnvLookup<'_>) -> Result<Settings,
     let ably = ably(raw.ably, env)?;
     let mut issuers = Vec::with_capacity(raw.issuers.len());
     for (i, issuer) in raw.issuers.into_iter().enumerate() {
-        let validated = validate_issuer(i, issuer)?;
+        let validated = validate_issuer(i, issuer, env)?;
         check_unique(i, &issuers, &validated)?;
         issuers.push(validated);
     }
@@ -57,11 +58,27 @@ fn check_unique(
     earlier: &[IssuerSettings],
     issuer: &IssuerSettings,
 ) -> Result<(), ConfigError> {
-    if earlier.iter().any(|other| other.issuer == issuer.issuer) {
-        return Err(invalid(
-            format!("issuers[{i}].issuer"),
-            format!("{:?} is configured twice", issuer.issuer),
-        ));
+    if let Some(jwt) = issuer.jwt() {
+        if earlier
+            .iter()
+            .any(|other| other.jwt().is_some_and(|o| o.issuer == jwt.issuer))
+        {
+            return Err(invalid(
+                format!("issuers[{i}].issuer"),
+                format!("{:?} is configured twice", jwt.issuer),
+            ));
+        }
+    }
+    // A cookie is routed to the one issuer that lists it.
+    for (j, cookie) in issuer.cookies.iter().enumerate() {
+        if let Some(k) = earlier.iter().position(|o| o.cookies.contains(cookie)) {
+            return Err(invalid(
+                format!("issuers[{i}].cookies[{j}]"),
+                format!(
+                    "{cookie:?} is already listed by issuers[{k}]: a cookie belongs to one issuer"
+                ),
+            ));
+        }
     }
     if earlier.iter().any(|other| other.name == issuer.name) {
         return Err(invalid(
@@ -106,11 +123,7 @@ pub(crate) fn check_cors_origins(origins: &[String]) -> Result<(), ConfigError> 
 pub(super) fn server(raw: RawServer) -> Result<ServerSettings, ConfigError> {
     check_cors_origins(&raw.cors_allowed_origins)?;
     for (i, cookie) in raw.session_cookies.iter().enumerate() {
-        if cookie.is_empty()
-            || !cookie
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
-        {
+        if !super::issuer::is_cookie_name(cookie) {
             return Err(invalid(
                 format!("server.session_cookies[{i}]"),
                 format!("{cookie:?} is not a cookie name"),

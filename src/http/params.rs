@@ -10,51 +10,31 @@ use serde_json::Value;
 
 use super::error::ApiError;
 use crate::capability::Capability;
-use crate::config::{TokenFormat, ABLY_MAX_TTL};
+use crate::config::{Settings, TokenFormat, ABLY_MAX_TTL};
 use crate::policy::Asked;
-use crate::upstream::jws::MAX_TOKEN_BYTES;
-use crate::upstream::UpstreamError;
+use crate::upstream::credential::{credential, CookieRoutes};
+use crate::upstream::Credential;
 
-/// The session token: `Authorization: Bearer …` wins over the cookies, which
-/// are tried in the configured order.
-pub(crate) fn session_token(req: &HttpRequest, cookies: &[String]) -> Result<String, ApiError> {
-    if let Some(value) = req.headers().get(header::AUTHORIZATION) {
-        let value = value.as_bytes();
-        if value.len() > 7 && value[..7].eq_ignore_ascii_case(b"bearer ") {
-            let token = std::str::from_utf8(&value[7..])
-                .map_err(|_| UpstreamError::Malformed("the bearer token is not text"))?
-                .trim();
-            return checked(token);
-        }
-    }
-    for name in cookies {
-        if let Some(cookie) = find_cookie(req, name) {
-            return checked(&cookie);
-        }
-    }
-    Err(UpstreamError::Missing.into())
-}
-
-fn checked(token: &str) -> Result<String, ApiError> {
-    if token.len() > MAX_TOKEN_BYTES {
-        return Err(UpstreamError::TokenTooLarge.into());
-    }
-    if token.is_empty() {
-        return Err(UpstreamError::Missing.into());
-    }
-    Ok(token.to_string())
-}
-
-/// Reads one cookie without parsing the others (they are not ours to judge).
-fn find_cookie(req: &HttpRequest, name: &str) -> Option<String> {
-    req.headers()
+/// The session credential: `Authorization: Bearer …` wins over cookies,
+/// which are tried in the configured order (see `upstream::credential`).
+pub(crate) fn session_credential(
+    req: &HttpRequest,
+    settings: &Settings,
+) -> Result<Credential, ApiError> {
+    let authorization = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
+    // Cookie headers that are not text hold no cookie of ours.
+    let cookies = req
+        .headers()
         .get_all(header::COOKIE)
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|pair| {
-            let (k, v) = pair.trim().split_once('=')?;
-            (k == name && !v.is_empty()).then(|| v.trim_matches('"').to_string())
-        })
+        .filter_map(|v| v.to_str().ok());
+    let routes = CookieRoutes {
+        issuers: &settings.issuers,
+        session_cookies: &settings.server.session_cookies,
+    };
+    Ok(credential(authorization, cookies, &routes)?)
 }
 
 /// What the client asked for, and in which format it wants the answer.

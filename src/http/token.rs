@@ -5,7 +5,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 
 use super::error::ApiError;
-use super::params::{session_token, token_params};
+use super::params::{session_credential, token_params};
 use super::request_log::LogFields;
 use super::routes::Route;
 use super::AppState;
@@ -115,10 +115,10 @@ async fn issue(
     session_out: &mut Option<Session>,
 ) -> Result<(HttpResponse, Vec<String>), ApiError> {
     let settings = &state.settings;
-    let token = session_token(req, &settings.server.session_cookies)?;
+    let credential = session_credential(req, settings)?;
     let body = read_body(body, settings.server.max_body_bytes).await?;
     let params = token_params(req, &body)?;
-    let session = state.verifier.verify(&token).await?;
+    let session = state.verifier.authenticate(&credential).await?;
     let session = session_out.insert(session);
     let policy = state.policy.current();
     let decision = policy.evaluate(&Request {

@@ -25,7 +25,7 @@ pub struct UnverifiedToken<'a> {
 
 pub fn parse(token: &str) -> Result<UnverifiedToken<'_>, UpstreamError> {
     if token.len() > MAX_TOKEN_BYTES {
-        return Err(UpstreamError::TokenTooLarge);
+        return Err(UpstreamError::TokenTooLarge("a JWT is at most 8 KiB"));
     }
     let parts: Vec<&str> = token.split('.').collect();
     match parts.len() {
@@ -127,7 +127,7 @@ mod tests {
     #[test]
     fn refuses_oversized_tokens_before_parsing() {
         let big = "a".repeat(MAX_TOKEN_BYTES + 1);
-        assert!(matches!(parse(&big), Err(UpstreamError::TokenTooLarge)));
+        assert!(matches!(parse(&big), Err(UpstreamError::TokenTooLarge(_))));
     }
 
     #[test]

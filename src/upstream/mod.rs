@@ -1,6 +1,11 @@
-//! Upstream identity: verifies the caller's session JWT against the issuer it
-//! names, with that issuer's keys and algorithms, and returns its claims.
+//! Upstream identity: verifies the caller's session credential with the
+//! issuer it belongs to and returns its claims. A JWT goes to the `jwt`
+//! issuer its `iss` names, with that issuer's keys and algorithms; a cookie
+//! goes to the issuer that lists it (`authjs` cookies are decrypted in
+//! `authjs.rs`). Every kind yields the same `Session`.
 
+pub(crate) mod authjs;
+pub(crate) mod credential;
 pub(crate) mod discovery;
 pub mod jwks;
 pub(crate) mod jwks_cache;
@@ -14,15 +19,16 @@ use jsonwebtoken::{Algorithm, DecodingKey};
 use serde_json::{Map, Value};
 
 use crate::clock::SharedClock;
-use crate::config::{IssuerSettings, KeySource};
+use crate::config::{IssuerKind, IssuerSettings, JwtIssuer, KeySource};
+pub(crate) use credential::{Credential, IssuerCookie};
 pub(crate) use jwks_cache::{CacheStatus, DiscoveryStatus, JwksCache, Probe, Readiness};
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
     #[error("no session token: send Authorization: Bearer <token> or the session cookie")]
     Missing,
-    #[error("the session token is larger than 8 KiB")]
-    TokenTooLarge,
+    #[error("the session token is too large: {0}")]
+    TokenTooLarge(&'static str),
     #[error("the session token is malformed: {0}")]
     Malformed(&'static str),
     #[error("the session token is not accepted: {0}")]
@@ -56,7 +62,7 @@ impl UpstreamError {
     pub(crate) fn reason(&self) -> &'static str {
         match self {
             UpstreamError::Missing => "session_token_missing",
-            UpstreamError::TokenTooLarge => "session_token_too_large",
+            UpstreamError::TokenTooLarge(_) => "session_token_too_large",
             UpstreamError::Malformed(_) => "session_token_malformed",
             UpstreamError::Unsupported(_) => "session_token_unsupported",
             UpstreamError::IssuerUnknown => "issuer_unknown",
@@ -88,6 +94,7 @@ pub(crate) struct Session {
 enum Keys {
     Jwks(Arc<JwksCache>),
     Secret(DecodingKey),
+    Authjs(authjs::Keys),
 }
 
 struct Issuer {
@@ -96,53 +103,76 @@ struct Issuer {
 }
 
 pub(crate) struct Verifier {
-    by_iss: HashMap<String, Issuer>,
+    issuers: Vec<Issuer>,
+    /// `iss` → index in `issuers`, for `jwt` issuers.
+    by_iss: HashMap<String, usize>,
+    /// `name` → index in `issuers`, for cookies.
+    by_name: HashMap<String, usize>,
     clock: SharedClock,
 }
 
 impl Verifier {
     pub(crate) fn new(issuers: &[IssuerSettings], clock: SharedClock) -> Verifier {
         let client = jwks_cache::http_client();
-        let by_iss = issuers
+        let issuers: Vec<Issuer> = issuers
             .iter()
             .map(|settings| {
-                let keys = match &settings.keys {
-                    KeySource::Jwks(jwks) => {
-                        let mut jwks = jwks.clone();
-                        jwks.timeout = jwks.timeout.max(std::time::Duration::from_millis(1));
-                        Keys::Jwks(JwksCache::new(
+                let keys = match &settings.kind {
+                    IssuerKind::Jwt(jwt) => match &jwt.keys {
+                        KeySource::Jwks(jwks) => {
+                            let mut jwks = jwks.clone();
+                            jwks.timeout = jwks.timeout.max(std::time::Duration::from_millis(1));
+                            Keys::Jwks(JwksCache::new(
+                                &settings.name,
+                                jwks,
+                                client.clone(),
+                                clock.clone(),
+                            ))
+                        }
+                        KeySource::Discovery(jwks) => Keys::Jwks(JwksCache::discovering(
                             &settings.name,
-                            jwks,
+                            &jwt.issuer,
+                            jwks.clone(),
                             client.clone(),
                             clock.clone(),
-                        ))
-                    }
-                    KeySource::Discovery(jwks) => Keys::Jwks(JwksCache::discovering(
-                        &settings.name,
-                        &settings.issuer,
-                        jwks.clone(),
-                        client.clone(),
-                        clock.clone(),
-                    )),
-                    KeySource::Secret(secret) => {
-                        Keys::Secret(DecodingKey::from_secret(secret.expose()))
+                        )),
+                        KeySource::Secret(secret) => {
+                            Keys::Secret(DecodingKey::from_secret(secret.expose()))
+                        }
+                    },
+                    IssuerKind::Authjs(authjs) => {
+                        let secrets: Vec<&[u8]> =
+                            authjs.secrets.iter().map(|s| s.secret.expose()).collect();
+                        Keys::Authjs(authjs::Keys::derive(&secrets, &settings.cookies))
                     }
                 };
-                (
-                    settings.issuer.clone(),
-                    Issuer {
-                        settings: Arc::new(settings.clone()),
-                        keys,
-                    },
-                )
+                Issuer {
+                    settings: Arc::new(settings.clone()),
+                    keys,
+                }
             })
             .collect();
-        Verifier { by_iss, clock }
+        let by_iss = issuers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, issuer)| Some((issuer.settings.jwt()?.issuer.clone(), i)))
+            .collect();
+        let by_name = issuers
+            .iter()
+            .enumerate()
+            .map(|(i, issuer)| (issuer.settings.name.clone(), i))
+            .collect();
+        Verifier {
+            issuers,
+            by_iss,
+            by_name,
+            clock,
+        }
     }
 
     /// Starts fetching every issuer's JWKS without waiting for it.
     pub(crate) fn prefetch(&self) {
-        for issuer in self.by_iss.values() {
+        for issuer in &self.issuers {
             if let Keys::Jwks(cache) = &issuer.keys {
                 cache.prefetch();
             }
@@ -152,30 +182,68 @@ impl Verifier {
     /// Each JWKS issuer's name and cache status.
     pub(crate) fn jwks_status(&self) -> Vec<(String, CacheStatus)> {
         let mut out: Vec<(String, CacheStatus)> = self
-            .by_iss
-            .values()
+            .issuers
+            .iter()
             .filter_map(|issuer| match &issuer.keys {
                 Keys::Jwks(cache) => Some((issuer.settings.name.clone(), cache.status())),
-                Keys::Secret(_) => None,
+                Keys::Secret(_) | Keys::Authjs(_) => None,
             })
             .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
     }
 
-    pub(crate) async fn verify(&self, token: &str) -> Result<Session, UpstreamError> {
+    /// Verifies `credential` with the issuer it belongs to.
+    pub(crate) async fn authenticate(
+        &self,
+        credential: &Credential,
+    ) -> Result<Session, UpstreamError> {
+        match credential {
+            Credential::Token(token) => self.verify_jwt(token, None).await,
+            Credential::Cookie(cookie) => {
+                let issuer = self
+                    .by_name
+                    .get(&cookie.issuer)
+                    .map(|&i| &self.issuers[i])
+                    // Routes are built from the same settings; never a panic.
+                    .ok_or(UpstreamError::IssuerUnknown)?;
+                match &issuer.keys {
+                    Keys::Authjs(keys) => self.open_authjs(issuer, keys, cookie),
+                    Keys::Jwks(_) | Keys::Secret(_) => {
+                        self.verify_jwt(&cookie.value, Some(issuer)).await
+                    }
+                }
+            }
+        }
+    }
+
+    /// A signed JWT, for the issuer its `iss` names; when it came in a cookie
+    /// an issuer lists, that must be the issuer named.
+    async fn verify_jwt(
+        &self,
+        token: &str,
+        expected: Option<&Issuer>,
+    ) -> Result<Session, UpstreamError> {
         let token = jws::parse(token)?;
         let iss = match token.claims.get("iss") {
             Some(Value::String(iss)) => iss.as_str(),
             Some(_) => return Err(UpstreamError::BadClaim("iss")),
             None => return Err(UpstreamError::IssuerUnknown),
         };
-        let issuer = self.by_iss.get(iss).ok_or(UpstreamError::IssuerUnknown)?;
+        let issuer = self
+            .by_iss
+            .get(iss)
+            .map(|&i| &self.issuers[i])
+            .ok_or(UpstreamError::IssuerUnknown)?;
+        if expected.is_some_and(|e| !Arc::ptr_eq(&e.settings, &issuer.settings)) {
+            return Err(UpstreamError::IssuerUnknown);
+        }
+        let jwt = issuer.settings.jwt().ok_or(UpstreamError::IssuerUnknown)?;
         // The algorithm list comes from configuration; the token's alg only
         // selects among it. `none` and every HS alg on a JWKS issuer fail here.
         let alg = Algorithm::from_str(&token.alg)
             .ok()
-            .filter(|alg| issuer.settings.algorithms.contains(alg))
+            .filter(|alg| jwt.algorithms.contains(alg))
             .ok_or(UpstreamError::AlgorithmNotAllowed)?;
         let verified = match &issuer.keys {
             Keys::Jwks(cache) => {
@@ -193,28 +261,62 @@ impl Verifier {
                 key,
                 alg,
             ),
+            // by_iss holds jwt issuers only.
+            Keys::Authjs(_) => return Err(UpstreamError::IssuerUnknown),
         };
         if !verified.unwrap_or(false) {
             return Err(UpstreamError::BadSignature);
         }
-        check_claims(&token.claims, &issuer.settings, self.clock.now_secs())?;
-        let text = |name: &str| {
-            token
-                .claims
-                .get(name)
-                .and_then(Value::as_str)
-                .map(str::to_string)
-        };
-        if token.claims.get("sub").is_some_and(|s| !s.is_string()) {
-            return Err(UpstreamError::BadClaim("sub"));
+        let rules = ClaimRules::of(&issuer.settings, Some(jwt));
+        check_claims(&token.claims, &rules, self.clock.now_secs())?;
+        session(issuer, token.claims)
+    }
+
+    /// An Auth.js / NextAuth session cookie, decrypted with the issuer's
+    /// secrets, its claims checked as a JWT's are.
+    fn open_authjs(
+        &self,
+        issuer: &Issuer,
+        keys: &authjs::Keys,
+        cookie: &IssuerCookie,
+    ) -> Result<Session, UpstreamError> {
+        let claims = authjs::decrypt(&cookie.value, &cookie.name, keys)?;
+        let rules = ClaimRules::of(&issuer.settings, None);
+        check_claims(&claims, &rules, self.clock.now_secs())?;
+        session(issuer, claims)
+    }
+}
+
+/// The `Session` for verified `claims`.
+fn session(issuer: &Issuer, claims: Map<String, Value>) -> Result<Session, UpstreamError> {
+    if claims.get("sub").is_some_and(|s| !s.is_string()) {
+        return Err(UpstreamError::BadClaim("sub"));
+    }
+    let text = |name: &str| claims.get(name).and_then(Value::as_str).map(str::to_string);
+    Ok(Session {
+        issuer: issuer.settings.clone(),
+        sid: text("sid"),
+        jti: text("jti"),
+        sub: text("sub"),
+        claims: Value::Object(claims),
+    })
+}
+
+/// What `check_claims` holds a token to: the issuer's leeway, and for JWT
+/// issuers its audiences and authorized parties.
+struct ClaimRules<'a> {
+    leeway: std::time::Duration,
+    audiences: &'a [String],
+    authorized_parties: &'a [String],
+}
+
+impl<'a> ClaimRules<'a> {
+    fn of(settings: &IssuerSettings, jwt: Option<&'a JwtIssuer>) -> ClaimRules<'a> {
+        ClaimRules {
+            leeway: settings.leeway,
+            audiences: jwt.map_or(&[][..], |j| &j.audiences),
+            authorized_parties: jwt.map_or(&[][..], |j| &j.authorized_parties),
         }
-        Ok(Session {
-            issuer: issuer.settings.clone(),
-            sid: text("sid"),
-            jti: text("jti"),
-            sub: text("sub"),
-            claims: Value::Object(token.claims),
-        })
     }
 }
 
@@ -233,7 +335,7 @@ fn numeric_date(
 
 fn check_claims(
     claims: &Map<String, Value>,
-    issuer: &IssuerSettings,
+    issuer: &ClaimRules<'_>,
     now: u64,
 ) -> Result<(), UpstreamError> {
     let now = now as i64;
@@ -333,13 +435,16 @@ mod tests {
     }
 
     async fn reason(v: &Verifier, token: &str) -> &'static str {
-        v.verify(token).await.unwrap_err().reason()
+        v.verify_jwt(token, None).await.unwrap_err().reason()
     }
 
     #[tokio::test]
     async fn a_valid_token_yields_its_claims() {
         let v = verifier("");
-        let session = v.verify(&mint(hs256(), claims(), SECRET)).await.unwrap();
+        let session = v
+            .verify_jwt(&mint(hs256(), claims(), SECRET), None)
+            .await
+            .unwrap();
         assert_eq!(session.sub.as_deref(), Some("user-1"));
         assert_eq!(session.sid.as_deref(), Some("sess_1"));
         assert_eq!(session.claims["iat"], NOW);
@@ -369,7 +474,10 @@ mod tests {
         let v = verifier("");
         let mut c = claims();
         c["exp"] = json!(NOW - 4);
-        assert!(v.verify(&mint(hs256(), c.clone(), SECRET)).await.is_ok());
+        assert!(v
+            .verify_jwt(&mint(hs256(), c.clone(), SECRET), None)
+            .await
+            .is_ok());
         c["exp"] = json!(NOW - 5);
         assert_eq!(
             reason(&v, &mint(hs256(), c, SECRET)).await,
@@ -421,7 +529,10 @@ mod tests {
         let mut c = claims();
         c["aud"] = json!(["https://api.example.com", "https://tenant/userinfo"]);
         c["azp"] = json!("https://app.example.com");
-        assert!(v.verify(&mint(hs256(), c.clone(), SECRET)).await.is_ok());
+        assert!(v
+            .verify_jwt(&mint(hs256(), c.clone(), SECRET), None)
+            .await
+            .is_ok());
         c["azp"] = json!("https://evil.example.com");
         assert_eq!(
             reason(&v, &mint(hs256(), c.clone(), SECRET)).await,
@@ -455,5 +566,167 @@ mod tests {
             reason(&v, &mint(hs256(), c, SECRET)).await,
             "session_token_claims_invalid"
         );
+    }
+}
+
+#[cfg(test)]
+mod cookie_tests {
+    use super::authjs::mint;
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::config::Settings;
+    use serde_json::json;
+
+    const NOW: u64 = 1_700_000_000;
+    const AUTH_SECRET: &str = "verifier-test-auth-secret-012345";
+
+    fn verifier() -> Verifier {
+        std::env::set_var("VERIFIER_TEST_AUTH_SECRET", AUTH_SECRET);
+        let s = Settings::from_toml(
+            r#"
+            [ably]
+            api_key = "a.b:c"
+            [[issuers]]
+            name = "dev"
+            issuer = "dev-issuer"
+            secret = "0123456789abcdef0123456789abcdef"
+            cookies = ["dev-session"]
+            [[issuers]]
+            name = "other"
+            issuer = "other-issuer"
+            secret = "fedcba9876543210fedcba9876543210"
+            [[issuers]]
+            name = "app"
+            kind = "authjs"
+            secret_env = ["VERIFIER_TEST_AUTH_SECRET"]
+            cookies = ["authjs.session-token", "next-auth.session-token"]
+            roles_claim = "/role"
+            "#,
+        )
+        .unwrap();
+        Verifier::new(&s.issuers, ManualClock::at_ms(NOW * 1000))
+    }
+
+    fn cookie(issuer: &str, name: &str, value: String) -> Credential {
+        Credential::Cookie(IssuerCookie {
+            issuer: issuer.into(),
+            name: name.into(),
+            value,
+        })
+    }
+
+    #[tokio::test]
+    async fn authjs_cookies_yield_a_session_with_the_issuers_claim_pointers() {
+        let v = verifier();
+        let claims =
+            json!({"sub": "u1", "role": "editor", "iat": NOW, "exp": NOW + 60, "jti": "j1"});
+        for (name, value) in [
+            (
+                "authjs.session-token",
+                mint::v5(&claims, AUTH_SECRET, "authjs.session-token"),
+            ),
+            ("next-auth.session-token", mint::v4(&claims, AUTH_SECRET)),
+        ] {
+            let s = v.authenticate(&cookie("app", name, value)).await.unwrap();
+            assert_eq!(s.sub.as_deref(), Some("u1"));
+            assert_eq!(s.jti.as_deref(), Some("j1"));
+            assert_eq!(s.claims["role"], "editor");
+            assert_eq!(s.issuer.roles_claim.as_str(), "/role");
+        }
+    }
+
+    #[tokio::test]
+    async fn authjs_time_claims_use_the_leeway_like_jwts() {
+        let v = verifier();
+        let at = |exp: u64, extra: Value| {
+            let mut c = json!({"sub": "u1", "exp": exp});
+            c.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            cookie(
+                "app",
+                "authjs.session-token",
+                mint::v5(&c, AUTH_SECRET, "authjs.session-token"),
+            )
+        };
+        let reason = |r: Result<Session, UpstreamError>| r.unwrap_err().reason();
+        assert!(v.authenticate(&at(NOW - 4, json!({}))).await.is_ok());
+        assert_eq!(
+            reason(v.authenticate(&at(NOW - 5, json!({}))).await),
+            "session_token_expired"
+        );
+        assert_eq!(
+            reason(v.authenticate(&at(NOW + 60, json!({"nbf": NOW + 6}))).await),
+            "session_token_not_yet_valid"
+        );
+        assert_eq!(
+            reason(v.authenticate(&at(NOW + 60, json!({"iat": NOW + 6}))).await),
+            "session_token_issued_in_future"
+        );
+        assert_eq!(
+            reason(v.authenticate(&at(NOW + 60, json!({"sub": 7}))).await),
+            "session_token_claims_invalid"
+        );
+        let no_exp = mint::v4(&json!({"sub": "u1"}), AUTH_SECRET);
+        assert_eq!(
+            reason(
+                v.authenticate(&cookie("app", "next-auth.session-token", no_exp))
+                    .await
+            ),
+            "session_token_claims_invalid"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_jwt_cookie_is_for_the_issuer_that_lists_it() {
+        let v = verifier();
+        let mint_jwt = |iss: &str, secret: &str| {
+            use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+            use base64::Engine;
+            let input = format!(
+                "{}.{}",
+                URL_SAFE_NO_PAD.encode(r#"{"alg":"HS256"}"#),
+                URL_SAFE_NO_PAD
+                    .encode(json!({"iss": iss, "sub": "u", "exp": NOW + 60}).to_string())
+            );
+            let sig = jsonwebtoken::crypto::sign(
+                input.as_bytes(),
+                &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+                Algorithm::HS256,
+            )
+            .unwrap();
+            format!("{input}.{sig}")
+        };
+        let own = mint_jwt("dev-issuer", "0123456789abcdef0123456789abcdef");
+        assert!(v
+            .authenticate(&cookie("dev", "dev-session", own.clone()))
+            .await
+            .is_ok());
+        assert!(v.authenticate(&Credential::Token(own)).await.is_ok());
+        // Validly signed by another configured issuer, but in dev's cookie.
+        let other = mint_jwt("other-issuer", "fedcba9876543210fedcba9876543210");
+        assert!(v
+            .authenticate(&Credential::Token(other.clone()))
+            .await
+            .is_ok());
+        let e = v
+            .authenticate(&cookie("dev", "dev-session", other))
+            .await
+            .unwrap_err();
+        assert_eq!(e.reason(), "issuer_unknown");
+        // An authjs cookie is never read as a JWT, nor a JWT as an authjs cookie.
+        let jwe = mint::v5(
+            &json!({"sub": "u", "exp": NOW + 60}),
+            AUTH_SECRET,
+            "authjs.session-token",
+        );
+        let e = v.authenticate(&Credential::Token(jwe)).await.unwrap_err();
+        assert_eq!(e.reason(), "session_token_unsupported");
+        let jwt = mint_jwt("dev-issuer", "0123456789abcdef0123456789abcdef");
+        let e = v
+            .authenticate(&cookie("app", "authjs.session-token", jwt))
+            .await
+            .unwrap_err();
+        assert_eq!(e.reason(), "session_token_malformed");
     }
 }

@@ -258,7 +258,10 @@ async fn a_resume_that_takes_over_a_connection_still_open_keeps_its_member() {
 
     // The old socket stays open; a second transport resumes it.
     let (mut again, connected) = live.connect("alice", Some(&key)).await;
-    assert_eq!(connected["connectionId"], alice_id, "the resume keeps the id");
+    assert_eq!(
+        connected["connectionId"], alice_id,
+        "the resume keeps the id"
+    );
     assert!(connected["error"].is_null(), "{connected}");
     let old = alice.next().await;
     assert!(
@@ -266,7 +269,11 @@ async fn a_resume_that_takes_over_a_connection_still_open_keeps_its_member() {
         "the old transport is ended, not served: {old}"
     );
     attach(&mut again, "room").await;
-    assert_eq!(again.next().await["action"], 16, "the SYNC after the attach");
+    assert_eq!(
+        again.next().await["action"],
+        16,
+        "the SYNC after the attach"
+    );
     let frames = presence(
         &mut again,
         "room",

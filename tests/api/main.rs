@@ -16,6 +16,7 @@ mod discovery_check_config;
 mod helpers;
 mod http;
 mod idempotency;
+mod identity;
 mod jwks;
 mod keys;
 mod liveness;
