@@ -7,6 +7,7 @@
 
 mod issuer;
 mod raw;
+pub(crate) mod remote;
 mod validate;
 
 use std::net::SocketAddr;
@@ -20,6 +21,7 @@ use crate::policy::ClaimPointer;
 use crate::signing::{ApiKey, KeySecret};
 use raw::{RawAbly, RawBroker, RawIssuer, RawLog, RawPolicy, RawServer, RawSettings};
 
+pub(crate) use remote::{IntrospectionSettings, SessionEndpointSettings};
 pub(crate) use validate::check_cors_origins;
 
 pub(crate) const DEFAULT_CONFIG_FILE: &str = "ably-tokend.toml";
