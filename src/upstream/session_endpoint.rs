@@ -537,6 +537,110 @@ mod tests {
         assert_eq!(server.calls(), 1);
     }
 
+    /// `node tests/support/authjs-session/server.mjs`: a real `@auth/core`
+    /// `Auth()` handler with database sessions; ended when dropped.
+    struct AuthJs {
+        child: std::process::Child,
+        port: u16,
+        cookie: (String, String),
+    }
+
+    impl AuthJs {
+        fn start() -> AuthJs {
+            use std::io::BufRead;
+            use std::process::{Command, Stdio};
+            let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/support/authjs-session");
+            if !dir.join("node_modules/@auth/core").exists() {
+                let status = Command::new("npm")
+                    .args(["ci", "--no-audit", "--no-fund"])
+                    .current_dir(&dir)
+                    .status()
+                    .expect("npm is needed for the @auth/core session-endpoint test (Node.js 20+)");
+                assert!(status.success(), "npm ci in {} failed", dir.display());
+            }
+            let mut child = Command::new("node")
+                .arg("server.mjs")
+                .current_dir(&dir)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("node is needed for the @auth/core session-endpoint test (Node.js 20+)");
+            let mut line = String::new();
+            std::io::BufReader::new(child.stdout.take().unwrap())
+                .read_line(&mut line)
+                .unwrap();
+            let started: Value = serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("server.mjs did not start ({e}): {line:?}"));
+            AuthJs {
+                child,
+                port: started["port"].as_u64().unwrap() as u16,
+                cookie: (
+                    started["cookie"]["name"].as_str().unwrap().into(),
+                    started["cookie"]["value"].as_str().unwrap().into(),
+                ),
+            }
+        }
+    }
+
+    impl Drop for AuthJs {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_real_auth_js_handler_answers_for_a_database_session() {
+        let authjs = AuthJs::start();
+        let raw = RawSessionEndpoint {
+            url: Some(format!("http://127.0.0.1:{}/api/auth/session", authjs.port)),
+            forward_cookies: vec![COOKIE.into(), "__Secure-authjs.session-token".into()],
+            ..RawSessionEndpoint::default()
+        };
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let clock = ManualClock::at_ms(now_ms);
+        let endpoint = SessionEndpoint::new(
+            "authjs-db",
+            session_endpoint(0, raw).unwrap(),
+            lookup::client(),
+            clock.clone(),
+        );
+        let (name, value) = authjs.cookie.clone();
+        assert_eq!(name, COOKIE);
+        let signed_in = cookies(&[("analytics", "x"), (&name, &value)]);
+        let claims = endpoint.look_up(&signed_in).await.unwrap();
+        assert_eq!(claims["user"]["id"], "user-1");
+        assert_eq!(claims["user"]["role"], "support");
+        assert_eq!(claims["user"]["email"], "ada@example.com");
+        let expires = lookup::rfc3339_ms(claims["expires"].as_str().unwrap()).unwrap();
+        assert!(
+            expires > now_ms + 29 * 86_400_000,
+            "Auth.js's 30-day maxAge"
+        );
+
+        let tampered = cookies(&[(&name, &format!("{value}0"))]);
+        assert_eq!(
+            reason(&endpoint, &tampered).await,
+            "session_invalid",
+            "Auth.js answers null"
+        );
+
+        // Signed out elsewhere: the cached answer holds until cache_ttl, then the refusal shows.
+        let revoked = reqwest::Client::new()
+            .post(format!("http://127.0.0.1:{}/test/revoke", authjs.port))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(revoked.status(), 204);
+        assert!(endpoint.look_up(&signed_in).await.is_ok(), "cached");
+        clock.advance_secs(30);
+        assert_eq!(reason(&endpoint, &signed_in).await, "session_invalid");
+    }
+
     #[test]
     fn the_expiry_is_read_where_the_pointer_says() {
         let better_auth = json!({
