@@ -103,15 +103,22 @@ impl LookupCache {
             }
             inner.flights.entry(key).or_default().clone()
         };
-        cell.get_or_init(|| async {
-            let answer = fetch().await;
-            let mut inner = self.lock();
-            inner.flights.remove(&key);
-            self.store(&mut inner, key, &answer);
-            answer.claims
-        })
-        .await
-        .clone()
+        let flight = Flight {
+            cache: self,
+            key,
+            cell,
+        };
+        flight
+            .cell
+            .get_or_init(|| async {
+                let answer = fetch().await;
+                let mut inner = self.lock();
+                inner.flights.remove(&key);
+                self.store(&mut inner, key, &answer);
+                answer.claims
+            })
+            .await
+            .clone()
     }
 
     fn store(&self, inner: &mut Inner, key: Key, answer: &Answer) {
@@ -151,6 +158,32 @@ impl LookupCache {
                 expires_at_ms: answer.expires_at_ms,
             },
         );
+    }
+}
+
+/// One caller's hold on a look-up under way. A caller cancelled while no
+/// other waits (its request gone, say) takes the unfinished look-up out of
+/// the map, so abandoned keys cannot pile up.
+struct Flight<'c> {
+    cache: &'c LookupCache,
+    key: Key,
+    cell: Arc<OnceCell<Outcome>>,
+}
+
+impl Drop for Flight<'_> {
+    fn drop(&mut self) {
+        if self.cell.initialized() {
+            return;
+        }
+        let mut inner = self.cache.lock();
+        let alone = inner.flights.get(&self.key).is_some_and(|cell| {
+            // The map's reference and this one: nobody else can be waiting,
+            // and nobody can start to without the lock held here.
+            Arc::ptr_eq(cell, &self.cell) && Arc::strong_count(&self.cell) == 2
+        });
+        if alone {
+            inner.flights.remove(&self.key);
+        }
     }
 }
 
@@ -272,6 +305,44 @@ mod tests {
         assert!(!look(&cache, "c", session(None)).await.1);
     }
 
+    /// Starts a look-up of `k` on its own task, counting calls; its fetch
+    /// waits for `gate`.
+    fn spawn_look_up(
+        cache: &Arc<LookupCache>,
+        calls: &Arc<AtomicUsize>,
+        gate: &Arc<tokio::sync::Notify>,
+    ) -> tokio::task::JoinHandle<Outcome> {
+        let (cache, calls, gate) = (cache.clone(), calls.clone(), gate.clone());
+        tokio::spawn(async move {
+            cache
+                .get_or_fetch(key(&[b"k"]), move || async move {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    gate.notified().await;
+                    session(None)
+                })
+                .await
+        })
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_waiter_does_not_split_the_flight() {
+        let cache = Arc::new(new_cache(30).0);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let leader = spawn_look_up(&cache, &calls, &gate);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let quitter = spawn_look_up(&cache, &calls, &gate);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        quitter.abort();
+        assert!(quitter.await.unwrap_err().is_cancelled());
+        let late = spawn_look_up(&cache, &calls, &gate);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        gate.notify_waiters();
+        assert!(leader.await.unwrap().is_ok());
+        assert!(late.await.unwrap().is_ok());
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
     #[tokio::test]
     async fn a_cancelled_look_up_leaves_the_key_usable() {
         let (cache, _) = new_cache(30);
@@ -279,6 +350,10 @@ mod tests {
         let pending = cache.get_or_fetch(k, std::future::pending::<Answer>);
         let timed_out = tokio::time::timeout(Duration::from_millis(10), pending).await;
         assert!(timed_out.is_err());
+        assert!(
+            cache.lock().flights.is_empty(),
+            "the abandoned look-up is gone"
+        );
         let (outcome, missed) = look(&cache, "k", session(None)).await;
         assert!(missed && outcome.is_ok());
     }
