@@ -153,9 +153,9 @@ mod tests {
     use super::*;
     use crate::clock::ManualClock;
     use crate::config::remote::{introspection, RawIntrospection};
-    use crate::upstream::lookup::testing::{start, Reply, Server};
+    use crate::upstream::lookup::testing::{capture_log, start, Reply, Server};
     use serde_json::json;
-    use std::sync::{Arc, Mutex};
+    use std::sync::Arc;
     use std::time::Duration;
 
     const NOW_MS: u64 = 1_700_000_000_000;
@@ -220,29 +220,9 @@ mod tests {
         );
     }
 
-    /// Records formatted log lines, for asserting what is (not) logged.
-    #[derive(Clone, Default)]
-    struct Log(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Log {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
     #[tokio::test]
     async fn our_credentials_refused_is_a_logged_misconfiguration_without_the_secret() {
-        let log = Log::default();
-        let writer = log.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .finish();
-        let _guard = tracing::subscriber::set_default(subscriber);
+        let (log, _guard) = capture_log();
         for status in [401, 403] {
             let server = start(move |_| Reply::json(status, r#"{"error":"invalid_client"}"#)).await;
             let (introspection, _) = introspector(&server);
@@ -252,7 +232,7 @@ mod tests {
             introspection.look_up("the-users-token").await.unwrap_err();
             assert_eq!(server.calls(), 2);
         }
-        let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+        let text = log.text();
         assert!(text.contains("ERROR"), "{text}");
         assert!(text.contains("misconfiguration"), "{text}");
         assert!(text.contains("INTROSPECTION_CLIENT_SECRET"), "{text}");

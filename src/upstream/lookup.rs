@@ -281,6 +281,39 @@ pub(crate) mod testing {
 
     type Handler = dyn Fn(&Request) -> Reply + Send + Sync;
 
+    /// Formatted log lines of this thread, for asserting what is (not) logged.
+    #[derive(Clone, Default)]
+    pub(crate) struct Log(Arc<Mutex<Vec<u8>>>);
+
+    impl Log {
+        pub(crate) fn text(&self) -> String {
+            String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+        }
+    }
+
+    impl std::io::Write for Log {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Records every log line (all levels) of the current thread while the
+    /// guard lives; use it in a current-thread `#[tokio::test]`.
+    pub(crate) fn capture_log() -> (Log, tracing::subscriber::DefaultGuard) {
+        let log = Log::default();
+        let writer = log.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .finish();
+        (log, tracing::subscriber::set_default(subscriber))
+    }
+
     pub(crate) struct Server {
         pub(crate) addr: SocketAddr,
         pub(crate) requests: Arc<Mutex<Vec<Request>>>,

@@ -209,7 +209,7 @@ mod tests {
     use super::*;
     use crate::clock::ManualClock;
     use crate::config::remote::{session_endpoint, RawSessionEndpoint};
-    use crate::upstream::lookup::testing::{start, Reply, Server};
+    use crate::upstream::lookup::testing::{capture_log, start, Reply, Server};
     use serde_json::json;
     use std::sync::Arc;
     use std::time::{Duration, Instant};
@@ -334,6 +334,43 @@ mod tests {
             "nothing listed to forward"
         );
         assert_eq!(server.calls(), 1, "and nothing is sent");
+    }
+
+    #[tokio::test]
+    async fn cookies_and_authorization_never_reach_the_log() {
+        let (log, _guard) = capture_log();
+        let answer = Arc::new(std::sync::Mutex::new(Reply::json(200, "null")));
+        let scripted = answer.clone();
+        let server = start(move |_| scripted.lock().unwrap().clone()).await;
+        let (endpoint, clock) = endpoint(&server, |raw| raw.forward_authorization = true);
+        let credentials = Credentials {
+            cookies: vec![(COOKIE.into(), "cookie-value-7f3a".into())],
+            authorization: Some("Bearer bearer-value-9c2e".into()),
+        };
+        for reply in [
+            Reply::json(200, "null"),
+            Reply::json(500, "cookie-value-7f3a"),
+            Reply::json(200, auth_js_session("2023-12-14T22:13:20Z")),
+        ] {
+            *answer.lock().unwrap() = reply;
+            clock.advance_secs(5);
+            let _ = endpoint.look_up(&credentials).await;
+            let _ = endpoint.look_up(&session_cookie("other-cookie-5d1b")).await;
+        }
+        assert!(format!("{credentials:?}").contains("<hidden>"));
+        assert!(!format!("{credentials:?}").contains("cookie-value-7f3a"));
+        let text = log.text();
+        assert!(
+            text.contains("session_invalid") && text.contains("session_upstream_unavailable"),
+            "{text}"
+        );
+        for secret in [
+            "cookie-value-7f3a",
+            "bearer-value-9c2e",
+            "other-cookie-5d1b",
+        ] {
+            assert!(!text.contains(secret), "{secret} is logged: {text}");
+        }
     }
 
     #[tokio::test]
