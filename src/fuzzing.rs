@@ -14,7 +14,8 @@ use crate::policy::Policy;
 use crate::upstream::authjs::{self, MAX_COOKIE_BYTES};
 use crate::upstream::credential::{self, MAX_CHUNKS};
 use crate::upstream::jwks::{KeySet, MAX_KEYS};
-use crate::upstream::jws;
+use crate::upstream::lookup::{read_expiry, rfc3339_ms, Answer, ExpiryFormat, LookupError};
+use crate::upstream::{introspection, jws, session_endpoint};
 
 /// Separates the two capabilities of a `capability` input; never valid UTF-8,
 /// so it cannot occur inside either JSON text.
@@ -229,6 +230,81 @@ pub fn token_params(data: &[u8]) {
     }
 }
 
+/// "Now" for the look-up answers: 2023-11-14T22:13:20Z.
+const LOOKUP_NOW_MS: u64 = 1_700_000_000_000;
+
+/// What holds of every interpreted look-up answer: a session is a non-empty
+/// JSON object whose expiry, if any, is still ahead; nothing else has claims.
+fn check_answer(answer: &Answer) {
+    match &answer.claims {
+        Ok(claims) => {
+            assert!(
+                claims.as_object().is_some_and(|o| !o.is_empty()),
+                "claims that are not a non-empty object: {claims}"
+            );
+            if let Some(at) = answer.expires_at_ms {
+                assert!(at > LOOKUP_NOW_MS, "a session kept past its expiry");
+            }
+        }
+        Err(LookupError::Refused(why) | LookupError::Unavailable(why)) => {
+            assert!(!why.is_empty());
+        }
+    }
+}
+
+/// A session endpoint's 200 body, read at the Auth.js (`/expires`) and the
+/// Better Auth (`/session/expiresAt`) expiry pointers: a session is exactly a
+/// non-empty JSON object, and `null` is always a refusal.
+pub fn session_answer(data: &[u8]) {
+    for pointer in ["/expires", "/session/expiresAt"] {
+        let answer = session_endpoint::interpret_body(data, pointer, LOOKUP_NOW_MS);
+        check_answer(&answer);
+        let parsed = serde_json::from_slice::<serde_json::Value>(data).ok();
+        if answer.claims.is_ok() {
+            assert_eq!(
+                parsed.as_ref(),
+                answer.claims.as_deref().ok(),
+                "the claims are not the body"
+            );
+        }
+        if parsed == Some(serde_json::Value::Null) {
+            assert!(matches!(answer.claims, Err(LookupError::Refused(_))));
+        }
+    }
+}
+
+/// An RFC 7662 introspection answer: claims only when `active` is `true`,
+/// and never past `exp`.
+pub fn introspection_answer(data: &[u8]) {
+    let answer = introspection::interpret_body(data, LOOKUP_NOW_MS);
+    check_answer(&answer);
+    if let Ok(claims) = &answer.claims {
+        assert_eq!(claims.get("active"), Some(&serde_json::Value::Bool(true)));
+    }
+}
+
+/// A session's expiry as text: RFC 3339 that parses formats back to the same
+/// instant, and the JSON reading agrees with the text reading.
+pub fn expiry_text(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let parsed = rfc3339_ms(text);
+    let value = serde_json::Value::String(text.to_string());
+    assert_eq!(
+        read_expiry(Some(&value), ExpiryFormat::SecondsOrRfc3339)
+            .ok()
+            .flatten(),
+        parsed
+    );
+    assert!(read_expiry(Some(&value), ExpiryFormat::Seconds).is_err());
+    if let Some(ms) = parsed {
+        let instant = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+        let again = humantime::format_rfc3339_millis(instant).to_string();
+        assert_eq!(rfc3339_ms(&again), Some(ms), "{text:?} → {again:?}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -257,6 +333,9 @@ mod tests {
         replay("token_params", token_params);
         replay("authjs_cookie", authjs_cookie);
         replay("cookie_chunks", cookie_chunks);
+        replay("session_answer", session_answer);
+        replay("introspection_answer", introspection_answer);
+        replay("expiry_text", expiry_text);
     }
 
     /// The seeds made by @auth/core and next-auth open: mutations start from
@@ -286,6 +365,9 @@ mod tests {
             token_params,
             authjs_cookie,
             cookie_chunks,
+            session_answer,
+            introspection_answer,
+            expiry_text,
         ] {
             check(b"");
         }

@@ -7,6 +7,7 @@
 
 mod issuer;
 mod raw;
+pub(crate) mod remote;
 mod validate;
 
 use std::net::SocketAddr;
@@ -21,6 +22,7 @@ use crate::signing::{ApiKey, KeySecret};
 use raw::{RawAbly, RawBroker, RawIssuer, RawLog, RawPolicy, RawServer, RawSettings};
 
 pub(crate) use issuer::is_loopback_host;
+pub(crate) use remote::{IntrospectionSettings, SessionEndpointSettings};
 pub(crate) use validate::check_cors_origins;
 
 pub(crate) const DEFAULT_CONFIG_FILE: &str = "ably-tokend.toml";

@@ -73,9 +73,10 @@ impl ApiError {
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
-            ApiError::Upstream(UpstreamError::KeysUnavailable { .. }) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::Upstream(
+                UpstreamError::KeysUnavailable { .. }
+                | UpstreamError::SessionUpstreamUnavailable { .. },
+            ) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Upstream(_) => StatusCode::UNAUTHORIZED,
             ApiError::Denied(_) | ApiError::OutsideKeyCapability { .. } => StatusCode::FORBIDDEN,
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
@@ -138,6 +139,25 @@ mod tests {
         assert_eq!(
             body,
             json!({"error": {"code": 40100, "statusCode": 401, "message": "the session token has expired", "reason": "session_token_expired"}})
+        );
+    }
+
+    #[test]
+    fn session_look_up_errors_are_401_and_503() {
+        let issuer = "app-session".to_string();
+        let invalid = ApiError::Upstream(UpstreamError::SessionInvalid {
+            issuer: issuer.clone(),
+        });
+        assert_eq!(invalid.status_code(), StatusCode::UNAUTHORIZED);
+        assert_eq!(invalid.reason(), "session_invalid");
+        let down = ApiError::Upstream(UpstreamError::SessionUpstreamUnavailable { issuer });
+        let response = down.error_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = response.into_body().try_into_bytes().unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            body,
+            json!({"error": {"code": 50300, "statusCode": 503, "message": "issuer \"app-session\" could not be asked about the session: try again later", "reason": "session_upstream_unavailable"}})
         );
     }
 }

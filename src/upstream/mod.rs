@@ -7,9 +7,13 @@
 pub(crate) mod authjs;
 pub(crate) mod credential;
 pub(crate) mod discovery;
+pub(crate) mod introspection;
 pub mod jwks;
 pub(crate) mod jwks_cache;
 pub mod jws;
+pub(crate) mod lookup;
+pub(crate) mod lookup_cache;
+pub(crate) mod session_endpoint;
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -55,6 +59,10 @@ pub enum UpstreamError {
     AuthorizedPartyRejected,
     #[error("the signing keys of issuer {issuer:?} are unavailable")]
     KeysUnavailable { issuer: String },
+    #[error("the session is not valid for issuer {issuer:?}: sign in again")]
+    SessionInvalid { issuer: String },
+    #[error("issuer {issuer:?} could not be asked about the session: try again later")]
+    SessionUpstreamUnavailable { issuer: String },
 }
 
 impl UpstreamError {
@@ -76,6 +84,8 @@ impl UpstreamError {
             UpstreamError::AudienceMismatch => "audience_mismatch",
             UpstreamError::AuthorizedPartyRejected => "authorized_party_rejected",
             UpstreamError::KeysUnavailable { .. } => "jwks_unavailable",
+            UpstreamError::SessionInvalid { .. } => "session_invalid",
+            UpstreamError::SessionUpstreamUnavailable { .. } => "session_upstream_unavailable",
         }
     }
 }
