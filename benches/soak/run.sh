@@ -6,6 +6,7 @@
 # env:
 #   SOAK_DURATION=8m   how long the load runs (8m, 90s, 480; shorter for a quick check)
 #   CLIENTS=50         churning ably-js client slots
+#   CONN_RATE=150      connections per second the slots open at most
 #   CHANNELS=3         channels each client attaches per cycle
 #   TOKEN_RPS=500      token requests per second offered (0: none)
 #   SESSIONS=1000      distinct session JWTs the token load cycles through

@@ -130,6 +130,7 @@ async function main() {
   const CLIENTS = intEnv("CLIENTS", 50);
   const CHANNELS = intEnv("CHANNELS", 3);
   const TOKEN_RPS = intEnv("TOKEN_RPS", 500, 0);
+  const CONN_RATE = intEnv("CONN_RATE", 150);
   const SAMPLE_SECS = intEnv("SAMPLE_SECS", 5);
   const SESSIONS = intEnv("SESSIONS", 1000);
   const OUT_DIR = process.env.OUT_DIR ?? path.join(stackLib.ROOT, "target/soak");
@@ -245,10 +246,18 @@ async function main() {
     }
   }
 
+  // Each slot starts a cycle at most every CLIENTS / CONN_RATE seconds, so the slots together open
+  // at most CONN_RATE connections a second however fast the machine is.
+  const minCycleMs = (CLIENTS * 1000) / CONN_RATE;
   async function slotLoop(slot) {
     // Stagger the start so the slots do not move in lock-step.
-    await sleep(Math.floor((slot * 1000) / CLIENTS));
-    for (let n = 0; Date.now() < until; n++) await cycle(slot, n);
+    await sleep(Math.floor((slot * minCycleMs) / CLIENTS));
+    for (let n = 0; Date.now() < until; n++) {
+      const started = Date.now();
+      await cycle(slot, n);
+      const left = started + minCycleMs - Date.now();
+      if (left > 0 && Date.now() + left < until) await sleep(left);
+    }
   }
 
   // RSS samples.
@@ -284,7 +293,7 @@ async function main() {
 
   samples.push({ t: 0, rssKb: rss0, connPerSec: 0, tokenPerSec: 0, connections: 0, tokens: 0, failures: 0 });
   const sampler = setInterval(sample, SAMPLE_SECS * 1000);
-  log(`soak: ${DURATION_MS / 1000} s, ${CLIENTS} churning clients x ${CHANNELS} channels, ${TOKEN_RPS} token requests/s`);
+  log(`soak: ${DURATION_MS / 1000} s, ${CLIENTS} churning clients x ${CHANNELS} channels (at most ${CONN_RATE} connections/s), ${TOKEN_RPS} token requests/s`);
 
   await Promise.all(Array.from({ length: CLIENTS }, (_, slot) => slotLoop(slot)));
   await tokenDone;
@@ -327,7 +336,7 @@ async function main() {
   const report = [
     "# ably-tokend dev soak",
     "",
-    `${elapsed.toFixed(0)} s; ${CLIENTS} churning ably-js ${Ably.Realtime.Platform?.Config?.agent ?? ""} clients, each cycle: connect through the authUrl, attach ${CHANNELS} channels, enter presence, publish, receive, close; token load ${TOKEN_RPS}/s offered (sidecar TokenRequest + broker requestToken, ${SESSIONS} distinct sessions).`,
+    `${elapsed.toFixed(0)} s; ${CLIENTS} churning ably-js ${Ably.Realtime.Platform?.Config?.agent ?? ""} clients, each cycle: connect through the authUrl, attach ${CHANNELS} channels, enter presence, publish, receive, close (at most ${CONN_RATE} connections/s); token load ${TOKEN_RPS}/s offered (sidecar TokenRequest + broker requestToken, ${SESSIONS} distinct sessions).`,
     "",
     "| t (s) | RSS (MB) | connections/s | tokens/s | failures so far |",
     "|---:|---:|---:|---:|---:|",
