@@ -1,6 +1,7 @@
 // Soak of `ably-tokend dev` (sidecar, embedded broker and development issuer in one process), on
 // loopback only and bounded in time. For SOAK_DURATION it keeps
-// - CLIENTS slots of real ably-js clients churning: each connects through the sidecar's authUrl
+// - CLIENTS slots of real ably-js clients churning (at most CONN_RATE new connections a second):
+//   each connects through the sidecar's authUrl
 //   (a TokenRequest that ably-js exchanges at the broker), attaches CHANNELS channels, enters
 //   presence, publishes, waits for its own message, closes, and starts again;
 // - a token-request load in a worker thread: TOKEN_RPS requests/s to GET /api/ably-token, each with
@@ -336,7 +337,7 @@ async function main() {
   const report = [
     "# ably-tokend dev soak",
     "",
-    `${elapsed.toFixed(0)} s; ${CLIENTS} churning ably-js ${Ably.Realtime.Platform?.Config?.agent ?? ""} clients, each cycle: connect through the authUrl, attach ${CHANNELS} channels, enter presence, publish, receive, close (at most ${CONN_RATE} connections/s); token load ${TOKEN_RPS}/s offered (sidecar TokenRequest + broker requestToken, ${SESSIONS} distinct sessions).`,
+    `${elapsed.toFixed(0)} s; ${CLIENTS} churning ably-js ${ablyVersion()} clients (Node ${process.version}), each cycle: connect through the authUrl, attach ${CHANNELS} channels, enter presence, publish, receive, close (at most ${CONN_RATE} connections/s); token load ${TOKEN_RPS}/s offered (sidecar TokenRequest + broker requestToken, ${SESSIONS} distinct sessions).`,
     "",
     "| t (s) | RSS (MB) | connections/s | tokens/s | failures so far |",
     "|---:|---:|---:|---:|---:|",
@@ -361,6 +362,16 @@ async function main() {
   process.stdout.write(`\n${report}\n`);
   console.log(verdict);
   process.exit(flat && nFailures === 0 ? 0 : 1);
+}
+
+/** The installed `ably` package's version, as npm ci put it in node_modules. */
+function ablyVersion() {
+  try {
+    const url = new URL("./node_modules/ably/package.json", import.meta.url);
+    return JSON.parse(fs.readFileSync(url, "utf8")).version;
+  } catch {
+    return "(version unknown)";
+  }
 }
 
 function mb(kb) {
