@@ -1,9 +1,19 @@
 //! Load on the running broker binary (not a criterion bench: it measures a
 //! server): raw WebSocket clients on loopback, JSON protocol, key auth.
-//!   cargo bench --bench broker_fanout
-//! Scenarios: 1 publisher -> 100 subscribers on one channel; 1000 channels x
-//! 2 clients (one publishes, one subscribes). Reports deliveries per second
-//! and publish-to-delivery latency p50/p99. Env: DURATION_SECS (default 10).
+//!   cargo bench --bench broker_fanout [-- SCENARIO...]
+//! Scenarios (each on a fresh broker process, so one's leftovers never load
+//! the next): `saturation-fanout` and `saturation-pairs` (closed loop),
+//! `paced-fanout` and `paced-pairs` (a fixed offered load), `memory` (RSS
+//! per channel with history). Arguments select scenarios by substring
+//! (`-- paced`, `-- memory`); none runs them all.
+//! Fan-out is 1 publisher -> 100 subscribers on one channel; pairs is 1000
+//! channels x 2 clients (one publishes, one subscribes). Reports deliveries
+//! per second, publish-to-delivery latency p50/p99 and the broker's CPU time
+//! per delivery.
+//! Env: DURATION_SECS (default 10); TOKEND_BIN (another ably-tokend binary,
+//! e.g. a baseline build); BROKER_CPUS (run the broker under `taskset -c
+//! BROKER_CPUS`; pin the bench itself with `taskset -c N cargo bench ...`);
+//! MEM_CHANNELS (1000), MEM_MESSAGES (100), MEM_DATA_BYTES (100) for `memory`.
 
 use std::cell::RefCell;
 use std::process::{Child, Command, Stdio};
@@ -29,20 +39,79 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn start_broker(port: u16) -> Child {
-    let dir = std::env::temp_dir().join(format!("broker-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("broker.toml");
-    std::fs::write(
-        &config,
-        format!("[ably]\napi_key = \"{KEY}\"\n[broker]\nbind = \"127.0.0.1:{port}\"\nhistory_max_messages = 100\n[log]\nlevel = \"warn\"\n"),
-    )
-    .unwrap();
-    Command::new(env!("CARGO_BIN_EXE_ably-tokend"))
-        .args(["broker", "--config", config.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap()
+/// The broker under test: a child process on its own port.
+struct Broker {
+    child: Child,
+    port: u16,
+}
+
+impl Broker {
+    /// Starts `ably-tokend broker` with `history` as its `[broker]` history
+    /// settings, under `taskset -c BROKER_CPUS` when that is set.
+    fn start(history: &str) -> Broker {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("broker-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join(format!("broker-{port}.toml"));
+        std::fs::write(
+            &config,
+            format!("[ably]\napi_key = \"{KEY}\"\n[broker]\nbind = \"127.0.0.1:{port}\"\n{history}\n[log]\nlevel = \"warn\"\n"),
+        )
+        .unwrap();
+        let binary = std::env::var("TOKEND_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_ably-tokend").to_string());
+        let mut command = match std::env::var("BROKER_CPUS") {
+            Ok(cpus) => {
+                let mut c = Command::new("taskset");
+                c.args(["-c", &cpus, &binary]);
+                c
+            }
+            Err(_) => Command::new(&binary),
+        };
+        let child = command
+            .args(["broker", "--config", config.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        Broker { child, port }
+    }
+
+    /// The process's `/proc` entry (`taskset` execs the broker, same pid).
+    fn proc_file(&self, name: &str) -> String {
+        std::fs::read_to_string(format!("/proc/{}/{name}", self.child.id())).unwrap_or_default()
+    }
+
+    /// User + system CPU time so far, in clock ticks (USER_HZ, 100 on Linux).
+    fn cpu_ticks(&self) -> u64 {
+        let stat = self.proc_file("stat");
+        // Fields after the command name, which is in parentheses.
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let field = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        // utime and stime are fields 14 and 15 of stat; 12 and 13 after ")".
+        field(11) + field(12)
+    }
+
+    /// Resident set size in KiB (VmRSS).
+    fn rss_kib(&self) -> u64 {
+        self.proc_file("status")
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 type Socket = actix_codec::Framed<awc::BoxedSocket, awc::ws::Codec>;
@@ -191,7 +260,7 @@ fn spawn_windowed(
     });
 }
 
-fn report(name: &str, stats: &Stats, seconds: f64) {
+fn report(name: &str, stats: &Stats, seconds: f64, cpu_ticks: u64) {
     let mut l = stats.latencies_us.clone();
     l.sort_unstable();
     let pct = |p: f64| {
@@ -199,21 +268,30 @@ fn report(name: &str, stats: &Stats, seconds: f64) {
             .copied()
             .unwrap_or(0)
     };
+    // USER_HZ is 100 on Linux: a tick is 10 ms.
+    let cpu_us = cpu_ticks as f64 * 10_000.0 / stats.deliveries.max(1) as f64;
     println!(
-        "{name:<58} deliveries/s {:>10.0}   p50 {:>7.2} ms   p99 {:>7.2} ms   ({} deliveries)",
+        "{name:<58} deliveries/s {:>10.0}   p50 {:>7.2} ms   p99 {:>7.2} ms   max {:>7.2} ms   broker CPU {:>5.2} µs/delivery   ({} deliveries)",
         stats.deliveries as f64 / seconds,
         pct(0.50) as f64 / 1000.0,
         pct(0.99) as f64 / 1000.0,
+        l.last().copied().unwrap_or(0) as f64 / 1000.0,
+        cpu_us,
         stats.deliveries
     );
 }
 
-/// 1 publisher -> 100 subscribers on one channel.
-async fn fanout(port: u16, epoch: Instant, seconds: u64, pace: Pace) {
-    let stats = Rc::new(RefCell::new(Stats {
+fn new_stats() -> Rc<RefCell<Stats>> {
+    Rc::new(RefCell::new(Stats {
         latencies_us: Vec::new(),
         deliveries: 0,
-    }));
+    }))
+}
+
+/// 1 publisher -> 100 subscribers on one channel.
+async fn fanout(broker: &Broker, epoch: Instant, seconds: u64, pace: Pace) {
+    let port = broker.port;
+    let stats = new_stats();
     let channel = format!("fanout-{}", epoch.elapsed().as_nanos());
     let mut subscribers = Vec::new();
     for i in 0..100 {
@@ -223,6 +301,7 @@ async fn fanout(port: u16, epoch: Instant, seconds: u64, pace: Pace) {
     }
     let publisher = connect(port, "pub").await;
     let until = Instant::now() + Duration::from_secs(seconds);
+    let cpu0 = broker.cpu_ticks();
     for s in subscribers {
         spawn_subscriber(s, epoch, stats.clone(), until + Duration::from_millis(500));
     }
@@ -232,15 +311,14 @@ async fn fanout(port: u16, epoch: Instant, seconds: u64, pace: Pace) {
         &format!("1 publisher -> 100 subscribers {}", pace.label()),
         &stats.borrow(),
         seconds as f64,
+        broker.cpu_ticks() - cpu0,
     );
 }
 
 /// 1000 channels, each with one publisher and one subscriber.
-async fn pairs(port: u16, epoch: Instant, seconds: u64, pace: Pace) {
-    let stats = Rc::new(RefCell::new(Stats {
-        latencies_us: Vec::new(),
-        deliveries: 0,
-    }));
+async fn pairs(broker: &Broker, epoch: Instant, seconds: u64, pace: Pace) {
+    let port = broker.port;
+    let stats = new_stats();
     let run = epoch.elapsed().as_nanos();
     let mut pairs = Vec::new();
     for i in 0..1000 {
@@ -251,6 +329,7 @@ async fn pairs(port: u16, epoch: Instant, seconds: u64, pace: Pace) {
         pairs.push((channel, sub, publisher));
     }
     let until = Instant::now() + Duration::from_secs(seconds);
+    let cpu0 = broker.cpu_ticks();
     for (channel, sub, publisher) in pairs {
         spawn_subscriber(
             sub,
@@ -265,6 +344,86 @@ async fn pairs(port: u16, epoch: Instant, seconds: u64, pace: Pace) {
         &format!("1000 channels x 2 clients {}", pace.label()),
         &stats.borrow(),
         seconds as f64,
+        broker.cpu_ticks() - cpu0,
+    );
+}
+
+/// RSS per channel: `channels` channels, each given `messages` messages of
+/// `data_bytes` over REST and kept as history, no connection attached.
+async fn memory(broker: &Broker, channels: usize, messages: usize, data_bytes: usize) {
+    use base64::Engine;
+    let client = awc::Client::new();
+    let auth = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(KEY)
+    );
+    let publish = |channel: String, seed: usize| {
+        let body: Vec<Value> = (0..messages)
+            .map(|j| {
+                let mut data = format!("{seed}-{j}-");
+                data.extend(std::iter::repeat_n(
+                    'x',
+                    data_bytes.saturating_sub(data.len()),
+                ));
+                json!({"name": "m", "data": data})
+            })
+            .collect();
+        let request = client
+            .post(format!(
+                "http://127.0.0.1:{}/channels/{channel}/messages",
+                broker.port
+            ))
+            .insert_header(("Authorization", auth.clone()))
+            .send_json(&body);
+        async move {
+            match request.await {
+                Ok(response) if response.status().is_success() => {}
+                Ok(response) => panic!("publish to {channel}: HTTP {}", response.status()),
+                Err(e) => panic!("publish to {channel} failed: {e}"),
+            }
+        }
+    };
+    // Wait for the broker, then warm the code paths and the allocator on
+    // channels that are not counted.
+    for _ in 0..100 {
+        let url = format!("http://127.0.0.1:{}/time", broker.port);
+        if client.get(url).send().await.is_ok() {
+            break;
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    }
+    for i in 0..10 {
+        publish(format!("warm-{i}"), i).await;
+    }
+    let settle = || actix_web::rt::time::sleep(Duration::from_millis(500));
+    settle().await;
+    let rss0 = broker.rss_kib();
+    let half = channels / 2;
+    for i in 0..half {
+        publish(format!("mem-{i}"), i).await;
+    }
+    settle().await;
+    let rss_half = broker.rss_kib();
+    for i in half..channels {
+        publish(format!("mem-{i}"), i).await;
+    }
+    settle().await;
+    let rss1 = broker.rss_kib();
+    let per_channel = (rss1.saturating_sub(rss0)) as f64 * 1024.0 / channels as f64;
+    let first_half = (rss_half.saturating_sub(rss0)) as f64 * 1024.0 / half.max(1) as f64;
+    let second_half =
+        (rss1.saturating_sub(rss_half)) as f64 * 1024.0 / (channels - half).max(1) as f64;
+    let payload = (messages * data_bytes) as f64;
+    println!(
+        "memory: {channels} channels x {messages} messages of {data_bytes} B data: RSS {:.1} -> {:.1} MiB; \
+         {:.1} KiB per channel ({:.0} B per message, {:.1}x the data; first half {:.1} KiB, second half {:.1} KiB per channel)",
+        rss0 as f64 / 1024.0,
+        rss1 as f64 / 1024.0,
+        per_channel / 1024.0,
+        per_channel / messages.max(1) as f64,
+        per_channel / payload.max(1.0),
+        first_half / 1024.0,
+        second_half / 1024.0,
     );
 }
 
@@ -277,27 +436,58 @@ impl Pace {
     }
 }
 
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
 fn main() {
     // `cargo bench` passes --bench; `cargo test --benches` would pass nothing
     // useful either: this only runs when asked to.
-    if !std::env::args().any(|a| a == "--bench") {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if !args.iter().any(|a| a == "--bench") {
         return;
     }
-    let seconds: u64 = std::env::var("DURATION_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(10);
-    let port = free_port();
-    let mut broker = start_broker(port);
+    let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with("--")).collect();
+    let wanted =
+        |name: &str| filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str()));
+    let seconds = env_usize("DURATION_SECS", 10) as u64;
+    // The fan-out and pair scenarios keep 100 messages per channel.
+    let history = "history_max_messages = 100";
     actix_web::rt::System::new().block_on(async move {
         let epoch = Instant::now();
-        println!("saturation (closed loop: publishers keep a window of unacknowledged messages)");
-        fanout(port, epoch, seconds, Pace::Window(20)).await;
-        pairs(port, epoch, seconds, Pace::Window(2)).await;
-        println!("latency at a fixed offered load (open loop)");
-        fanout(port, epoch, seconds, Pace::PerSecond(500.0)).await;
-        pairs(port, epoch, seconds, Pace::PerSecond(10.0)).await;
+        let scenarios: [(&str, Pace); 4] = [
+            ("saturation-fanout", Pace::Window(20)),
+            ("saturation-pairs", Pace::Window(2)),
+            ("paced-fanout", Pace::PerSecond(500.0)),
+            ("paced-pairs", Pace::PerSecond(10.0)),
+        ];
+        for (name, pace) in scenarios {
+            if !wanted(name) {
+                continue;
+            }
+            let broker = Broker::start(history);
+            if name.ends_with("fanout") {
+                fanout(&broker, epoch, seconds, pace).await;
+            } else {
+                pairs(&broker, epoch, seconds, pace).await;
+            }
+        }
+        if wanted("memory") {
+            let messages = env_usize("MEM_MESSAGES", 100);
+            // History kept for longer than the run, so nothing ages out.
+            let broker = Broker::start(&format!(
+                "history_max_messages = {messages}\nhistory_max_age = \"30m\""
+            ));
+            memory(
+                &broker,
+                env_usize("MEM_CHANNELS", 1000).max(2),
+                messages,
+                env_usize("MEM_DATA_BYTES", 100),
+            )
+            .await;
+        }
     });
-    let _ = broker.kill();
-    let _ = broker.wait();
 }

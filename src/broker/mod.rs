@@ -211,6 +211,10 @@ impl Broker {
                 .route("/stats", web::get().to(rest::stats))
                 .default_service(web::to(rest::not_found))
         })
+        // Frames are small and latency-bound: without TCP_NODELAY, Nagle's
+        // algorithm (RFC 896) holds a frame while an earlier one awaits the
+        // client's delayed ACK (RFC 1122 §4.2.3.2), tens of milliseconds.
+        .tcp_nodelay(true)
         .listen(listener)?
         .shutdown_timeout(5)
         .run();
