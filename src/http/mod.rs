@@ -244,17 +244,6 @@ fn serve(listener: TcpListener, state: web::Data<AppState>) -> std::io::Result<S
     Ok(server.run())
 }
 
-#[cfg(test)]
-mod keep_alive_tests {
-    #[test]
-    fn the_hint_names_the_servers_own_idle_timeout() {
-        assert_eq!(
-            super::KEEP_ALIVE_HINT,
-            format!("timeout={}", super::KEEP_ALIVE_SECS)
-        );
-    }
-}
-
 /// A path the server serves, asked with another method, gets 405; any other
 /// request gets 404. Both in Ably's error shape.
 async fn not_found(req: HttpRequest, state: web::Data<AppState>) -> actix_web::HttpResponse {
@@ -269,4 +258,15 @@ async fn not_found(req: HttpRequest, state: web::Data<AppState>) -> actix_web::H
     actix_web::ResponseError::error_response(&ApiError::NotFound(
         req.path().chars().take(200).collect(),
     ))
+}
+
+#[cfg(test)]
+mod keep_alive_tests {
+    #[test]
+    fn the_hint_names_the_servers_own_idle_timeout() {
+        assert_eq!(
+            super::KEEP_ALIVE_HINT,
+            format!("timeout={}", super::KEEP_ALIVE_SECS)
+        );
+    }
 }
