@@ -128,9 +128,9 @@ const BLOCK: usize = 4;
 /// An RFC 3284 delta that turns `source` into `target`: the header
 /// (section 4.1, no secondary compressor, no custom code table), then one
 /// window (4.2) whose source segment is all of `source`. Instructions use
-/// the default code table (5.6) in its explicit-size forms only: ADD (index
-/// 1) and COPY in mode VCD_SELF (index 19), whose address is a plain
-/// integer into the source (5.3).
+/// the default code table (5.6) in its explicit-size forms only: ADD
+/// (instruction 1) and COPY in mode VCD_SELF (instruction 19), whose
+/// address is a plain integer into the source (5.3).
 pub(crate) fn vcdiff(source: &[u8], target: &[u8]) -> Vec<u8> {
     let mut data = Vec::new();
     let mut instructions = Vec::new();
