@@ -94,6 +94,8 @@ struct Membership {
     attached: HashMap<String, OpSet>,
     /// The modes asked for on attach (RTL4l), for channels that asked.
     requested_modes: HashMap<String, u64>,
+    /// Channels attached with `delta: "vcdiff"` (RTL18).
+    deltas: HashSet<String>,
     presence_channels: HashSet<String>,
     /// The client closed the connection (CLOSE), or it failed: its members
     /// leave now instead of after the grace.
@@ -176,26 +178,34 @@ impl Connection {
         }
     }
 
-    /// The modes granted on `channel` (RTL4l, TR3q–TR3t): those asked for,
-    /// or all when none were, that the capability allows.
+    /// The modes granted on `channel` (RTL4l, TR3q–TR3x): those asked for,
+    /// or the default ones when none were, that the capability allows.
     fn granted_modes(&self, channel: &str, ops: OpSet) -> u64 {
         let mut allowed = 0;
-        if ops.allows(Operation::Publish) {
-            allowed |= flag::PUBLISH;
-        }
-        if ops.allows(Operation::Presence) {
-            allowed |= flag::PRESENCE;
-        }
-        if ops.allows(Operation::Subscribe) {
-            allowed |= flag::SUBSCRIBE | flag::PRESENCE_SUBSCRIBE;
+        for (op, modes) in [
+            (Operation::Publish, flag::PUBLISH),
+            (Operation::Presence, flag::PRESENCE),
+            (
+                Operation::Subscribe,
+                flag::SUBSCRIBE | flag::PRESENCE_SUBSCRIBE,
+            ),
+            (Operation::AnnotationPublish, flag::ANNOTATION_PUBLISH),
+            (Operation::AnnotationSubscribe, flag::ANNOTATION_SUBSCRIBE),
+            (Operation::ObjectSubscribe, flag::OBJECT_SUBSCRIBE),
+            (Operation::ObjectPublish, flag::OBJECT_PUBLISH),
+        ] {
+            if ops.allows(op) {
+                allowed |= modes;
+            }
         }
         let requested = self.membership.requested_modes.get(channel).copied();
-        allowed & requested.unwrap_or(AttachOptions::MODES)
+        allowed & requested.unwrap_or(AttachOptions::DEFAULT_MODES)
     }
 
     /// How the channel's frames reach this connection under `modes`: not at
-    /// all without SUBSCRIBE and PRESENCE_SUBSCRIBE.
-    fn subscriber(&self, modes: u64) -> Option<Subscriber> {
+    /// all without SUBSCRIBE and PRESENCE_SUBSCRIBE; messages as deltas on
+    /// a channel attached with `delta: "vcdiff"`.
+    fn subscriber(&self, channel: &str, modes: u64) -> Option<Subscriber> {
         let messages = modes & flag::SUBSCRIBE != 0;
         let presence = modes & flag::PRESENCE_SUBSCRIBE != 0;
         (messages || presence).then(|| Subscriber {
@@ -203,6 +213,11 @@ impl Connection {
             echo: self.params.echo,
             messages,
             presence,
+            delta: self
+                .membership
+                .deltas
+                .contains(channel)
+                .then(Default::default),
         })
     }
 
@@ -375,6 +390,11 @@ impl Connection {
                 .insert(channel.to_string(), modes),
             None => self.membership.requested_modes.remove(channel),
         };
+        let had_delta = if options.delta {
+            !self.membership.deltas.insert(channel.to_string())
+        } else {
+            self.membership.deltas.remove(channel)
+        };
         let modes = self.granted_modes(channel, ops);
         // A reattach with the channelSerial last seen (RTL4c1) continues
         // from it; a channel attached on this connection all along has
@@ -402,7 +422,7 @@ impl Connection {
             self.id(),
             self.membership.claim(channel),
             self.limits(),
-            self.subscriber(modes),
+            self.subscriber(channel, modes),
             catchup,
         );
         let Ok(attached) = attached else {
@@ -413,6 +433,11 @@ impl Connection {
                     .insert(channel.to_string(), modes),
                 None => self.membership.requested_modes.remove(channel),
             };
+            if had_delta {
+                self.membership.deltas.insert(channel.to_string());
+            } else {
+                self.membership.deltas.remove(channel);
+            }
             let error = AblyError::new(
                 90021,
                 400,
@@ -443,8 +468,18 @@ impl Connection {
         // reattaches (RTL4c1) and bounds `untilAttach` history by it (RTL10b).
         let mut frame = json!({"action": action::ATTACHED, "channel": channel, "flags": flags, "channelSerial": attached.serial});
         // The params recognised and validated (RTL4k1); others are ignored.
+        let mut params = serde_json::Map::new();
         if let Some((_, text)) = &options.rewind {
-            frame["params"] = json!({ "rewind": text });
+            params.insert("rewind".into(), json!(text));
+        }
+        if let Some(text) = &options.modes_param {
+            params.insert("modes".into(), json!(text));
+        }
+        if options.delta {
+            params.insert("delta".into(), json!("vcdiff"));
+        }
+        if !params.is_empty() {
+            frame["params"] = Value::Object(params);
         }
         self.send(&frame).await?;
         // A rewind's messages, or what a resume missed, before live ones:
@@ -462,6 +497,7 @@ impl Connection {
     async fn detach(&mut self, channel: String) -> Result<(), actix_ws::Closed> {
         self.membership.attached.remove(&channel);
         self.membership.requested_modes.remove(&channel);
+        self.membership.deltas.remove(&channel);
         self.membership.presence_channels.remove(&channel);
         self.state.hub.unsubscribe(&channel, self.id());
         self.send(&json!({"action": action::DETACHED, "channel": channel}))
@@ -516,6 +552,23 @@ impl Connection {
             let why = format!("channel {channel:?}: the token's capability does not permit {op}");
             self.nack(serial, AblyError::new(40160, 401, why)).await?;
             return Ok(None);
+        }
+        // On a channel attached with modes that leave `op` out (RTL4l),
+        // the operation is refused as Ably refuses it: 40160.
+        let mode = match op {
+            Operation::Publish => flag::PUBLISH,
+            _ => flag::PRESENCE,
+        };
+        if let Some(&ops) = self.membership.attached.get(&channel) {
+            if self.granted_modes(&channel, ops) & mode == 0 {
+                let why =
+                    format!(
+                    "channel {channel:?} was attached without the {} mode: attach with it to {op}",
+                    if mode == flag::PUBLISH { "publish" } else { "presence" }
+                );
+                self.nack(serial, AblyError::new(40160, 401, why)).await?;
+                return Ok(None);
+            }
         }
         Ok(Some((channel, claim)))
     }
@@ -710,6 +763,7 @@ impl Connection {
             if !may_attach(ops) {
                 let was_attached = self.membership.attached.remove(&channel).is_some();
                 self.membership.requested_modes.remove(&channel);
+                self.membership.deltas.remove(&channel);
                 self.membership.presence_channels.remove(&channel);
                 self.state.hub.unsubscribe(&channel, self.id());
                 if was_attached {
@@ -726,7 +780,7 @@ impl Connection {
                     delivered(self.granted_modes(&channel, ops)),
                 );
                 if was != now {
-                    match self.subscriber(now) {
+                    match self.subscriber(&channel, now) {
                         Some(subscriber) => {
                             self.state.hub.subscribe(&channel, self.id(), subscriber)
                         }
@@ -1025,7 +1079,9 @@ pub(crate) async fn run(
         }
     };
     // A resume (RTN15b) or recover (RTN16k) of a connection the broker
-    // still remembers keeps its id and key (RTN15c6, RTN16d); anything else
+    // still remembers keeps its id with a new key (RTN15c6, RTN16d: "the
+    // connection ID [is] the same but the key [is] updated"; the old key
+    // continues nothing once taken); anything else
     // is a new connection, told why when it asked to continue (RTN15c7,
     // RTN16l). Taken before admission: a connection taken over frees its slot.
     let continued = match &params.continues {
@@ -1042,7 +1098,7 @@ pub(crate) async fn run(
     let (tx, outbox) = mpsc::channel(state.limits.outbox_frames);
     let lagged = Arc::new(Notify::new());
     let (id, key, continue_error) = match continued {
-        Some((asked, Some(id))) => (id, asked.key().to_string(), None),
+        Some((_, Some(id))) => (id.clone(), format!("{}-{id}", random_id(8)), None),
         failed => {
             let id = random_id(12);
             let error = failed.map(|(asked, _)| not_continued(&asked));
@@ -1063,6 +1119,7 @@ pub(crate) async fn run(
             registration,
             attached: HashMap::new(),
             requested_modes: HashMap::new(),
+            deltas: HashSet::new(),
             presence_channels: present.into_iter().collect(),
             leave_at_once: false,
         },

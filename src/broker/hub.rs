@@ -12,6 +12,7 @@ use serde_json::{json, Map, Value};
 use tokio::sync::{mpsc, Notify};
 
 use super::continuity::Serials;
+use super::delta;
 use super::message::RecentIds;
 use super::protocol::{action, presence_action, SharedFrame};
 use crate::clock::SharedClock;
@@ -45,6 +46,9 @@ pub(crate) struct Subscriber {
     /// events (PRESENCE_SUBSCRIBE, TR3t): the modes granted on attach (RTL4l).
     pub(crate) messages: bool,
     pub(crate) presence: bool,
+    /// Present when it asked for deltas (`params: { delta: 'vcdiff' }`):
+    /// what it was sent last, which decides whether a delta can reach it.
+    pub(crate) delta: Option<delta::Cursor>,
 }
 
 impl Subscriber {
@@ -119,6 +123,9 @@ struct Channel {
     /// `history` and `presence_history`, so a resume from any serial in
     /// `since..=last` can be honoured (RTL4c1). Rises as entries are pruned.
     since: u64,
+    /// The newest message, as the base of the next delta, while a
+    /// subscriber asked for deltas.
+    delta_base: Option<delta::Base>,
 }
 
 impl Channel {
@@ -159,6 +166,47 @@ impl Channel {
                 continue;
             }
             subscriber.outbox.deliver(frame);
+            sent += 1;
+        }
+        sent
+    }
+
+    /// Broadcasts a MESSAGE frame: as published, or to a delta subscriber
+    /// that was sent the previous message, with payloads as deltas (RTL20).
+    fn broadcast_messages(&mut self, frame: &Frame, from: Option<&str>) -> u64 {
+        let base = self.delta_base.take();
+        if !self.subscribers.values().any(|s| s.delta.is_some()) {
+            return self.broadcast(frame, from);
+        }
+        let base_id = base.as_ref().map(|b| b.id().to_string());
+        let encoded = delta::encode_frame(frame, base);
+        self.delta_base = encoded.next;
+        let deltas = encoded.frame.map(|f| Arc::new(SharedFrame::new(f)));
+        let last_id = frame
+            .get("messages")
+            .and_then(Value::as_array)
+            .and_then(|m| m.last())
+            .and_then(|m| m.get("id"))
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let mut sent = 0;
+        for (id, subscriber) in &mut self.subscribers {
+            if (!subscriber.echo && Some(id.as_str()) == from) || !subscriber.messages {
+                continue;
+            }
+            let chosen = match (&mut subscriber.delta, &deltas) {
+                // A frame whose first message is whole suits anyone.
+                (Some(cursor), Some(deltas)) if base_id.is_none() || cursor.last == base_id => {
+                    cursor.last.clone_from(&last_id);
+                    deltas
+                }
+                (Some(cursor), _) => {
+                    cursor.last.clone_from(&last_id);
+                    frame
+                }
+                (None, _) => frame,
+            };
+            subscriber.outbox.deliver(chosen);
             sent += 1;
         }
         sent
@@ -670,7 +718,7 @@ impl Hub {
             }
             frame["channelSerial"] = json!(self.serials.format(state.last));
             let frame = Arc::new(SharedFrame::new(frame));
-            let sent = state.broadcast(&frame, from);
+            let sent = state.broadcast_messages(&frame, from);
             self.deliveries.fetch_add(sent, Ordering::Relaxed);
         }
         self.prune(state, now);
@@ -1033,6 +1081,7 @@ mod tests {
                 echo: true,
                 messages: true,
                 presence: true,
+                delta: None,
             },
         );
         assert_eq!(
@@ -1116,6 +1165,7 @@ mod tests {
                 echo: true,
                 messages: true,
                 presence: true,
+                delta: None,
             },
         );
         for n in 0..5 {
@@ -1137,6 +1187,7 @@ mod tests {
                 echo: false,
                 messages: true,
                 presence: true,
+                delta: None,
             },
         );
         hub.subscribe(
@@ -1147,6 +1198,7 @@ mod tests {
                 echo: true,
                 messages: true,
                 presence: true,
+                delta: None,
             },
         );
         hub.publish("c", message_frame(1), &[], Some("me"), None)
@@ -1167,6 +1219,7 @@ mod tests {
                 echo: true,
                 messages: true,
                 presence: true,
+                delta: None,
             },
         );
         let change = |action: u64, data: &str| PresenceChange {
@@ -1344,6 +1397,7 @@ mod tests {
                     echo: true,
                     messages: true,
                     presence: true,
+                    delta: None,
                 },
             );
         }
@@ -1391,6 +1445,7 @@ mod tests {
             echo: true,
             messages: true,
             presence: true,
+            delta: None,
         };
         let attach = |channel: &str, connection: &str, holding: usize| {
             hub.attach(
@@ -1455,6 +1510,7 @@ mod tests {
                                     echo: true,
                                     messages: true,
                                     presence: true,
+                                    delta: None,
                                 }),
                                 Catchup::Nothing,
                             )
@@ -1495,6 +1551,7 @@ mod tests {
                         echo: true,
                         messages,
                         presence,
+                        delta: None,
                     }),
                     backlog.map_or(Catchup::Nothing, Catchup::Rewind),
                 )
@@ -1575,6 +1632,7 @@ mod tests {
                 echo,
                 messages: true,
                 presence: true,
+                delta: None,
             }),
             catchup,
         )
@@ -1613,6 +1671,7 @@ mod tests {
                 echo: true,
                 messages: true,
                 presence: true,
+                delta: None,
             },
         );
         let first = attach_with(&hub, "a", true, Catchup::Nothing);
@@ -1718,6 +1777,7 @@ mod tests {
                     echo: true,
                     messages: false,
                     presence: true,
+                    delta: None,
                 }),
                 Catchup::Resume(first.serial),
             )

@@ -162,9 +162,16 @@ pub(crate) enum Rewind {
 pub(crate) struct AttachOptions {
     /// With the value as sent, echoed in ATTACHED's `params` (RTL4k1).
     pub(crate) rewind: Option<(Rewind, String)>,
-    /// The requested modes (TR3 bits 16–19), when the client asked for any
-    /// (RTL4l); `None` means "whatever the capability allows".
+    /// The requested modes (TR3q–TR3x), when the client asked for any
+    /// (RTL4l), or a `modes` param named them, which takes precedence
+    /// over the flags as on Ably; `None` means the default modes the
+    /// capability allows.
     pub(crate) modes: Option<u64>,
+    /// A `modes` param as sent, echoed in ATTACHED's `params` (RTL4k1).
+    pub(crate) modes_param: Option<String>,
+    /// `delta: "vcdiff"`: messages are sent as VCDIFF deltas (RTL18),
+    /// and the param echoed. Any other `delta` value is not recognised.
+    pub(crate) delta: bool,
     /// A reattach that resumes (a `channelSerial`, RTL4c1, or the older
     /// ATTACH_RESUME flag, TR3f): rewind does not apply to it ("Rewind only
     /// has an effect on an initial channel attachment").
@@ -188,6 +195,8 @@ pub(crate) enum AttachError {
     Params,
     #[error("invalid rewind {0:?}: use a number of messages (\"10\") or a time such as \"30s\" or \"2m\"")]
     Rewind(String),
+    #[error("invalid modes {0:?}: use channel modes separated by commas, such as \"publish,subscribe\" (any of presence, publish, subscribe, presence_subscribe, annotation_publish, annotation_subscribe, object_subscribe, object_publish)")]
+    Modes(String),
 }
 
 impl From<AttachError> for AblyError {
@@ -217,13 +226,56 @@ impl Rewind {
 }
 
 impl AttachOptions {
-    /// The modes a client can ask for (TR3q–TR3t; TB2d).
-    pub(crate) const MODES: u64 =
-        flag::PRESENCE | flag::PUBLISH | flag::SUBSCRIBE | flag::PRESENCE_SUBSCRIBE;
+    /// The modes a client can ask for, by name (TB2d, TR3q–TR3x).
+    const MODE_NAMES: [(&'static str, u64); 8] = [
+        ("presence", flag::PRESENCE),
+        ("publish", flag::PUBLISH),
+        ("subscribe", flag::SUBSCRIBE),
+        ("presence_subscribe", flag::PRESENCE_SUBSCRIBE),
+        ("annotation_publish", flag::ANNOTATION_PUBLISH),
+        ("annotation_subscribe", flag::ANNOTATION_SUBSCRIBE),
+        ("object_subscribe", flag::OBJECT_SUBSCRIBE),
+        ("object_publish", flag::OBJECT_PUBLISH),
+    ];
 
-    /// Reads `params` and `flags` of an ATTACH. Params other than `rewind`
-    /// are ignored: ATTACHED echoes only "the subset of those params that
-    /// the server has recognised and validated" (RTL4k1).
+    /// Every mode a client can ask for.
+    pub(crate) const MODES: u64 = flag::PRESENCE
+        | flag::PUBLISH
+        | flag::SUBSCRIBE
+        | flag::PRESENCE_SUBSCRIBE
+        | flag::ANNOTATION_PUBLISH
+        | flag::ANNOTATION_SUBSCRIBE
+        | flag::OBJECT_SUBSCRIBE
+        | flag::OBJECT_PUBLISH;
+
+    /// The modes of an attach that asked for none, as Ably grants them to
+    /// a capability that allows everything: ably-js's suite expects
+    /// `presence,publish,subscribe,presence_subscribe,annotation_publish`
+    /// (test/realtime/channel.test.js, attachWithInvalidChannelParams).
+    pub(crate) const DEFAULT_MODES: u64 = flag::PRESENCE
+        | flag::PUBLISH
+        | flag::SUBSCRIBE
+        | flag::PRESENCE_SUBSCRIBE
+        | flag::ANNOTATION_PUBLISH;
+
+    /// A `modes` param: mode names separated by commas, in any case.
+    fn parse_modes(text: &str) -> Option<u64> {
+        if text.len() > 256 {
+            return None;
+        }
+        text.split(',').try_fold(0, |modes, name| {
+            let name = name.trim().to_ascii_lowercase();
+            AttachOptions::MODE_NAMES
+                .iter()
+                .find(|(known, _)| *known == name)
+                .map(|(_, bit)| modes | bit)
+        })
+    }
+
+    /// Reads `params` and `flags` of an ATTACH. Params other than `rewind`,
+    /// `modes` and `delta: "vcdiff"` are ignored: ATTACHED echoes only "the
+    /// subset of those params that the server has recognised and
+    /// validated" (RTL4k1).
     fn from_fields(
         params: Option<&Value>,
         flags: u64,
@@ -234,6 +286,8 @@ impl AttachOptions {
         let mut options = AttachOptions {
             rewind: None,
             modes: (modes != 0).then_some(modes),
+            modes_param: None,
+            delta: false,
             resume: serial.is_some() || flags & flag::ATTACH_RESUME != 0,
             channel_serial: serial.filter(|s| s.len() <= MAX_SERIAL).map(str::to_string),
         };
@@ -241,11 +295,26 @@ impl AttachOptions {
             None | Some(Value::Null) => {}
             Some(Value::Object(params)) => {
                 if let Some(rewind) = params.get("rewind") {
-                    let text = rewind.as_str().ok_or(AttachError::Params)?;
-                    let parsed = Rewind::parse(text)
+                    // A number is taken as its digits: ably-js sends
+                    // `params: { rewind: 1 }` as given (its suite's
+                    // resume_rewind_1 does).
+                    let text = match rewind {
+                        Value::String(text) => text.clone(),
+                        Value::Number(n) if n.is_u64() => n.to_string(),
+                        _ => return Err(AttachError::Params),
+                    };
+                    let parsed = Rewind::parse(&text)
                         .ok_or_else(|| AttachError::Rewind(text.chars().take(32).collect()))?;
-                    options.rewind = Some((parsed, text.to_string()));
+                    options.rewind = Some((parsed, text));
                 }
+                if let Some(modes) = params.get("modes") {
+                    let text = modes.as_str().ok_or(AttachError::Params)?;
+                    let parsed = AttachOptions::parse_modes(text)
+                        .ok_or_else(|| AttachError::Modes(text.chars().take(64).collect()))?;
+                    options.modes = Some(parsed);
+                    options.modes_param = Some(text.to_string());
+                }
+                options.delta = params.get("delta").and_then(Value::as_str) == Some("vcdiff");
             }
             Some(_) => return Err(AttachError::Params),
         }
@@ -437,9 +506,39 @@ mod tests {
             AttachOptions {
                 rewind: Some((Rewind::Count(10), "10".into())),
                 modes: Some(flag::PUBLISH | flag::SUBSCRIBE),
+                modes_param: None,
+                delta: true,
                 resume: false,
                 channel_serial: None,
             }
+        );
+        // A `modes` param wins over the flags and is kept as sent; only
+        // `vcdiff` deltas are recognised.
+        let options = attach(json!({
+            "action": 10,
+            "params": {"modes": "Presence, subscribe", "delta": "xdelta"},
+            "flags": flag::PUBLISH | flag::PRESENCE_SUBSCRIBE,
+        }))
+        .unwrap();
+        assert_eq!(options.modes, Some(flag::PRESENCE | flag::SUBSCRIBE));
+        assert_eq!(options.modes_param.as_deref(), Some("Presence, subscribe"));
+        assert!(!options.delta);
+        assert_eq!(
+            attach(json!({"action": 10, "params": {"modes": "annotation_publish,object_publish"}}))
+                .unwrap()
+                .modes,
+            Some(flag::ANNOTATION_PUBLISH | flag::OBJECT_PUBLISH)
+        );
+        for bad in ["", "subscribe,", "read", "publish;subscribe"] {
+            assert_eq!(
+                attach(json!({"action": 10, "params": {"modes": bad}})),
+                Err(AttachError::Modes(bad.into())),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            attach(json!({"action": 10, "params": {"modes": ["publish"]}})),
+            Err(AttachError::Params)
         );
         for (text, ms) in [
             ("30s", 30_000),
@@ -490,9 +589,17 @@ mod tests {
             );
         }
         assert_eq!(
-            attach(json!({"action": 10, "params": {"rewind": 5}})),
-            Err(AttachError::Params)
+            attach(json!({"action": 10, "params": {"rewind": 5}}))
+                .unwrap()
+                .rewind,
+            Some((Rewind::Count(5), "5".into()))
         );
+        for bad in [json!(-1), json!(1.5), json!(true)] {
+            assert_eq!(
+                attach(json!({"action": 10, "params": {"rewind": bad}})),
+                Err(AttachError::Params)
+            );
+        }
         assert_eq!(
             attach(json!({"action": 10, "params": ["rewind"]})),
             Err(AttachError::Params)

@@ -39,6 +39,10 @@ pub(crate) mod flag {
     pub(crate) const PUBLISH: u64 = 1 << 17;
     pub(crate) const SUBSCRIBE: u64 = 1 << 18;
     pub(crate) const PRESENCE_SUBSCRIBE: u64 = 1 << 19;
+    pub(crate) const ANNOTATION_PUBLISH: u64 = 1 << 21;
+    pub(crate) const ANNOTATION_SUBSCRIBE: u64 = 1 << 22;
+    pub(crate) const OBJECT_SUBSCRIBE: u64 = 1 << 24;
+    pub(crate) const OBJECT_PUBLISH: u64 = 1 << 25;
 }
 
 pub(crate) mod presence_action {

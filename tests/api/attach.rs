@@ -13,6 +13,7 @@ const PRESENCE: u64 = 1 << 16;
 const PUBLISH: u64 = 1 << 17;
 const SUBSCRIBE: u64 = 1 << 18;
 const PRESENCE_SUBSCRIBE: u64 = 1 << 19;
+const ANNOTATION_PUBLISH: u64 = 1 << 21;
 
 /// `GET /channels/{name}`'s occupancy metrics, with the API key.
 async fn occupancy(broker: &TestBroker, channel: &str) -> Value {
@@ -89,7 +90,10 @@ async fn rewind_by_count_delivers_the_newest_messages_in_order_then_live_ones() 
         SUBSCRIBE | PRESENCE_SUBSCRIBE | HAS_BACKLOG
     );
     // Only the params recognised and validated are echoed (RTL4k1).
-    assert_eq!(attached["params"], json!({"rewind": "3"}));
+    assert_eq!(
+        attached["params"],
+        json!({"rewind": "3", "delta": "vcdiff"})
+    );
     assert_eq!(backlog(&mut reader, "news", 3).await, vec![2, 3, 4]);
     publish(&mut publisher, "news", 1, [5]).await;
     assert_eq!(backlog(&mut reader, "news", 1).await, vec![5]);
@@ -187,7 +191,14 @@ async fn a_bad_rewind_fails_the_attach_with_40000_and_the_connection_goes_on() {
         (json!({"rewind": "ten"}), "invalid rewind \"ten\""),
         (json!({"rewind": "-1"}), "invalid rewind \"-1\""),
         (json!({"rewind": "1.5m"}), "invalid rewind \"1.5m\""),
-        (json!({"rewind": 3}), "params must be an object of strings"),
+        (
+            json!({"rewind": true}),
+            "params must be an object of strings",
+        ),
+        (
+            json!({"modes": "publish,read"}),
+            "invalid modes \"publish,read\"",
+        ),
         (json!("rewind=3"), "params must be an object of strings"),
     ] {
         socket
@@ -292,9 +303,237 @@ async fn requested_modes_are_intersected_with_the_capability_and_decide_delivery
     let reattached = watcher.next().await;
     assert_eq!(
         reattached["flags"],
-        PUBLISH | PRESENCE | SUBSCRIBE | PRESENCE_SUBSCRIBE | HAS_PRESENCE | RESUMED,
+        PUBLISH
+            | PRESENCE
+            | SUBSCRIBE
+            | PRESENCE_SUBSCRIBE
+            | ANNOTATION_PUBLISH
+            | HAS_PRESENCE
+            | RESUMED,
         "{reattached}"
     );
     publish(&mut publisher, "room", 4, [3]).await;
     assert_eq!(backlog(&mut watcher, "room", 1).await, vec![3]);
+}
+
+#[actix_web::test]
+async fn a_modes_param_wins_over_the_flags_is_echoed_and_its_modes_are_enforced() {
+    let broker = spawn_broker(Limits::default()).await;
+    let mut client = broker.connect_as(r#"{"*":["*"]}"#, Some("c")).await;
+    // No modes asked: Ably's defaults, annotation_publish included (TB2d).
+    client.send(json!({"action": 10, "channel": "plain"})).await;
+    let attached = client.next().await;
+    assert_eq!(
+        attached["flags"],
+        PRESENCE | PUBLISH | SUBSCRIBE | PRESENCE_SUBSCRIBE | ANNOTATION_PUBLISH,
+        "{attached}"
+    );
+    assert!(attached.get("params").is_none(), "{attached}");
+    // A capability without annotation-publish does not get the mode.
+    let mut narrow = broker
+        .connect_as(r#"{"*":["publish","subscribe"]}"#, Some("n"))
+        .await;
+    narrow.send(json!({"action": 10, "channel": "plain"})).await;
+    assert_eq!(
+        narrow.next().await["flags"],
+        PUBLISH | SUBSCRIBE | PRESENCE_SUBSCRIBE
+    );
+
+    // `params.modes` decides over the flags (ably-js sends both when a
+    // channel has `modes` and `params.modes`), and is echoed as sent.
+    client
+        .send(json!({"action": 10, "channel": "room", "flags": PUBLISH | PRESENCE_SUBSCRIBE, "params": {"modes": "subscribe"}}))
+        .await;
+    let attached = client.next().await;
+    assert_eq!(attached["flags"], SUBSCRIBE, "{attached}");
+    assert_eq!(attached["params"], json!({"modes": "subscribe"}));
+    // Without the PUBLISH and PRESENCE modes, publishing and entering are
+    // refused with 40160, saying which mode is missing.
+    client
+        .send(json!({"action": 15, "channel": "room", "msgSerial": 0, "messages": [{"data": "x"}]}))
+        .await;
+    let nack = client.next().await;
+    assert_eq!(
+        (nack["action"].as_u64(), nack["msgSerial"].as_u64()),
+        (Some(2), Some(0)),
+        "{nack}"
+    );
+    assert_eq!(nack["error"]["code"], 40160);
+    assert_eq!(nack["error"]["statusCode"], 401);
+    assert!(
+        nack["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("without the publish mode"),
+        "{nack}"
+    );
+    client
+        .send(json!({"action": 14, "channel": "room", "msgSerial": 1, "presence": [{"action": 2}]}))
+        .await;
+    let nack = client.next().await;
+    assert_eq!(
+        (nack["action"].as_u64(), nack["error"]["code"].as_u64()),
+        (Some(2), Some(40160)),
+        "{nack}"
+    );
+    assert!(
+        nack["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("without the presence mode"),
+        "{nack}"
+    );
+    // The same client on a channel attached with default modes publishes.
+    client
+        .send(
+            json!({"action": 15, "channel": "plain", "msgSerial": 2, "messages": [{"data": "x"}]}),
+        )
+        .await;
+    assert_eq!(client.next().await["action"], 1);
+    let echoed = client.next().await;
+    assert_eq!(
+        (echoed["action"].as_u64(), echoed["channel"].as_str()),
+        (Some(15), Some("plain"))
+    );
+
+    // presence,subscribe: entering works, publishing does not.
+    client
+        .send(json!({"action": 10, "channel": "room", "params": {"modes": "presence,subscribe"}}))
+        .await;
+    let attached = client.next().await;
+    assert_eq!(
+        attached["flags"],
+        PRESENCE | SUBSCRIBE | RESUMED,
+        "{attached}"
+    );
+    assert_eq!(attached["params"], json!({"modes": "presence,subscribe"}));
+    client
+        .send(json!({"action": 14, "channel": "room", "msgSerial": 3, "presence": [{"action": 2}]}))
+        .await;
+    assert_eq!(client.next().await["action"], 1);
+    client
+        .send(json!({"action": 15, "channel": "room", "msgSerial": 4, "messages": [{"data": "x"}]}))
+        .await;
+    assert_eq!(client.next().await["error"]["code"], 40160);
+}
+
+#[actix_web::test]
+async fn a_delta_subscriber_is_sent_vcdiff_deltas_against_the_previous_message() {
+    let broker = spawn_broker(Limits::default()).await;
+    let mut publisher = broker.connect_as(r#"{"*":["*"]}"#, Some("p")).await;
+    publisher
+        .send(json!({"action": 15, "channel": "prices", "msgSerial": 0, "messages": [{"data": "before"}]}))
+        .await;
+    assert_eq!(publisher.next().await["action"], 1);
+    let mut deltas = broker.connect_as(r#"{"*":["subscribe"]}"#, Some("d")).await;
+    deltas
+        .send(json!({"action": 10, "channel": "prices", "params": {"delta": "vcdiff"}}))
+        .await;
+    let attached = deltas.next().await;
+    assert_eq!(attached["params"], json!({"delta": "vcdiff"}), "{attached}");
+    let mut plain = broker.connect_as(r#"{"*":["subscribe"]}"#, Some("w")).await;
+    plain.send(json!({"action": 10, "channel": "prices"})).await;
+    assert_eq!(plain.next().await["action"], 11);
+
+    let payloads = [
+        r#"{"price":100,"item":"widget"}"#,
+        r#"{"price":101,"item":"widget"}"#,
+    ];
+    for (serial, data) in payloads.iter().enumerate() {
+        publisher
+            .send(json!({"action": 15, "channel": "prices", "msgSerial": serial + 1, "messages": [{"data": data, "encoding": "json"}]}))
+            .await;
+        assert_eq!(publisher.next().await["action"], 1);
+    }
+    // The first message since the attach is sent whole: the subscriber
+    // has no base yet (the message before it was never sent to it).
+    let first = deltas.next().await;
+    let first = &first["messages"][0];
+    assert_eq!(
+        (first["data"].as_str(), first["encoding"].as_str()),
+        (Some(payloads[0]), Some("json")),
+        "{first}"
+    );
+    assert!(first.get("extras").is_none(), "{first}");
+    // The second is a delta from the first, named by its id (RTL20).
+    let second = deltas.next().await;
+    let second = &second["messages"][0];
+    assert_eq!(second["encoding"], "json/utf-8/vcdiff/base64", "{second}");
+    assert_eq!(
+        second["extras"]["delta"],
+        json!({"format": "vcdiff", "from": first["id"]})
+    );
+    use base64::Engine;
+    let delta = base64::engine::general_purpose::STANDARD
+        .decode(second["data"].as_str().unwrap())
+        .unwrap();
+    // RFC 3284's header, then a window with the whole previous payload as
+    // its source segment.
+    assert_eq!(
+        &delta[..7],
+        &[0xD6, 0xC3, 0xC4, 0, 0, 1, payloads[0].len() as u8]
+    );
+    assert!(delta.len() < payloads[1].len() + 20, "{delta:?}");
+    // A subscriber that did not ask gets every message whole.
+    for data in payloads {
+        let frame = plain.next().await;
+        assert_eq!(frame["messages"][0]["data"], data, "{frame}");
+        assert!(frame["messages"][0].get("extras").is_none());
+    }
+    // History holds the messages as published.
+    let key = base64::engine::general_purpose::STANDARD.encode(API_KEY);
+    let page: Value = reqwest::Client::new()
+        .get(format!(
+            "http://127.0.0.1:{}/channels/prices/messages?direction=forwards",
+            broker.port
+        ))
+        .header("authorization", format!("Basic {key}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let data: Vec<&str> = page
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["data"].as_str().unwrap())
+        .collect();
+    assert_eq!(data, ["before", payloads[0], payloads[1]]);
+}
+
+#[actix_web::test]
+async fn a_subscription_filter_qualifier_is_refused_with_40010() {
+    use base64::Engine;
+    let broker = spawn_broker(Limits::default()).await;
+    let mut client = broker.connect_as(r#"{"*":["*"]}"#, Some("c")).await;
+    // What ably-js's `channels.getDerived("chan", { filter })` attaches to.
+    let filter = base64::engine::general_purpose::STANDARD
+        .encode("name == `\"filtered\"` && headers.number == `26095`");
+    let name = format!("[filter={filter}]chan");
+    client.send(json!({"action": 10, "channel": name})).await;
+    let error = client.next().await;
+    assert_eq!(
+        (error["action"].as_u64(), error["channel"].as_str()),
+        (Some(9), Some(name.as_str())),
+        "{error}"
+    );
+    assert_eq!(
+        (
+            error["error"]["code"].as_u64(),
+            error["error"]["statusCode"].as_u64()
+        ),
+        (Some(40010), Some(400))
+    );
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("qualifiers"),
+        "{error}"
+    );
+    // The unqualified channel is unaffected.
+    client.send(json!({"action": 10, "channel": "chan"})).await;
+    assert_eq!(client.next().await["action"], 11);
 }

@@ -138,6 +138,16 @@ async fn a_resume_keeps_the_connection_and_replays_what_it_missed_in_order() {
         "the same connection (RTN15c6)"
     );
     assert!(connected.get("error").is_none(), "{connected}");
+    // The same id with a new key (RTN16d, ably-js's `recover multiple
+    // channels` checks it): the key just used continues nothing more.
+    let new_key = connected["connectionDetails"]["connectionKey"]
+        .as_str()
+        .unwrap();
+    assert_ne!(new_key, key);
+    assert!(
+        new_key.ends_with(&format!("-{}", id.as_str().unwrap())),
+        "{new_key}"
+    );
     let attached = attach(&mut alice, "room", Some(&last_seen)).await;
     assert_eq!(
         attached["flags"].as_u64().unwrap() & RESUMED,

@@ -1,6 +1,5 @@
 // What the broker does not do, as the real client sees it — each claim in README.md's "What it does
-// not do" is one test here: delta compression is ignored (messages arrive whole), comet/long
-// polling is not served, push admin and annotations answer 40400 over REST, a realtime annotation
+// not do" is one test here: comet/long polling is not served, push admin and annotations answer 40400 over REST, a realtime annotation
 // publish is NACKed, and LiveObjects' channel modes are never granted.
 
 import assert from "node:assert/strict";
@@ -26,26 +25,6 @@ const TEST = { timeout: 30_000 };
 
 describe("what the broker does not do", () => {
   const stack = useStack();
-
-  it("delta: an attach with params {delta: 'vcdiff'} succeeds, the param is not echoed, and messages arrive whole", TEST, async () => {
-    const sam = await realtime(stack(), { sub: "sam", roles: ["support"] });
-    await connected(sam);
-    const name = uniqueChannel("orders:alice");
-    const channel = sam.channels.get(name, { params: { delta: "vcdiff" } });
-    const inbox = await messageInbox(sam, channel);
-    assert.equal(channel.state, "attached");
-    assert.deepEqual(channel.params, {}, "delta is not among the params the broker recognised (RTL4k1)");
-
-    const body = "x".repeat(2000);
-    await within(restWithKey(stack()).channels.get(name).publish("big", body), "a REST publish", { clients: [sam] });
-    await within(restWithKey(stack()).channels.get(name).publish("big", `${body}!`), "a second, almost equal", { clients: [sam] });
-    const [first, second] = await inbox.waitForAll(
-      [(m) => m.data === body, (m) => m.data === `${body}!`],
-      "both messages, whole",
-    );
-    assert.equal(first.extras?.delta, undefined, "no delta extras");
-    assert.equal(second.extras?.delta, undefined, "the second is not a delta of the first");
-  });
 
   it("comet: transports ['comet'] fails the connection with 40400 naming WebSocket; Node's ably-js has no xhr_polling", TEST, async () => {
     const bob = await realtime(stack(), { sub: "bob", options: { transports: ["comet"] } });
