@@ -10,6 +10,7 @@ pub(crate) mod discovery;
 pub mod jwks;
 pub(crate) mod jwks_cache;
 pub mod jws;
+pub(crate) mod supabase;
 
 use std::collections::HashMap;
 use std::str::FromStr;
