@@ -4,7 +4,7 @@
 //! goes to the issuer that lists it (`authjs` cookies are decrypted in
 //! `authjs.rs`). Every kind yields the same `Session`.
 
-pub(crate) mod authjs;
+pub mod authjs;
 pub(crate) mod credential;
 pub(crate) mod discovery;
 pub mod jwks;
