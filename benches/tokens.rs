@@ -1,7 +1,10 @@
-//! Criterion benchmarks for the per-request work: verifying the session JWT,
-//! applying the policy, and signing. Run with both crypto backends to compare:
+//! Criterion benchmarks for the per-request work: verifying the session JWT
+//! or opening an Auth.js / NextAuth session cookie, applying the policy, and
+//! signing. Run with both crypto backends to compare:
 //!   cargo bench --bench tokens
 //!   cargo bench --bench tokens --no-default-features --features rust-crypto
+//! The identity figures beside RS256, in one run:
+//!   cargo bench --bench tokens -- "verify_session_jwt/RS256|session_cookie/"
 
 use std::hint::black_box;
 use std::path::Path;
@@ -10,6 +13,7 @@ use std::time::Duration;
 use ably_tokend::capability::Capability;
 use ably_tokend::policy::{Asked, ClaimPointer, Policy, Request};
 use ably_tokend::signing::{new_nonce, sign_ably_jwt, sign_token_request, ApiKey, Grant};
+use ably_tokend::upstream::authjs;
 use ably_tokend::upstream::jwks::KeySet;
 use ably_tokend::upstream::jws;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -77,6 +81,45 @@ fn verification(c: &mut Criterion) {
     }
 }
 
+/// The secret `tests/fixtures/authjs_v5.cookie` and `nextauth_v4.cookie`
+/// were encrypted with, by @auth/core 0.41.1's and next-auth 4.24.15's own
+/// `encode` (a typical session: name, email, picture, sub, role; `exp` 20
+/// years out).
+const BENCH_AUTH_SECRET: &str = "bench-auth-secret-0123456789abcdef0123456789";
+
+/// An Auth.js v5 and a NextAuth v4 cookie as the sidecar opens them: the
+/// compact JWE parsed and its header checked, the tag checked and the
+/// ciphertext decrypted with the key derived at start-up, the claims parsed
+/// into a JSON map, and the claims the verifier reads looked up. The key
+/// derivation (HKDF) happens once per issuer, not per call, so it is outside.
+fn session_cookies(c: &mut Criterion) {
+    let backend = if cfg!(feature = "aws-lc") {
+        "aws-lc"
+    } else {
+        "rust-crypto"
+    };
+    let cookies = [
+        "authjs.session-token".to_string(),
+        "next-auth.session-token".to_string(),
+    ];
+    let keys = authjs::Keys::derive(&[BENCH_AUTH_SECRET.as_bytes()], &cookies);
+    for (name, fixture_name, cookie) in [
+        ("authjs_v5", "authjs_v5.cookie", &cookies[0]),
+        ("nextauth_v4", "nextauth_v4.cookie", &cookies[1]),
+    ] {
+        let value = fixture(fixture_name).trim().to_string();
+        c.bench_function(&format!("session_cookie/{name}/{backend}"), |b| {
+            b.iter(|| {
+                let claims = authjs::decrypt(black_box(&value), cookie, &keys).unwrap();
+                let exp = claims.get("exp").and_then(|e| e.as_i64()).unwrap();
+                assert!(exp > 1_700_000_000);
+                assert!(claims.get("sub").is_some_and(|s| s.is_string()));
+                claims
+            })
+        });
+    }
+}
+
 fn policy_and_signing(c: &mut Criterion) {
     let policy = Policy::parse(
         Path::new("policies/default.toml"),
@@ -124,5 +167,5 @@ fn policy_and_signing(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, verification, policy_and_signing);
+criterion_group!(benches, verification, session_cookies, policy_and_signing);
 criterion_main!(benches);

@@ -14,8 +14,9 @@ use crate::policy::Policy;
 use crate::upstream::authjs::{self, MAX_COOKIE_BYTES};
 use crate::upstream::credential::{self, MAX_CHUNKS};
 use crate::upstream::jwks::{KeySet, MAX_KEYS};
+use crate::upstream::jws::{self, MAX_TOKEN_BYTES};
 use crate::upstream::lookup::{read_expiry, rfc3339_ms, Answer, ExpiryFormat, LookupError};
-use crate::upstream::{introspection, jws, session_endpoint};
+use crate::upstream::{introspection, session_endpoint, supabase};
 
 /// Separates the two capabilities of a `capability` input; never valid UTF-8,
 /// so it cannot occur inside either JSON text.
@@ -118,6 +119,36 @@ pub fn cookie_chunks(data: &[u8]) {
     if chunk(0).is_some() {
         let joined: String = (0..MAX_CHUNKS).map_while(chunk).collect();
         assert_eq!(value, joined, "chunks joined out of order");
+    }
+}
+
+/// A Supabase session cookie value (@supabase/ssr's `base64-` + base64url
+/// of the session JSON, or the older percent-encoded JSON), chunks joined:
+/// a token found is non-empty, within 8 KiB, and is the `access_token` a
+/// general JSON parser reads from the same text; an oversized value is
+/// refused as too large.
+pub fn supabase_cookie(data: &[u8]) {
+    let Ok(value) = std::str::from_utf8(data) else {
+        return;
+    };
+    match supabase::access_token(value) {
+        Ok(token) => {
+            assert!(value.len() <= MAX_COOKIE_BYTES);
+            assert!(!token.is_empty() && token.len() <= MAX_TOKEN_BYTES);
+            let json = supabase::session_json(value).expect("decoded once already");
+            let session: serde_json::Value = serde_json::from_slice(&json)
+                .expect("serde_json::Value rejects what the struct read");
+            assert_eq!(
+                session.get("access_token").and_then(|t| t.as_str()),
+                Some(token.as_str()),
+                "the access token read is not the session's"
+            );
+        }
+        Err(e) => {
+            if value.len() > MAX_COOKIE_BYTES {
+                assert_eq!(e.reason(), "session_token_too_large");
+            }
+        }
     }
 }
 
@@ -336,6 +367,21 @@ mod tests {
         replay("session_answer", session_answer);
         replay("introspection_answer", introspection_answer);
         replay("expiry_text", expiry_text);
+        replay("supabase_cookie", supabase_cookie);
+    }
+
+    /// The seeds written with @supabase/ssr's own encoder hold an access
+    /// token, so mutations start past the decoding.
+    #[test]
+    fn the_supabase_seeds_hold_an_access_token() {
+        for seed in ["ssr_base64", "ssr_raw"] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("fuzz/corpus/supabase_cookie")
+                .join(seed);
+            let value = std::fs::read_to_string(&path).unwrap();
+            let token = supabase::access_token(value.trim()).unwrap();
+            assert_eq!(token.split('.').count(), 3, "{seed}");
+        }
     }
 
     /// The seeds made by @auth/core and next-auth open: mutations start from
@@ -368,6 +414,7 @@ mod tests {
             session_answer,
             introspection_answer,
             expiry_text,
+            supabase_cookie,
         ] {
             check(b"");
         }

@@ -1,5 +1,6 @@
 //! Identity providers: session cookies minted by the providers' real npm libraries — `@auth/core`
-//! (Auth.js v5) and `next-auth` v4, pinned in tests/identity/package-lock.json — sent to this
+//! (Auth.js v5), `next-auth` v4 and `@supabase/ssr` (with `@supabase/supabase-js`), pinned in
+//! tests/identity/package-lock.json — sent to this
 //! crate's real binary (`ably-tokend serve`) configured with the README's copy-paste
 //! configurations. The suite itself is Node (`tests/identity/*.test.mjs`, run by Node's built-in
 //! test runner); this file makes it part of `cargo test` as tests/e2e.rs does for the ably client.
@@ -19,10 +20,10 @@ const SUITE_TIMEOUT: Duration = Duration::from_secs(180);
 const NPM_TIMEOUT: Duration = Duration::from_secs(300);
 const PER_TEST_TIMEOUT_MS: u32 = 30_000;
 /// The suite has this many tests today; fewer passing means tests were lost, not that all is well.
-const EXPECTED_MIN_PASSED: u64 = 17;
+const EXPECTED_MIN_PASSED: u64 = 24;
 
 #[test]
-fn cookies_minted_by_auth_js_and_next_auth_are_accepted_and_attacks_refused() {
+fn cookies_minted_by_auth_js_next_auth_and_supabase_are_accepted_and_attacks_refused() {
     let suite = Suite {
         label: "identity",
         noun: "identity-provider",
@@ -35,8 +36,14 @@ fn cookies_minted_by_auth_js_and_next_auth_are_accepted_and_attacks_refused() {
     let npm = require_tool("npm");
     eprintln!("identity: node {node}, npm {npm}");
     suite.ensure_node_modules(
-        &["@auth/core", "next-auth", "jose"],
-        "@auth/core, next-auth and jose",
+        &[
+            "@auth/core",
+            "next-auth",
+            "jose",
+            "@supabase/ssr",
+            "@supabase/supabase-js",
+        ],
+        "@auth/core, next-auth, @supabase/ssr, @supabase/supabase-js and jose",
         NPM_TIMEOUT,
     );
     let mut cmd = suite.node_test(PER_TEST_TIMEOUT_MS);

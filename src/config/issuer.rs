@@ -11,8 +11,8 @@ use jsonwebtoken::Algorithm;
 use super::raw::RawIssuer;
 use super::validate::EnvLookup;
 use super::{
-    invalid, parse_duration, AuthjsIssuer, ConfigError, IssuerKind, IssuerSettings, JwksSettings,
-    JwtIssuer, KeySource, NamedSecret,
+    invalid, parse_duration, AuthjsIssuer, ConfigError, CookieFormat, IssuerKind, IssuerSettings,
+    JwksSettings, JwtIssuer, KeySource, NamedSecret,
 };
 use crate::policy::ClaimPointer;
 use crate::signing::KeySecret;
@@ -61,7 +61,7 @@ pub(super) fn validate_issuer(
     let client_id_claim = claim(&at, "client_id_claim", &raw.client_id_claim)?;
     let cookies = cookies(&at, raw.cookies.as_deref())?;
     let kind = match raw.kind.as_deref() {
-        None | Some("jwt") => IssuerKind::Jwt(Box::new(jwt_issuer(&at, &raw)?)),
+        None | Some("jwt") => IssuerKind::Jwt(Box::new(jwt_issuer(&at, &raw, &cookies)?)),
         Some("authjs") => {
             if cookies.is_empty() {
                 return Err(invalid(
@@ -89,7 +89,7 @@ pub(super) fn validate_issuer(
     })
 }
 
-fn jwt_issuer(at: &At, raw: &RawIssuer) -> Result<JwtIssuer, ConfigError> {
+fn jwt_issuer(at: &At, raw: &RawIssuer, cookies: &[String]) -> Result<JwtIssuer, ConfigError> {
     if raw.secret_env.is_some() {
         return Err(invalid(
             at.field("secret_env"),
@@ -104,13 +104,44 @@ fn jwt_issuer(at: &At, raw: &RawIssuer) -> Result<JwtIssuer, ConfigError> {
     }
     let keys = key_source(at, raw)?;
     let algorithms = algorithms(at, &keys, raw.algorithms.clone())?;
+    let cookie_format = cookie_format(at, raw.cookie_format.as_deref(), cookies)?;
     Ok(JwtIssuer {
         issuer: raw.issuer.value.clone(),
         keys,
         audiences: raw.audiences.value.clone(),
         authorized_parties: raw.authorized_parties.value.clone(),
         algorithms,
+        cookie_format,
     })
+}
+
+/// `"plain"` (the default) or `"supabase"`; only with `cookies` to apply to.
+fn cookie_format(
+    at: &At,
+    format: Option<&str>,
+    cookies: &[String],
+) -> Result<CookieFormat, ConfigError> {
+    let format = match format {
+        None | Some("plain") => CookieFormat::Plain,
+        Some("supabase") => CookieFormat::Supabase,
+        Some(other) => {
+            return Err(invalid(
+                at.field("cookie_format"),
+                format!(
+                    "{other:?} is not a cookie format: use \"plain\" (the cookie holds the JWT) \
+                     or \"supabase\" (@supabase/ssr's sb-<project-ref>-auth-token)"
+                ),
+            ))
+        }
+    };
+    if format == CookieFormat::Supabase && cookies.is_empty() {
+        return Err(invalid(
+            at.field("cookie_format"),
+            "\"supabase\" describes the issuer's cookies: list them in cookies, \
+             e.g. [\"sb-your-project-ref-auth-token\"]",
+        ));
+    }
+    Ok(format)
 }
 
 /// An Auth.js issuer's secrets, read from the environment now; the fields
@@ -122,6 +153,7 @@ fn authjs_issuer(
 ) -> Result<AuthjsIssuer, ConfigError> {
     let foreign = [
         ("issuer", raw.issuer.given),
+        ("cookie_format", raw.cookie_format.is_some()),
         ("jwks_url", raw.jwks_url.is_some()),
         ("audiences", raw.audiences.given),
         ("authorized_parties", raw.authorized_parties.given),

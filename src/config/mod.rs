@@ -158,6 +158,18 @@ pub(crate) struct JwtIssuer {
     pub(crate) audiences: Vec<String>,
     pub(crate) authorized_parties: Vec<String>,
     pub(crate) algorithms: Vec<Algorithm>,
+    /// What this issuer's `cookies` hold.
+    pub(crate) cookie_format: CookieFormat,
+}
+
+/// What a `jwt` issuer's cookies hold (`cookie_format = ...`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CookieFormat {
+    /// The JWT itself.
+    Plain,
+    /// @supabase/ssr's session cookie, whose `access_token` is the JWT
+    /// (`upstream/supabase.rs`).
+    Supabase,
 }
 
 #[derive(Debug, Clone)]

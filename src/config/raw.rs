@@ -125,6 +125,9 @@ pub(super) struct RawIssuer {
     pub(crate) kind: Option<String>,
     /// Cookies that carry this issuer's session (jwt and authjs kinds).
     pub(crate) cookies: Option<Vec<String>>,
+    /// What a jwt issuer's cookies hold: `"plain"` (the JWT, the default) or
+    /// `"supabase"` (@supabase/ssr's session cookie).
+    pub(crate) cookie_format: Option<String>,
     #[serde(default)]
     pub(crate) issuer: Given<String>,
     pub(crate) jwks_url: Option<String>,
@@ -160,6 +163,7 @@ impl RawIssuer {
             name: name.into(),
             kind: None,
             cookies: None,
+            cookie_format: None,
             issuer: Given {
                 value: issuer.into(),
                 given: true,

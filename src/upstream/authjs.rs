@@ -53,7 +53,7 @@ struct CbcKey {
 
 /// The keys one issuer opens cookies with: per listed cookie name (v5 salts
 /// with it) and per secret, in the secrets' order.
-pub(crate) struct Keys {
+pub struct Keys {
     v5: Vec<(String, Vec<CbcKey>)>,
     v4: Vec<LessSafeKey>,
 }
@@ -88,7 +88,7 @@ fn hkdf(secret: &[u8], salt: &[u8], info: &[u8], out: &mut [u8]) {
 
 impl Keys {
     /// Derives every key once, at start-up.
-    pub(crate) fn derive(secrets: &[&[u8]], cookies: &[String]) -> Keys {
+    pub fn derive(secrets: &[&[u8]], cookies: &[String]) -> Keys {
         let v5 = cookies
             .iter()
             .map(|cookie| {
@@ -140,7 +140,7 @@ struct Parsed<'a> {
 
 /// Decrypts the session cookie `value` that arrived under `cookie` (without
 /// a chunk suffix) and returns its claims, unchecked.
-pub(crate) fn decrypt(
+pub fn decrypt(
     value: &str,
     cookie: &str,
     keys: &Keys,

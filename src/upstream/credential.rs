@@ -6,14 +6,16 @@
 //! never rescued by a good cookie.
 //!
 //! Long values are split by Auth.js into `NAME.0`, `NAME.1`, … (its
-//! `SessionStore` in @auth/core `src/lib/utils/cookie.ts`); they are joined
-//! in order when `NAME` is listed. Every size is bounded before anything is
-//! copied.
+//! `SessionStore` in @auth/core `src/lib/utils/cookie.ts`; @supabase/ssr's
+//! `createChunks` names them the same way); they are joined in order when
+//! `NAME` is listed. Every size is bounded before anything is copied. A
+//! `cookie_format = "supabase"` issuer's cookie is opened here
+//! (`supabase.rs`) and its access token routed on as that issuer's JWT.
 
 use super::authjs::MAX_COOKIE_BYTES;
 use super::jws::MAX_TOKEN_BYTES;
-use super::UpstreamError;
-use crate::config::IssuerSettings;
+use super::{supabase, UpstreamError};
+use crate::config::{CookieFormat, IssuerSettings};
 
 /// More chunks than this are refused (8 × ~4 KB is past any real session).
 pub(crate) const MAX_CHUNKS: usize = 8;
@@ -34,7 +36,8 @@ pub(crate) struct IssuerCookie {
     pub(crate) issuer: String,
     /// The listed name, without a chunk suffix.
     pub(crate) name: String,
-    /// The value, chunks joined.
+    /// The value, chunks joined; for a `cookie_format = "supabase"` issuer,
+    /// the access token inside it.
     pub(crate) value: String,
 }
 
@@ -46,17 +49,13 @@ pub(crate) struct CookieRoutes<'a> {
 }
 
 impl CookieRoutes<'_> {
-    /// `(cookie, Some(issuer name))` for issuer cookies, `(cookie, None)` for
+    /// `(cookie, Some(issuer))` for issuer cookies, `(cookie, None)` for
     /// session cookies routed by `iss`.
-    fn each(&self) -> Vec<(&str, Option<&str>)> {
-        let listed: Vec<(&str, Option<&str>)> = self
+    fn each(&self) -> Vec<(&str, Option<&IssuerSettings>)> {
+        let listed: Vec<(&str, Option<&IssuerSettings>)> = self
             .issuers
             .iter()
-            .flat_map(|i| {
-                i.cookies
-                    .iter()
-                    .map(|c| (c.as_str(), Some(i.name.as_str())))
-            })
+            .flat_map(|i| i.cookies.iter().map(move |c| (c.as_str(), Some(i))))
             .collect();
         if !listed.is_empty() {
             return listed;
@@ -93,11 +92,21 @@ pub(crate) fn credential<'h>(
         };
         return match issuer {
             None => checked_jwt(&value).map(Credential::Token),
-            Some(issuer) => Ok(Credential::Cookie(IssuerCookie {
-                issuer: issuer.to_string(),
-                name: name.to_string(),
-                value,
-            })),
+            Some(issuer) => {
+                let supabase = issuer
+                    .jwt()
+                    .is_some_and(|j| j.cookie_format == CookieFormat::Supabase);
+                let value = if supabase {
+                    supabase::access_token(&value)?
+                } else {
+                    value
+                };
+                Ok(Credential::Cookie(IssuerCookie {
+                    issuer: issuer.name.clone(),
+                    name: name.to_string(),
+                    value,
+                }))
+            }
         };
     }
     Err(UpstreamError::Missing)

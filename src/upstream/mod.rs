@@ -4,7 +4,7 @@
 //! goes to the issuer that lists it (`authjs` cookies are decrypted in
 //! `authjs.rs`). Every kind yields the same `Session`.
 
-pub(crate) mod authjs;
+pub mod authjs;
 pub(crate) mod credential;
 pub(crate) mod discovery;
 pub(crate) mod introspection;
@@ -14,6 +14,7 @@ pub mod jws;
 pub(crate) mod lookup;
 pub(crate) mod lookup_cache;
 pub(crate) mod session_endpoint;
+pub(crate) mod supabase;
 
 use std::collections::HashMap;
 use std::str::FromStr;
