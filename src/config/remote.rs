@@ -4,9 +4,6 @@
 //! says (`Raw*`, with the documented defaults) is checked here into typed
 //! settings; every error names the field (`issuers[1].url: ...`).
 
-// Not reached from a request until the issuer kinds dispatch to it (issue 9).
-#![cfg_attr(not(test), allow(dead_code))]
-
 use std::time::Duration;
 
 use serde::Deserialize;
