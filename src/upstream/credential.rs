@@ -129,6 +129,9 @@ pub(crate) fn credential<'h>(
                 .map_err(|_| UpstreamError::Malformed("the bearer token is not text"))?;
             let token = header[7..].trim();
             if !token.is_empty() && !is_jwt_shaped(token) {
+                if token.len() > MAX_TOKEN_BYTES {
+                    return Err(UpstreamError::TokenTooLarge("a Bearer token is at most 8 KiB"));
+                }
                 if let Some(issuer) = routes.issuers.iter().find(|i| i.takes_opaque_bearer()) {
                     return Ok(Credential::Opaque(OpaqueBearer {
                         issuer: issuer.name.clone(),
@@ -465,5 +468,99 @@ mod tests {
             get(&s, None, &[&eight.join("; ")]),
             Ok(issuer_cookie(n, "xxxxxxxx"))
         );
+    }
+
+    const LOOKUPS: &str = r#"
+        [[issuers]]
+        name = "app-session"
+        kind = "session_endpoint"
+        url = "http://127.0.0.1:3000/api/auth/session"
+        forward_cookies = ["authjs.session-token", "other"]
+        [[issuers]]
+        name = "hydra"
+        kind = "introspection"
+        url = "http://127.0.0.1:4444/oauth2/introspect"
+        client_id = "ably-tokend"
+        client_secret_env = "CREDENTIAL_TEST_SECRET"
+    "#;
+
+    fn opaque(token: &str, header: &str) -> Credential {
+        Credential::Opaque(OpaqueBearer {
+            issuer: "hydra".into(),
+            token: token.into(),
+            header: header.into(),
+        })
+    }
+
+    #[test]
+    fn a_bearer_that_is_not_a_jwt_goes_to_the_issuer_that_takes_them() {
+        let s = settings(LOOKUPS);
+        let c = ["authjs.session-token=abc"];
+        assert_eq!(
+            get(&s, Some("Bearer ory_at_opaque-Value~1"), &c),
+            Ok(opaque("ory_at_opaque-Value~1", "Bearer ory_at_opaque-Value~1"))
+        );
+        // Four or five parts (a JWE), padding, an empty payload: not JWTs.
+        for token in ["a.b.c.d.e", "ab.cd=.ef", "ab..ef", "abc"] {
+            let header = format!("bearer {token}");
+            assert_eq!(get(&s, Some(&header), &[]), Ok(opaque(token, &header)));
+        }
+        // A JWT still goes by its iss, whatever the cookies.
+        assert_eq!(
+            get(&s, Some("Bearer eyJh.eyJp.c2ln"), &c),
+            Ok(Credential::Token("eyJh.eyJp.c2ln".into()))
+        );
+        assert_eq!(
+            get(&s, Some("Bearer ab.cd."), &c),
+            Ok(Credential::Token("ab.cd.".into()))
+        );
+        // Without such an issuer a non-JWT is read as a JWT (and refused there).
+        let plain = settings(AUTHJS);
+        assert_eq!(
+            get(&plain, Some("Bearer opaque"), &[]),
+            Ok(Credential::Token("opaque".into()))
+        );
+        // Empty and oversized values are refused before routing.
+        assert_eq!(get(&s, Some("Bearer  "), &c), Err("session_token_missing"));
+        let huge = format!("Bearer {}", "a".repeat(MAX_TOKEN_BYTES + 1));
+        assert_eq!(get(&s, Some(&huge), &c), Err("session_token_too_large"));
+    }
+
+    #[test]
+    fn a_session_endpoints_cookies_are_forwarded_as_they_came() {
+        let s = settings(LOOKUPS);
+        let forwarded = |cookies: &[(&str, &str)]| {
+            Credential::Forward(ForwardCookies {
+                issuer: "app-session".into(),
+                cookies: cookies
+                    .iter()
+                    .map(|(n, v)| (n.to_string(), v.to_string()))
+                    .collect(),
+            })
+        };
+        assert_eq!(
+            get(
+                &s,
+                None,
+                &["theme=dark; authjs.session-token.1=B; other=\"q\"", "authjs.session-token.0=A; tracking=x"]
+            ),
+            Ok(forwarded(&[
+                ("authjs.session-token.1", "B"),
+                ("other", "\"q\""),
+                ("authjs.session-token.0", "A")
+            ]))
+        );
+        // The Authorization header of another scheme stays behind.
+        assert_eq!(
+            get(&s, Some("Basic dXNlcjpwYXNz"), &["other=1"]),
+            Ok(forwarded(&[("other", "1")]))
+        );
+        // Only unlisted cookies: no credential.
+        assert_eq!(
+            get(&s, None, &["theme=dark; __session=a.b.c"]),
+            Err("session_token_missing")
+        );
+        let big = format!("other={}", "x".repeat(MAX_COOKIE_BYTES));
+        assert_eq!(get(&s, None, &[&big]), Err("session_token_too_large"));
     }
 }
