@@ -426,3 +426,137 @@ async fn an_upstream_that_is_down_is_a_503_never_a_500() {
     );
     jwks.stop().await;
 }
+
+/// `ably-tokend check-config` as a process: one GET without credentials per
+/// look-up issuer; any HTTP answer is reachable, a refused connection fails.
+#[actix_web::test]
+async fn check_config_says_whether_each_endpoint_answers() {
+    let upstream = UpstreamServer::start().await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempdir("check-config-kinds");
+    std::fs::write(dir.join("policy.toml"), TEST_POLICY).unwrap();
+    let config = |introspect_port: u16| {
+        format!(
+            r#"
+            [ably]
+            api_key = "{API_KEY}"
+            [policy]
+            path = "{policy}"
+            [[issuers]]
+            name = "app-session"
+            kind = "session_endpoint"
+            url = "http://127.0.0.1:{port}/api/auth/session"
+            forward_cookies = ["authjs.session-token"]
+            [[issuers]]
+            name = "hydra"
+            kind = "introspection"
+            url = "http://127.0.0.1:{introspect_port}/oauth2/introspect"
+            client_id = "ably-tokend"
+            client_secret_env = "{CLIENT_SECRET_ENV}"
+            "#,
+            policy = dir.join("policy.toml").display(),
+            port = upstream.port,
+        )
+    };
+    let run = |text: String| {
+        let file = dir.join("ably-tokend.toml");
+        std::fs::write(&file, text).unwrap();
+        actix_web::rt::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_ably-tokend"))
+                .arg("check-config")
+                .arg("--config")
+                .arg(&file)
+                .env_remove("ABLY_API_KEY")
+                .env(CLIENT_SECRET_ENV, CLIENT_SECRET)
+                .output()
+                .unwrap()
+        })
+    };
+    let out = run(config(upstream.port)).await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{stdout}");
+    let port = upstream.port;
+    assert!(
+        stdout.contains(&format!(
+            "issuer   ok   app-session  session endpoint http://127.0.0.1:{port}/api/auth/session reachable: \
+             GET without cookies answered 200 null (no session, as expected); forwards authjs.session-token\n"
+        )),
+        "{stdout}"
+    );
+    // The test's endpoint answers a GET with 404 (it takes POST); reachable all the same.
+    assert!(
+        stdout.contains(&format!(
+            "issuer   ok   hydra        introspection endpoint http://127.0.0.1:{port}/oauth2/introspect reachable: \
+             GET without a token answered 404; client ably-tokend with the secret in {CLIENT_SECRET_ENV} (present)\n"
+        )),
+        "{stdout}"
+    );
+    assert!(!stdout.contains(CLIENT_SECRET));
+    let seen = upstream.seen();
+    assert_eq!(seen.len(), 1, "the introspection endpoint was never POSTed to");
+    assert_eq!(seen[0].cookie, None);
+
+    let out = run(config(closed)).await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "issuer   FAIL hydra        introspection endpoint http://127.0.0.1:{closed}/oauth2/introspect: could not connect to the endpoint\n"
+        )),
+        "{stdout}"
+    );
+    assert!(stdout.ends_with("1 problem found\n"), "{stdout}");
+    upstream.handle.stop(false).await;
+}
+
+/// Better Auth's `bearer` plugin: the session token as `Authorization:
+/// Bearer`, forwarded as it came when the session endpoint asks for it.
+#[actix_web::test]
+async fn a_session_endpoint_with_forward_authorization_takes_opaque_bearers() {
+    let upstream = UpstreamServer::start().await;
+    upstream.session("better-auth-token", authjs_session("u-9", "support"));
+    let config = format!(
+        r#"
+        [server]
+        bind = "127.0.0.1:0"
+        workers = 1
+        rate_limit_per_second = 0
+        [ably]
+        api_key = "{API_KEY}"
+        [log]
+        level = "warn"
+        [[issuers]]
+        name = "better-auth"
+        kind = "session_endpoint"
+        url = "http://127.0.0.1:{port}/api/auth/session"
+        forward_cookies = ["authjs.session-token"]
+        forward_authorization = true
+        client_id_claim = "/user/id"
+        roles_claim = "/user/role"
+        "#,
+        port = upstream.port
+    );
+    let app = TestApp::spawn_with(&config, TEST_POLICY).await;
+    let body = ok_json(
+        app.client
+            .get(app.url("/api/ably-token"))
+            .header("authorization", "Bearer better-auth-token")
+            .header("cookie", "authjs.session-token=ignored; theme=dark")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(body["clientId"], "u-9");
+    let seen = upstream.seen();
+    assert_eq!(
+        seen[0].authorization.as_deref(),
+        Some("Bearer better-auth-token")
+    );
+    assert_eq!(seen[0].cookie, None, "the header decided: no cookie goes");
+    upstream.handle.stop(false).await;
+}
