@@ -54,6 +54,7 @@ impl UpstreamServer {
             App::new()
                 .app_data(web::Data::new(shared.clone()))
                 .route("/api/auth/session", web::get().to(session))
+                .route("/api/auth/get-session", web::get().to(session))
                 .route("/oauth2/introspect", web::post().to(introspect))
         })
         .workers(1)
@@ -114,8 +115,10 @@ async fn session(state: web::Data<Upstream>, req: HttpRequest) -> HttpResponse {
         .get("cookie")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
-            v.split("; ")
-                .find_map(|pair| pair.strip_prefix("authjs.session-token="))
+            v.split("; ").find_map(|pair| {
+                pair.strip_prefix("authjs.session-token=")
+                    .or_else(|| pair.strip_prefix("better-auth.session_token="))
+            })
         })
         .map(str::to_string)
         .or_else(|| {
@@ -558,5 +561,89 @@ async fn a_session_endpoint_with_forward_authorization_takes_opaque_bearers() {
         Some("Bearer better-auth-token")
     );
     assert_eq!(seen[0].cookie, None, "the header decided: no cookie goes");
+    upstream.handle.stop(false).await;
+}
+
+/// README.md's Better Auth block as written, its URL pointed at an endpoint
+/// answering as Better Auth's `get-session` does: `{session, user}` with
+/// `session.expiresAt`, or `null`.
+#[actix_web::test]
+async fn the_readmes_better_auth_block_reads_get_session_answers() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let marker = "<!-- identity-config: better-auth -->\n```toml\n";
+    let at = readme.find(marker).expect("README.md marks the Better Auth block") + marker.len();
+    let block = &readme[at..at + readme[at..].find("```").unwrap()];
+    let upstream = UpstreamServer::start().await;
+    let block = block.replace(
+        "http://127.0.0.1:3000/",
+        &format!("http://127.0.0.1:{}/", upstream.port),
+    );
+    let config = format!(
+        r#"
+        [server]
+        bind = "127.0.0.1:0"
+        workers = 1
+        rate_limit_per_second = 0
+        [ably]
+        api_key = "{API_KEY}"
+        [log]
+        level = "warn"
+        {block}
+        "#
+    );
+    let app = TestApp::spawn_with(&config, TEST_POLICY).await;
+    // The signed cookie value: `<token>.<signature>`, URL-encoded as Better Auth sets it.
+    let cookie = "a2lF9Qm7Xb0sR1tU3vW5yZ.nQ4k2Yv%2BzM8pL0sT6uW1xA3cE5gI7jK9mO%3D";
+    let expires_at = humantime::format_rfc3339_millis(
+        std::time::SystemTime::now() + std::time::Duration::from_secs(7 * 86400),
+    )
+    .to_string();
+    upstream.session(
+        cookie,
+        json!({
+            "session": {"id": "s1", "token": "a2lF9Qm7Xb0sR1tU3vW5yZ", "userId": "ba-user-1",
+                        "expiresAt": expires_at, "ipAddress": "", "userAgent": ""},
+            "user": {"id": "ba-user-1", "name": "Ada", "email": "ada@example.com",
+                     "emailVerified": true, "role": "support"},
+        }),
+    );
+    let body = ok_json(
+        app.client
+            .get(app.url("/api/ably-token"))
+            .header(
+                "cookie",
+                format!("better-auth.session_data=cache; better-auth.session_token={cookie}"),
+            )
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(body["clientId"], "ba-user-1");
+    assert_eq!(
+        capability(&body)["orders:*"],
+        json!(["history", "presence", "publish", "subscribe"])
+    );
+    let seen = upstream.seen();
+    assert_eq!(seen[0].path, "/api/auth/get-session");
+    assert_eq!(
+        seen[0].cookie.as_deref(),
+        Some(format!("better-auth.session_token={cookie}").as_str()),
+        "the cookie cache stays behind"
+    );
+    // An expiresAt in the past is refused whatever the endpoint says.
+    upstream.session(
+        "expired.sig",
+        json!({"session": {"expiresAt": "2020-01-01T00:00:00.000Z"}, "user": {"id": "u"}}),
+    );
+    let expired = app
+        .client
+        .get(app.url("/api/ably-token"))
+        .header("cookie", "better-auth.session_token=expired.sig")
+        .send()
+        .await
+        .unwrap();
+    assert_error(expired, 401, "session_invalid").await;
     upstream.handle.stop(false).await;
 }
