@@ -483,6 +483,50 @@ fn check_claims(
     Ok(())
 }
 
+/// For `benches/lookups.rs` only (not an API): one request's identity work,
+/// from the raw headers through routing to the `Session`'s claims.
+#[doc(hidden)]
+pub mod benching {
+    use super::credential::{credential, CookieRoutes};
+    use super::Verifier;
+    use crate::config::Settings;
+
+    pub struct Identity {
+        verifier: Verifier,
+        settings: Settings,
+    }
+
+    impl Identity {
+        pub fn new(settings: Settings) -> Identity {
+            Identity {
+                verifier: Verifier::new(&settings.issuers, crate::clock::system()),
+                settings,
+            }
+        }
+
+        /// The session's claims for a request with these headers, or the
+        /// refusal's reason.
+        pub async fn claims(
+            &self,
+            authorization: Option<&str>,
+            cookie: &str,
+        ) -> Result<serde_json::Value, &'static str> {
+            let routes = CookieRoutes {
+                issuers: &self.settings.issuers,
+                session_cookies: &self.settings.server.session_cookies,
+            };
+            let credential = credential(authorization.map(str::as_bytes), [cookie], &routes)
+                .map_err(|e| e.reason())?;
+            let session = self
+                .verifier
+                .authenticate(&credential)
+                .await
+                .map_err(|e| e.reason())?;
+            Ok(session.claims)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
