@@ -91,9 +91,10 @@ fn session_endpoint_hit(c: &mut Criterion) {
                   authjs.callback-url=http%3A%2F%2Flocalhost%3A3000";
     let first = runtime.block_on(identity.claims(None, cookie)).unwrap();
     assert_eq!(first["user"]["id"], "user-1");
-    c.bench_function("session_endpoint/cache_hit (route, key, hit, Session)", |b| {
-        b.iter(|| ready(identity.claims(None, black_box(cookie))).unwrap())
-    });
+    c.bench_function(
+        "session_endpoint/cache_hit (route, key, hit, Session)",
+        |b| b.iter(|| ready(identity.claims(None, black_box(cookie))).unwrap()),
+    );
 }
 
 fn rs256_verify(c: &mut Criterion) {

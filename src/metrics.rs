@@ -319,7 +319,8 @@ impl Collector for JwksCollector {
         let labels: Vec<[(&str, &str); 2]> = lookups
             .iter()
             .flat_map(|(n, _, _)| {
-                ["hit", "miss", "refused", "unavailable"].map(|o| [("issuer", n.as_str()), ("outcome", o)])
+                ["hit", "miss", "refused", "unavailable"]
+                    .map(|o| [("issuer", n.as_str()), ("outcome", o)])
             })
             .collect();
         let counts: Vec<u64> = lookups

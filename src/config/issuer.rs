@@ -72,7 +72,9 @@ pub(super) fn validate_issuer(
             cookies = settings.forward_cookies.clone();
             IssuerKind::SessionEndpoint(settings)
         }
-        Some("introspection") => IssuerKind::Introspection(introspection_issuer(&at, i, &raw, env)?),
+        Some("introspection") => {
+            IssuerKind::Introspection(introspection_issuer(&at, i, &raw, env)?)
+        }
         Some("authjs") => {
             refuse(&at, "authjs", &remote_fields(&raw))?;
             if cookies.is_empty() {

@@ -461,11 +461,8 @@ mod tests {
     "#;
 
     fn load(text: &str) -> Result<crate::config::Settings, String> {
-        let dir = std::env::temp_dir().join(format!(
-            "tokend-remote-{}-{:x}",
-            std::process::id(),
-            n()
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("tokend-remote-{}-{:x}", std::process::id(), n()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("c.toml");
         std::fs::write(&file, text).unwrap();

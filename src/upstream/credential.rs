@@ -130,7 +130,9 @@ pub(crate) fn credential<'h>(
             let token = header[7..].trim();
             if !token.is_empty() && !is_jwt_shaped(token) {
                 if token.len() > MAX_TOKEN_BYTES {
-                    return Err(UpstreamError::TokenTooLarge("a Bearer token is at most 8 KiB"));
+                    return Err(UpstreamError::TokenTooLarge(
+                        "a Bearer token is at most 8 KiB",
+                    ));
                 }
                 if let Some(issuer) = routes.issuers.iter().find(|i| i.takes_opaque_bearer()) {
                     return Ok(Credential::Opaque(OpaqueBearer {
@@ -498,7 +500,10 @@ mod tests {
         let c = ["authjs.session-token=abc"];
         assert_eq!(
             get(&s, Some("Bearer ory_at_opaque-Value~1"), &c),
-            Ok(opaque("ory_at_opaque-Value~1", "Bearer ory_at_opaque-Value~1"))
+            Ok(opaque(
+                "ory_at_opaque-Value~1",
+                "Bearer ory_at_opaque-Value~1"
+            ))
         );
         // Four or five parts (a JWE), padding, an empty payload: not JWTs.
         for token in ["a.b.c.d.e", "ab.cd=.ef", "ab..ef", "abc"] {
@@ -542,7 +547,10 @@ mod tests {
             get(
                 &s,
                 None,
-                &["theme=dark; authjs.session-token.1=B; other=\"q\"", "authjs.session-token.0=A; tracking=x"]
+                &[
+                    "theme=dark; authjs.session-token.1=B; other=\"q\"",
+                    "authjs.session-token.0=A; tracking=x"
+                ]
             ),
             Ok(forwarded(&[
                 ("authjs.session-token.1", "B"),

@@ -28,9 +28,9 @@ use crate::clock::SharedClock;
 use crate::config::{IssuerKind, IssuerSettings, JwtIssuer, KeySource};
 pub(crate) use credential::{Credential, IssuerCookie};
 use introspection::Introspection;
-use session_endpoint::SessionEndpoint;
-pub(crate) use lookup_cache::LookupCounts;
 pub(crate) use jwks_cache::{CacheStatus, DiscoveryStatus, JwksCache, Probe, Readiness};
+pub(crate) use lookup_cache::LookupCounts;
+use session_endpoint::SessionEndpoint;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {

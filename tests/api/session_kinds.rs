@@ -89,7 +89,11 @@ impl UpstreamServer {
     }
 
     fn token(&self, token: &str, answer: Value) {
-        self.state.tokens.lock().unwrap().insert(token.into(), answer);
+        self.state
+            .tokens
+            .lock()
+            .unwrap()
+            .insert(token.into(), answer);
     }
 }
 
@@ -144,7 +148,12 @@ async fn introspect(state: web::Data<Upstream>, req: HttpRequest, body: String) 
             url::form_urlencoded::byte_serialize(CLIENT_SECRET.as_bytes()).collect::<String>()
         ))
     );
-    if req.headers().get("authorization").and_then(|v| v.to_str().ok()) != Some(&expected) {
+    if req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        != Some(&expected)
+    {
         return HttpResponse::Unauthorized().json(json!({"error": "invalid_client"}));
     }
     let form: HashMap<String, String> = serde_urlencoded::from_str(&body).unwrap();
@@ -323,7 +332,10 @@ async fn a_bearer_that_is_not_a_jwt_is_introspected() {
     );
     let seen = upstream.seen();
     assert_eq!(seen[0].path, "/oauth2/introspect");
-    assert_eq!(seen[0].body, "token=ory_at_live&token_type_hint=access_token");
+    assert_eq!(
+        seen[0].body,
+        "token=ory_at_live&token_type_hint=access_token"
+    );
     assert_eq!(seen[0].cookie, None);
 
     // An Ably JWT can be asked for as well.
@@ -500,7 +512,11 @@ async fn check_config_says_whether_each_endpoint_answers() {
     );
     assert!(!stdout.contains(CLIENT_SECRET));
     let seen = upstream.seen();
-    assert_eq!(seen.len(), 1, "the introspection endpoint was never POSTed to");
+    assert_eq!(
+        seen.len(),
+        1,
+        "the introspection endpoint was never POSTed to"
+    );
     assert_eq!(seen[0].cookie, None);
 
     let out = run(config(closed)).await.unwrap();
@@ -572,7 +588,10 @@ async fn the_readmes_better_auth_block_reads_get_session_answers() {
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     let marker = "<!-- identity-config: better-auth -->\n```toml\n";
-    let at = readme.find(marker).expect("README.md marks the Better Auth block") + marker.len();
+    let at = readme
+        .find(marker)
+        .expect("README.md marks the Better Auth block")
+        + marker.len();
     let block = &readme[at..at + readme[at..].find("```").unwrap()];
     let upstream = UpstreamServer::start().await;
     let block = block.replace(
