@@ -313,6 +313,45 @@ impl Collector for JwksCollector {
             "oidc_discovery_ok",
             "1 while the issuer's last OIDC discovery succeeded",
             &ok,
+        )?;
+        // Session-endpoint and introspection issuers only.
+        let lookups = self.0.lookup_status();
+        let labels: Vec<[(&str, &str); 2]> = lookups
+            .iter()
+            .flat_map(|(n, _, _)| {
+                ["hit", "miss", "refused", "unavailable"]
+                    .map(|o| [("issuer", n.as_str()), ("outcome", o)])
+            })
+            .collect();
+        let counts: Vec<u64> = lookups
+            .iter()
+            .flat_map(|(_, _, c)| [c.hit, c.miss, c.refused, c.unavailable])
+            .collect();
+        let series: Vec<(&[(&str, &str)], ConstCounter)> = labels
+            .iter()
+            .zip(counts)
+            .map(|(l, c)| (&l[..], ConstCounter::new(c)))
+            .collect();
+        labelled(
+            &mut encoder,
+            "session_lookups",
+            "Session-endpoint and introspection look-ups per issuer by outcome: hit (answered from the cache), miss (asked upstream: a session), refused (asked: no session), unavailable (asked: no usable answer)",
+            &series,
+        )?;
+        let names: Vec<[(&str, &str); 1]> = lookups
+            .iter()
+            .map(|(n, _, _)| [("issuer", n.as_str())])
+            .collect();
+        let entries: Vec<(&[(&str, &str)], ConstGauge)> = names
+            .iter()
+            .zip(&lookups)
+            .map(|(l, (_, _, c))| (&l[..], ConstGauge::new(c.entries as i64)))
+            .collect();
+        labelled(
+            &mut encoder,
+            "session_lookup_cache_entries",
+            "Answers held in the look-up cache per issuer",
+            &entries,
         )
     }
 }

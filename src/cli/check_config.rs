@@ -11,8 +11,11 @@ use std::process::ExitCode;
 
 use super::Failure;
 use crate::clock;
-use crate::config::{IssuerKind, IssuerSettings, JwtIssuer, KeySource, Settings};
+use crate::config::{
+    IssuerKind, IssuerSettings, JwtIssuer, KeySource, SessionEndpointSettings, Settings,
+};
 use crate::policy::Policy;
+use crate::upstream::lookup::{self, LookupError};
 use crate::upstream::{jwks_cache, JwksCache, Probe};
 
 /// What trying one issuer found.
@@ -95,7 +98,59 @@ async fn check_issuer(issuer: &IssuerSettings, client: &reqwest::Client) -> Verd
                 .join(", "),
             issuer.cookies.join(", ")
         )),
+        IssuerKind::SessionEndpoint(endpoint) => {
+            match reachable(&endpoint.url, endpoint.timeout).await {
+                Ok(answer) => Verdict::Works(format!(
+                    "session endpoint {} reachable: GET without cookies answered {answer}; \
+                     forwards {}",
+                    endpoint.url,
+                    forwarded(endpoint)
+                )),
+                Err(why) => Verdict::Fails(format!("session endpoint {}: {why}", endpoint.url)),
+            }
+        }
+        // No token is sent: a real one would be spent on a check.
+        IssuerKind::Introspection(introspection) => {
+            match reachable(&introspection.url, introspection.timeout).await {
+                Ok(answer) => Verdict::Works(format!(
+                    "introspection endpoint {} reachable: GET without a token answered {answer}; \
+                     client {} with the secret in {} (present)",
+                    introspection.url, introspection.client_id, introspection.client_secret_env
+                )),
+                Err(why) => Verdict::Fails(format!(
+                    "introspection endpoint {}: {why}",
+                    introspection.url
+                )),
+            }
+        }
     }
+}
+
+/// One GET without credentials: any HTTP answer means the endpoint is there
+/// (what it was is said); a refused connection or a timeout is a failure.
+async fn reachable(url: &reqwest::Url, timeout: std::time::Duration) -> Result<String, String> {
+    let request = lookup::client()
+        .get(url.clone())
+        .header(reqwest::header::ACCEPT, "application/json");
+    match lookup::send(request, timeout, "endpoint").await {
+        Ok((200, body)) => {
+            let body = String::from_utf8_lossy(&body);
+            Ok(match body.trim() {
+                "null" | "{}" => format!("200 {} (no session, as expected)", body.trim()),
+                _ => "200".to_string(),
+            })
+        }
+        Ok((status, _)) => Ok(status.to_string()),
+        Err(LookupError::Unavailable(why) | LookupError::Refused(why)) => Err(why),
+    }
+}
+
+fn forwarded(endpoint: &SessionEndpointSettings) -> String {
+    let mut what: Vec<String> = endpoint.forward_cookies.clone();
+    if endpoint.forward_authorization {
+        what.push("Authorization".into());
+    }
+    what.join(", ")
 }
 
 async fn check_jwt(name: &str, issuer: &JwtIssuer, client: &reqwest::Client) -> Verdict {

@@ -9,10 +9,12 @@ use std::time::Duration;
 use jsonwebtoken::Algorithm;
 
 use super::raw::RawIssuer;
+use super::remote::{self, RawIntrospection, RawSessionEndpoint};
 use super::validate::EnvLookup;
 use super::{
-    invalid, parse_duration, AuthjsIssuer, ConfigError, CookieFormat, IssuerKind, IssuerSettings,
-    JwksSettings, JwtIssuer, KeySource, NamedSecret,
+    invalid, parse_duration, AuthjsIssuer, ConfigError, CookieFormat, IntrospectionSettings,
+    IssuerKind, IssuerSettings, JwksSettings, JwtIssuer, KeySource, NamedSecret,
+    SessionEndpointSettings,
 };
 use crate::policy::ClaimPointer;
 use crate::signing::KeySecret;
@@ -59,10 +61,23 @@ pub(super) fn validate_issuer(
     let leeway = leeway(&at, &raw.leeway)?;
     let roles_claim = claim(&at, "roles_claim", &raw.roles_claim)?;
     let client_id_claim = claim(&at, "client_id_claim", &raw.client_id_claim)?;
-    let cookies = cookies(&at, raw.cookies.as_deref())?;
+    let mut cookies = cookies(&at, raw.cookies.as_deref())?;
     let kind = match raw.kind.as_deref() {
-        None | Some("jwt") => IssuerKind::Jwt(Box::new(jwt_issuer(&at, &raw, &cookies)?)),
+        None | Some("jwt") => {
+            refuse(&at, "jwt", &remote_fields(&raw))?;
+            IssuerKind::Jwt(Box::new(jwt_issuer(&at, &raw, &cookies)?))
+        }
+        Some("session_endpoint") => {
+            let settings = session_endpoint_issuer(&at, i, &raw)?;
+            // Its forward_cookies route requests to it like other kinds' cookies.
+            cookies = settings.forward_cookies.clone();
+            IssuerKind::SessionEndpoint(settings)
+        }
+        Some("introspection") => {
+            IssuerKind::Introspection(introspection_issuer(&at, i, &raw, env)?)
+        }
         Some("authjs") => {
+            refuse(&at, "authjs", &remote_fields(&raw))?;
             if cookies.is_empty() {
                 return Err(invalid(
                     at.field("cookies"),
@@ -75,7 +90,10 @@ pub(super) fn validate_issuer(
         Some(other) => {
             return Err(invalid(
                 at.field("kind"),
-                format!("{other:?} is not a kind of issuer: use \"jwt\" or \"authjs\""),
+                format!(
+                    "{other:?} is not a kind of issuer: use \"jwt\", \"authjs\", \
+                     \"session_endpoint\" or \"introspection\""
+                ),
             ))
         }
     };
@@ -212,6 +230,125 @@ fn authjs_issuer(
         });
     }
     Ok(AuthjsIssuer { secrets })
+}
+
+/// The fields only `jwt` issuers take, and whether this table sets each.
+fn jwt_fields(raw: &RawIssuer) -> [(&'static str, bool); 10] {
+    [
+        ("issuer", raw.issuer.given),
+        ("jwks_url", raw.jwks_url.is_some()),
+        ("secret", raw.secret.is_some()),
+        ("audiences", raw.audiences.given),
+        ("authorized_parties", raw.authorized_parties.given),
+        ("algorithms", raw.algorithms.is_some()),
+        ("jwks_cache_ttl", raw.jwks_cache_ttl.given),
+        ("jwks_refetch_cooldown", raw.jwks_refetch_cooldown.given),
+        ("jwks_stale_for", raw.jwks_stale_for.given),
+        ("jwks_timeout", raw.jwks_timeout.given),
+    ]
+}
+
+/// The fields only the look-up kinds take, and whether this table sets each.
+fn remote_fields(raw: &RawIssuer) -> [(&'static str, bool); 8] {
+    [
+        ("url", raw.url.is_some()),
+        ("forward_cookies", raw.forward_cookies.is_some()),
+        ("forward_authorization", raw.forward_authorization.is_some()),
+        ("expires_pointer", raw.expires_pointer.is_some()),
+        ("cache_ttl", raw.cache_ttl.is_some()),
+        ("timeout", raw.timeout.is_some()),
+        ("client_id", raw.client_id.is_some()),
+        ("client_secret_env", raw.client_secret_env.is_some()),
+    ]
+}
+
+/// The first of `fields` this table sets is an error naming it: a table is
+/// never half one kind.
+fn refuse(at: &At, kind: &str, fields: &[(&'static str, bool)]) -> Result<(), ConfigError> {
+    match fields.iter().find(|(_, set)| *set) {
+        Some((field, _)) => Err(invalid(
+            at.field(field),
+            format!("does not apply to kind = \"{kind}\""),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// `kind = "session_endpoint"`: the fields of other kinds refused, the rest
+/// checked in `remote.rs` with the documented defaults.
+fn session_endpoint_issuer(
+    at: &At,
+    i: usize,
+    raw: &RawIssuer,
+) -> Result<SessionEndpointSettings, ConfigError> {
+    const KIND: &str = "session_endpoint";
+    if raw.cookies.is_some() {
+        return Err(invalid(
+            at.field("cookies"),
+            "does not apply to kind = \"session_endpoint\": name the cookies to forward in \
+             forward_cookies",
+        ));
+    }
+    refuse(at, KIND, &jwt_fields(raw))?;
+    refuse(
+        at,
+        KIND,
+        &[
+            ("secret_env", raw.secret_env.is_some()),
+            ("client_id", raw.client_id.is_some()),
+            ("client_secret_env", raw.client_secret_env.is_some()),
+        ],
+    )?;
+    let defaults = RawSessionEndpoint::default();
+    remote::session_endpoint(
+        i,
+        RawSessionEndpoint {
+            url: raw.url.clone(),
+            forward_cookies: raw.forward_cookies.clone().unwrap_or_default(),
+            forward_authorization: raw.forward_authorization.unwrap_or_default(),
+            expires_pointer: raw
+                .expires_pointer
+                .clone()
+                .unwrap_or(defaults.expires_pointer),
+            cache_ttl: raw.cache_ttl.clone().unwrap_or(defaults.cache_ttl),
+            timeout: raw.timeout.clone().unwrap_or(defaults.timeout),
+        },
+    )
+}
+
+/// `kind = "introspection"`: as `session_endpoint_issuer`, with the client
+/// secret read from the environment now.
+fn introspection_issuer(
+    at: &At,
+    i: usize,
+    raw: &RawIssuer,
+    env: EnvLookup<'_>,
+) -> Result<IntrospectionSettings, ConfigError> {
+    const KIND: &str = "introspection";
+    refuse(at, KIND, &jwt_fields(raw))?;
+    refuse(
+        at,
+        KIND,
+        &[
+            ("cookies", raw.cookies.is_some()),
+            ("secret_env", raw.secret_env.is_some()),
+            ("forward_cookies", raw.forward_cookies.is_some()),
+            ("forward_authorization", raw.forward_authorization.is_some()),
+            ("expires_pointer", raw.expires_pointer.is_some()),
+        ],
+    )?;
+    let defaults = RawIntrospection::default();
+    remote::introspection(
+        i,
+        RawIntrospection {
+            url: raw.url.clone(),
+            client_id: raw.client_id.clone(),
+            client_secret_env: raw.client_secret_env.clone(),
+            cache_ttl: raw.cache_ttl.clone().unwrap_or(defaults.cache_ttl),
+            timeout: raw.timeout.clone().unwrap_or(defaults.timeout),
+        },
+        env,
+    )
 }
 
 /// Cookie names (RFC 6265 §4.1.1 tokens, as browsers and Auth.js write

@@ -132,8 +132,9 @@ pub(crate) struct JwksSettings {
 pub(crate) struct IssuerSettings {
     pub(crate) name: String,
     pub(crate) kind: IssuerKind,
-    /// Cookies that carry this issuer's session, in order of preference; a
-    /// cookie is listed by one issuer at most.
+    /// Cookies that carry this issuer's session, in order of preference
+    /// (`forward_cookies` for a session endpoint); a cookie is listed by one
+    /// issuer at most.
     pub(crate) cookies: Vec<String>,
     pub(crate) leeway: Duration,
     pub(crate) roles_claim: ClaimPointer,
@@ -148,6 +149,10 @@ pub(crate) enum IssuerKind {
     /// Auth.js v5 / NextAuth v4 session cookies: JWTs encrypted (JWE) with a
     /// key derived from the app's secret.
     Authjs(AuthjsIssuer),
+    /// Opaque sessions: the app's own session URL is asked who the caller is.
+    SessionEndpoint(SessionEndpointSettings),
+    /// Opaque access tokens: RFC 7662 token introspection.
+    Introspection(IntrospectionSettings),
 }
 
 #[derive(Debug, Clone)]
@@ -195,6 +200,24 @@ impl IssuerSettings {
         secret: &str,
     ) -> Result<IssuerSettings, ConfigError> {
         issuer::validate_issuer(0, RawIssuer::with_secret(name, issuer, secret), &|_| None)
+    }
+
+    /// Whether a Bearer value that is not a JWT goes to this issuer: an
+    /// introspection issuer, or a session endpoint that forwards Authorization.
+    pub(crate) fn takes_opaque_bearer(&self) -> bool {
+        match &self.kind {
+            IssuerKind::Introspection(_) => true,
+            IssuerKind::SessionEndpoint(s) => s.forward_authorization,
+            IssuerKind::Jwt(_) | IssuerKind::Authjs(_) => false,
+        }
+    }
+
+    /// The field its cookies are listed in, for messages.
+    pub(crate) fn cookies_field(&self) -> &'static str {
+        match &self.kind {
+            IssuerKind::SessionEndpoint(_) => "forward_cookies",
+            _ => "cookies",
+        }
     }
 
     /// The JWT issuer's settings, if this is one.

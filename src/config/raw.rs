@@ -121,7 +121,7 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Given<T> {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawIssuer {
     pub(crate) name: String,
-    /// `"jwt"` (the default) or `"authjs"`.
+    /// `"jwt"` (the default), `"authjs"`, `"session_endpoint"` or `"introspection"`.
     pub(crate) kind: Option<String>,
     /// Cookies that carry this issuer's session (jwt and authjs kinds).
     pub(crate) cookies: Option<Vec<String>>,
@@ -153,6 +153,16 @@ pub(super) struct RawIssuer {
     pub(crate) jwks_stale_for: Given<String>,
     #[serde(default = "default_timeout")]
     pub(crate) jwks_timeout: Given<String>,
+    // The look-up kinds' fields (`session_endpoint`, `introspection`),
+    // checked in `remote.rs`; absent means the documented default.
+    pub(crate) url: Option<String>,
+    pub(crate) forward_cookies: Option<Vec<String>>,
+    pub(crate) forward_authorization: Option<bool>,
+    pub(crate) expires_pointer: Option<String>,
+    pub(crate) cache_ttl: Option<String>,
+    pub(crate) timeout: Option<String>,
+    pub(crate) client_id: Option<String>,
+    pub(crate) client_secret_env: Option<String>,
 }
 
 impl RawIssuer {
@@ -181,6 +191,14 @@ impl RawIssuer {
             jwks_refetch_cooldown: default_cooldown(),
             jwks_stale_for: default_stale_for(),
             jwks_timeout: default_timeout(),
+            url: None,
+            forward_cookies: None,
+            forward_authorization: None,
+            expires_pointer: None,
+            cache_ttl: None,
+            timeout: None,
+            client_id: None,
+            client_secret_env: None,
         }
     }
 }

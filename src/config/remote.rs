@@ -4,9 +4,6 @@
 //! says (`Raw*`, with the documented defaults) is checked here into typed
 //! settings; every error names the field (`issuers[1].url: ...`).
 
-// Not reached from a request until the issuer kinds dispatch to it (issue 9).
-#![cfg_attr(not(test), allow(dead_code))]
-
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -436,5 +433,154 @@ mod tests {
             error.starts_with("issuers[2].url: must be https or loopback http"),
             "{error}"
         );
+    }
+
+    // Whole files: the kinds as `[[issuers]]` tables, beside a jwt issuer.
+
+    const FILE: &str = r#"
+        [ably]
+        api_key = "a.b:c"
+        [[issuers]]
+        name = "clerk"
+        issuer = "https://clerk.example.com"
+        jwks_url = "https://clerk.example.com/.well-known/jwks.json"
+        cookies = ["__session"]
+        [[issuers]]
+        name = "app-session"
+        kind = "session_endpoint"
+        url = "http://127.0.0.1:3000/api/auth/session"
+        forward_cookies = ["authjs.session-token"]
+        client_id_claim = "/user/id"
+        cache_ttl = "10s"
+        [[issuers]]
+        name = "hydra"
+        kind = "introspection"
+        url = "https://auth.example.com/oauth2/introspect"
+        client_id = "ably-tokend"
+        client_secret_env = "REMOTE_TEST_CLIENT_SECRET"
+    "#;
+
+    fn load(text: &str) -> Result<crate::config::Settings, String> {
+        let dir =
+            std::env::temp_dir().join(format!("tokend-remote-{}-{:x}", std::process::id(), n()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c.toml");
+        std::fs::write(&file, text).unwrap();
+        let env = vec![(
+            "REMOTE_TEST_CLIENT_SECRET".to_string(),
+            "client-secret-value".to_string(),
+        )];
+        let result =
+            crate::config::Settings::load_from(&file, true, &env).map_err(|e| e.to_string());
+        std::fs::remove_dir_all(&dir).ok();
+        result
+    }
+
+    fn n() -> usize {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    #[test]
+    fn both_kinds_load_as_issuer_tables() {
+        use crate::config::IssuerKind;
+        let s = load(FILE).unwrap();
+        let endpoint = &s.issuers[1];
+        let IssuerKind::SessionEndpoint(settings) = &endpoint.kind else {
+            panic!("a session endpoint")
+        };
+        assert_eq!(settings.cache_ttl, Duration::from_secs(10));
+        assert_eq!(settings.timeout, Duration::from_secs(2));
+        // forward_cookies route requests like other kinds' cookies.
+        assert_eq!(endpoint.cookies, vec!["authjs.session-token"]);
+        assert_eq!(endpoint.client_id_claim.as_str(), "/user/id");
+        assert!(!endpoint.takes_opaque_bearer());
+        let IssuerKind::Introspection(settings) = &s.issuers[2].kind else {
+            panic!("an introspection issuer")
+        };
+        assert_eq!(settings.client_secret.expose(), b"client-secret-value");
+        assert!(s.issuers[2].takes_opaque_bearer());
+        assert!(s.issuers[2].cookies.is_empty());
+        assert!(!format!("{s:?}").contains("client-secret-value"));
+    }
+
+    #[test]
+    fn fields_of_other_kinds_are_refused_naming_the_field() {
+        let cases = [
+            // A jwt field on a look-up kind, and the reverse.
+            (
+                "forward_cookies = [\"authjs.session-token\"]",
+                "forward_cookies = [\"authjs.session-token\"]\njwks_url = \"https://x.example/j\"",
+                "issuers[1].jwks_url: does not apply to kind = \"session_endpoint\"",
+            ),
+            (
+                "forward_cookies = [\"authjs.session-token\"]",
+                "cookies = [\"authjs.session-token\"]",
+                "issuers[1].cookies: does not apply to kind = \"session_endpoint\": name the cookies to forward in forward_cookies",
+            ),
+            (
+                "cache_ttl = \"10s\"",
+                "client_id = \"x\"",
+                "issuers[1].client_id: does not apply to kind = \"session_endpoint\"",
+            ),
+            (
+                "client_id = \"ably-tokend\"",
+                "client_id = \"ably-tokend\"\nforward_cookies = [\"a\"]",
+                "issuers[2].forward_cookies: does not apply to kind = \"introspection\"",
+            ),
+            (
+                "client_id = \"ably-tokend\"",
+                "client_id = \"ably-tokend\"\nsecret = \"0123456789abcdef0123456789abcdef\"",
+                "issuers[2].secret: does not apply to kind = \"introspection\"",
+            ),
+            (
+                "cookies = [\"__session\"]",
+                "cookies = [\"__session\"]\ntimeout = \"1s\"",
+                "issuers[0].timeout: does not apply to kind = \"jwt\"",
+            ),
+            (
+                "cookies = [\"__session\"]",
+                "cookies = [\"__session\"]\nurl = \"https://x.example\"",
+                "issuers[0].url: does not apply to kind = \"jwt\"",
+            ),
+            // Their own fields are checked with the table's index.
+            (
+                "cache_ttl = \"10s\"",
+                "cache_ttl = \"2h\"",
+                "issuers[1].cache_ttl: must be at most 1h",
+            ),
+            (
+                "client_secret_env = \"REMOTE_TEST_CLIENT_SECRET\"",
+                "client_secret_env = \"REMOTE_TEST_UNSET\"",
+                "issuers[2].client_secret_env: the environment variable REMOTE_TEST_UNSET is not set or is empty",
+            ),
+            // A cookie belongs to one issuer, forward_cookies included.
+            (
+                "forward_cookies = [\"authjs.session-token\"]",
+                "forward_cookies = [\"a\", \"__session\"]",
+                "issuers[1].forward_cookies[1]: \"__session\" is already listed by issuers[0]: a cookie belongs to one issuer",
+            ),
+            // Two issuers that take opaque Bearer values would be ambiguous.
+            (
+                "cache_ttl = \"10s\"",
+                "forward_authorization = true",
+                "issuers[2].kind: issuers[1] already takes Bearer values that are not JWTs",
+            ),
+            (
+                "kind = \"introspection\"",
+                "kind = \"bearer\"",
+                "issuers[2].kind: \"bearer\" is not a kind of issuer: use \"jwt\", \"authjs\", \"session_endpoint\" or \"introspection\"",
+            ),
+        ];
+        for (from, to, expected) in cases {
+            assert!(FILE.contains(from), "{from}");
+            let e = load(&FILE.replacen(from, to, 1)).unwrap_err();
+            assert!(e.starts_with(expected), "{from} → {to}:\n{e}");
+            assert!(!e.contains("client-secret-value"), "{e}");
+        }
+        // One session endpoint taking Authorization, with no introspection issuer, is fine.
+        let one = FILE.replacen("cache_ttl = \"10s\"", "forward_authorization = true", 1);
+        let one = &one[..one.find("[[issuers]]\n        name = \"hydra\"").unwrap()];
+        assert!(load(one).unwrap().issuers[1].takes_opaque_bearer());
     }
 }

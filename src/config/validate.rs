@@ -69,11 +69,28 @@ fn check_unique(
             ));
         }
     }
+    // A Bearer value that is not a JWT goes to the one issuer that takes it.
+    if issuer.takes_opaque_bearer() {
+        if let Some(k) = earlier.iter().position(IssuerSettings::takes_opaque_bearer) {
+            let field = match issuer.kind {
+                super::IssuerKind::Introspection(_) => "kind",
+                _ => "forward_authorization",
+            };
+            return Err(invalid(
+                format!("issuers[{i}].{field}"),
+                format!(
+                    "issuers[{k}] already takes Bearer values that are not JWTs: at most one \
+                     issuer may (an introspection issuer, or a session_endpoint with \
+                     forward_authorization = true)"
+                ),
+            ));
+        }
+    }
     // A cookie is routed to the one issuer that lists it.
     for (j, cookie) in issuer.cookies.iter().enumerate() {
         if let Some(k) = earlier.iter().position(|o| o.cookies.contains(cookie)) {
             return Err(invalid(
-                format!("issuers[{i}].cookies[{j}]"),
+                format!("issuers[{i}].{}[{j}]", issuer.cookies_field()),
                 format!(
                     "{cookie:?} is already listed by issuers[{k}]: a cookie belongs to one issuer"
                 ),

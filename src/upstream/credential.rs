@@ -1,9 +1,14 @@
 //! Where a request's session credential comes from, decided once at the
 //! edge: `Authorization: Bearer` (only that scheme), else the first listed
-//! cookie present. A cookie listed by an issuer goes to that issuer; with no
-//! issuer listing cookies, `[server] session_cookies` hold plain JWTs routed
-//! by their `iss`. The header wins when both are present, and a bad header is
-//! never rescued by a good cookie.
+//! cookie present. A Bearer JWT (three base64url parts, RFC 7515 §7.1) goes
+//! to the `jwt` issuer its `iss` names; a Bearer value that is not a JWT goes
+//! to the one issuer that takes opaque tokens (`introspection`, or a
+//! `session_endpoint` with `forward_authorization = true`; configuration
+//! allows one at most), and is read as a JWT when there is none. A cookie
+//! listed by an issuer (`cookies`, or a session endpoint's `forward_cookies`)
+//! goes to that issuer; with no issuer listing cookies, `[server]
+//! session_cookies` hold plain JWTs routed by their `iss`. The header wins
+//! when both are present, and a bad header is never rescued by a good cookie.
 //!
 //! Long values are split by Auth.js into `NAME.0`, `NAME.1`, … (its
 //! `SessionStore` in @auth/core `src/lib/utils/cookie.ts`; @supabase/ssr's
@@ -15,7 +20,7 @@
 use super::authjs::MAX_COOKIE_BYTES;
 use super::jws::MAX_TOKEN_BYTES;
 use super::{supabase, UpstreamError};
-use crate::config::{CookieFormat, IssuerSettings};
+use crate::config::{CookieFormat, IssuerKind, IssuerSettings};
 
 /// More chunks than this are refused (8 × ~4 KB is past any real session).
 pub(crate) const MAX_CHUNKS: usize = 8;
@@ -28,6 +33,50 @@ pub(crate) enum Credential {
     Token(String),
     /// A cookie listed by an issuer, for that issuer.
     Cookie(IssuerCookie),
+    /// A Bearer value that is not a JWT, for the issuer that takes them.
+    Opaque(OpaqueBearer),
+    /// A session endpoint's cookies, to be forwarded as they came.
+    Forward(ForwardCookies),
+}
+
+#[derive(PartialEq, Eq)]
+pub(crate) struct OpaqueBearer {
+    /// The `name` of the issuer that takes opaque Bearer values.
+    pub(crate) issuer: String,
+    /// The token alone (for introspection).
+    pub(crate) token: String,
+    /// The whole `Authorization` value as it came (for a session endpoint).
+    pub(crate) header: String,
+}
+
+#[derive(PartialEq, Eq)]
+pub(crate) struct ForwardCookies {
+    /// The `name` of the session-endpoint issuer that lists the cookies.
+    pub(crate) issuer: String,
+    /// Every pair of a listed cookie or its chunks, in arrival order, values
+    /// as they came.
+    pub(crate) cookies: Vec<(String, String)>,
+}
+
+/// Never prints the token.
+impl std::fmt::Debug for OpaqueBearer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpaqueBearer")
+            .field("issuer", &self.issuer)
+            .field("token_bytes", &self.token.len())
+            .finish()
+    }
+}
+
+/// Never prints a cookie value.
+impl std::fmt::Debug for ForwardCookies {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.cookies.iter().map(|(n, _)| n.as_str()).collect();
+        f.debug_struct("ForwardCookies")
+            .field("issuer", &self.issuer)
+            .field("cookies", &names)
+            .finish()
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -79,9 +128,23 @@ pub(crate) fn credential<'h>(
             if value.len() > 7 + MAX_TOKEN_BYTES + 64 {
                 return Err(UpstreamError::TokenTooLarge("a JWT is at most 8 KiB"));
             }
-            let token = std::str::from_utf8(&value[7..])
-                .map_err(|_| UpstreamError::Malformed("the bearer token is not text"))?
-                .trim();
+            let header = std::str::from_utf8(value)
+                .map_err(|_| UpstreamError::Malformed("the bearer token is not text"))?;
+            let token = header[7..].trim();
+            if !token.is_empty() && !is_jwt_shaped(token) {
+                if token.len() > MAX_TOKEN_BYTES {
+                    return Err(UpstreamError::TokenTooLarge(
+                        "a Bearer token is at most 8 KiB",
+                    ));
+                }
+                if let Some(issuer) = routes.issuers.iter().find(|i| i.takes_opaque_bearer()) {
+                    return Ok(Credential::Opaque(OpaqueBearer {
+                        issuer: issuer.name.clone(),
+                        token: token.to_string(),
+                        header: header.to_string(),
+                    }));
+                }
+            }
             return checked_jwt(token).map(Credential::Token);
         }
         // Another scheme (Basic, say) is not ours: fall through to cookies.
@@ -92,6 +155,9 @@ pub(crate) fn credential<'h>(
         };
         return match issuer {
             None => checked_jwt(&value).map(Credential::Token),
+            Some(issuer) if matches!(issuer.kind, IssuerKind::SessionEndpoint(_)) => {
+                forwarded(cookie_headers, issuer).map(Credential::Forward)
+            }
             Some(issuer) => {
                 let supabase = issuer
                     .jwt()
@@ -110,6 +176,60 @@ pub(crate) fn credential<'h>(
         };
     }
     Err(UpstreamError::Missing)
+}
+
+/// Three parts of base64url text, the first two not empty: the compact
+/// serialization of a JWS (RFC 7515 §7.1). Anything else is not a JWT.
+fn is_jwt_shaped(token: &str) -> bool {
+    let mut parts = token.split('.');
+    let b64url = |part: &str| {
+        part.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    matches!(
+        (parts.next(), parts.next(), parts.next(), parts.next()),
+        (Some(h), Some(p), Some(s), None)
+            if !h.is_empty() && !p.is_empty() && b64url(h) && b64url(p) && b64url(s)
+    )
+}
+
+/// The pairs of every cookie `issuer` lists and of their chunks, in arrival
+/// order and as they came (a session endpoint reads them itself), at most
+/// 32 KiB together.
+fn forwarded<'h>(
+    headers: impl IntoIterator<Item = &'h str>,
+    issuer: &IssuerSettings,
+) -> Result<ForwardCookies, UpstreamError> {
+    let listed = |name: &str| {
+        issuer
+            .cookies
+            .iter()
+            .any(|c| name == c || chunk_index(name, c).is_some())
+    };
+    let mut total = 0usize;
+    let mut cookies = Vec::new();
+    for header in headers {
+        for pair in header.split(';') {
+            let Some((name, value)) = pair.trim().split_once('=') else {
+                continue;
+            };
+            let (name, value) = (name.trim(), value.trim());
+            if value.is_empty() || !listed(name) {
+                continue;
+            }
+            total += name.len() + value.len();
+            if total > MAX_COOKIE_BYTES {
+                return Err(UpstreamError::TokenTooLarge(
+                    "a session cookie is at most 32 KiB",
+                ));
+            }
+            cookies.push((name.to_string(), value.to_string()));
+        }
+    }
+    Ok(ForwardCookies {
+        issuer: issuer.name.clone(),
+        cookies,
+    })
 }
 
 fn checked_jwt(token: &str) -> Result<String, UpstreamError> {
@@ -363,5 +483,105 @@ mod tests {
             get(&s, None, &[&eight.join("; ")]),
             Ok(issuer_cookie(n, "xxxxxxxx"))
         );
+    }
+
+    const LOOKUPS: &str = r#"
+        [[issuers]]
+        name = "app-session"
+        kind = "session_endpoint"
+        url = "http://127.0.0.1:3000/api/auth/session"
+        forward_cookies = ["authjs.session-token", "other"]
+        [[issuers]]
+        name = "hydra"
+        kind = "introspection"
+        url = "http://127.0.0.1:4444/oauth2/introspect"
+        client_id = "ably-tokend"
+        client_secret_env = "CREDENTIAL_TEST_SECRET"
+    "#;
+
+    fn opaque(token: &str, header: &str) -> Credential {
+        Credential::Opaque(OpaqueBearer {
+            issuer: "hydra".into(),
+            token: token.into(),
+            header: header.into(),
+        })
+    }
+
+    #[test]
+    fn a_bearer_that_is_not_a_jwt_goes_to_the_issuer_that_takes_them() {
+        let s = settings(LOOKUPS);
+        let c = ["authjs.session-token=abc"];
+        assert_eq!(
+            get(&s, Some("Bearer ory_at_opaque-Value~1"), &c),
+            Ok(opaque(
+                "ory_at_opaque-Value~1",
+                "Bearer ory_at_opaque-Value~1"
+            ))
+        );
+        // Four or five parts (a JWE), padding, an empty payload: not JWTs.
+        for token in ["a.b.c.d.e", "ab.cd=.ef", "ab..ef", "abc"] {
+            let header = format!("bearer {token}");
+            assert_eq!(get(&s, Some(&header), &[]), Ok(opaque(token, &header)));
+        }
+        // A JWT still goes by its iss, whatever the cookies.
+        assert_eq!(
+            get(&s, Some("Bearer eyJh.eyJp.c2ln"), &c),
+            Ok(Credential::Token("eyJh.eyJp.c2ln".into()))
+        );
+        assert_eq!(
+            get(&s, Some("Bearer ab.cd."), &c),
+            Ok(Credential::Token("ab.cd.".into()))
+        );
+        // Without such an issuer a non-JWT is read as a JWT (and refused there).
+        let plain = settings(AUTHJS);
+        assert_eq!(
+            get(&plain, Some("Bearer opaque"), &[]),
+            Ok(Credential::Token("opaque".into()))
+        );
+        // Empty and oversized values are refused before routing.
+        assert_eq!(get(&s, Some("Bearer  "), &c), Err("session_token_missing"));
+        let huge = format!("Bearer {}", "a".repeat(MAX_TOKEN_BYTES + 1));
+        assert_eq!(get(&s, Some(&huge), &c), Err("session_token_too_large"));
+    }
+
+    #[test]
+    fn a_session_endpoints_cookies_are_forwarded_as_they_came() {
+        let s = settings(LOOKUPS);
+        let forwarded = |cookies: &[(&str, &str)]| {
+            Credential::Forward(ForwardCookies {
+                issuer: "app-session".into(),
+                cookies: cookies
+                    .iter()
+                    .map(|(n, v)| (n.to_string(), v.to_string()))
+                    .collect(),
+            })
+        };
+        assert_eq!(
+            get(
+                &s,
+                None,
+                &[
+                    "theme=dark; authjs.session-token.1=B; other=\"q\"",
+                    "authjs.session-token.0=A; tracking=x"
+                ]
+            ),
+            Ok(forwarded(&[
+                ("authjs.session-token.1", "B"),
+                ("other", "\"q\""),
+                ("authjs.session-token.0", "A")
+            ]))
+        );
+        // The Authorization header of another scheme stays behind.
+        assert_eq!(
+            get(&s, Some("Basic dXNlcjpwYXNz"), &["other=1"]),
+            Ok(forwarded(&[("other", "1")]))
+        );
+        // Only unlisted cookies: no credential.
+        assert_eq!(
+            get(&s, None, &["theme=dark; __session=a.b.c"]),
+            Err("session_token_missing")
+        );
+        let big = format!("other={}", "x".repeat(MAX_COOKIE_BYTES));
+        assert_eq!(get(&s, None, &[&big]), Err("session_token_too_large"));
     }
 }

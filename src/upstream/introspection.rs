@@ -7,16 +7,13 @@
 //! `session_upstream_unavailable` like any other failure. Same time, size and
 //! redirect bounds as the session endpoint; never cached past `exp`.
 
-// Not reached from a request until the issuer kinds dispatch to it (issue 9).
-#![cfg_attr(not(test), allow(dead_code))]
-
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use reqwest::header::{ACCEPT, AUTHORIZATION};
 use serde_json::Value;
 
 use super::lookup::{self, read_expiry, Answer, ExpiryFormat, LookupError};
-use super::lookup_cache::LookupCache;
+use super::lookup_cache::{LookupCache, LookupCounts};
 use super::UpstreamError;
 use crate::clock::SharedClock;
 use crate::config::IntrospectionSettings;
@@ -32,6 +29,11 @@ pub(crate) struct Introspection {
 }
 
 impl Introspection {
+    /// How its look-ups ended so far, and how many answers it holds.
+    pub(crate) fn counts(&self) -> LookupCounts {
+        self.cache.counts()
+    }
+
     /// `client` should be [`lookup::client`] (it never follows redirects).
     pub(crate) fn new(
         issuer: &str,

@@ -4,9 +4,6 @@
 //! SHA-256 of exactly what was forwarded) and the strict reading of a
 //! session's expiry.
 
-// Not reached from a request until the issuer kinds dispatch to it (issue 9).
-#![cfg_attr(not(test), allow(dead_code))]
-
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 

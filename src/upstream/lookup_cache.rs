@@ -8,11 +8,9 @@
 //! session's expiry its wall time, so tests move a `ManualClock` instead of
 //! sleeping.
 
-// Not reached from a request until the issuer kinds dispatch to it (issue 9).
-#![cfg_attr(not(test), allow(dead_code))]
-
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -50,6 +48,28 @@ pub(crate) struct LookupCache {
     max_entries: usize,
     clock: SharedClock,
     inner: Mutex<Inner>,
+    counts: Counts,
+}
+
+/// How look-ups ended, for metrics: answered from the cache (or by another
+/// caller's call under way), or by a call of this one's that found a
+/// session, a refusal, or no usable answer. Together they count every look-up.
+#[derive(Default)]
+struct Counts {
+    hit: AtomicU64,
+    miss: AtomicU64,
+    refused: AtomicU64,
+    unavailable: AtomicU64,
+}
+
+/// A snapshot of [`Counts`] and the cache's size.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct LookupCounts {
+    pub(crate) hit: u64,
+    pub(crate) miss: u64,
+    pub(crate) refused: u64,
+    pub(crate) unavailable: u64,
+    pub(crate) entries: usize,
 }
 
 impl LookupCache {
@@ -67,6 +87,18 @@ impl LookupCache {
             max_entries: max_entries.max(1),
             clock,
             inner: Mutex::new(Inner::default()),
+            counts: Counts::default(),
+        }
+    }
+
+    pub(crate) fn counts(&self) -> LookupCounts {
+        let read = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        LookupCounts {
+            hit: read(&self.counts.hit),
+            miss: read(&self.counts.miss),
+            refused: read(&self.counts.refused),
+            unavailable: read(&self.counts.unavailable),
+            entries: self.len(),
         }
     }
 
@@ -95,7 +127,10 @@ impl LookupCache {
             let now_ms = self.clock.now_ms();
             let mut inner = self.lock();
             match inner.entries.get(&key) {
-                Some(entry) if self.live(entry, now, now_ms) => return entry.outcome.clone(),
+                Some(entry) if self.live(entry, now, now_ms) => {
+                    self.counts.hit.fetch_add(1, Ordering::Relaxed);
+                    return entry.outcome.clone();
+                }
                 Some(_) => {
                     inner.entries.remove(&key);
                 }
@@ -108,9 +143,11 @@ impl LookupCache {
             key,
             cell,
         };
-        flight
+        let called = std::sync::atomic::AtomicBool::new(false);
+        let outcome = flight
             .cell
             .get_or_init(|| async {
+                called.store(true, Ordering::Relaxed);
                 let answer = fetch().await;
                 let mut inner = self.lock();
                 inner.flights.remove(&key);
@@ -118,7 +155,15 @@ impl LookupCache {
                 answer.claims
             })
             .await
-            .clone()
+            .clone();
+        let counter = match (&outcome, called.load(Ordering::Relaxed)) {
+            (_, false) => &self.counts.hit,
+            (Ok(_), true) => &self.counts.miss,
+            (Err(LookupError::Refused(_)), true) => &self.counts.refused,
+            (Err(LookupError::Unavailable(_)), true) => &self.counts.unavailable,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        outcome
     }
 
     fn store(&self, inner: &mut Inner, key: Key, answer: &Answer) {

@@ -2,7 +2,9 @@
 //! issuer it belongs to and returns its claims. A JWT goes to the `jwt`
 //! issuer its `iss` names, with that issuer's keys and algorithms; a cookie
 //! goes to the issuer that lists it (`authjs` cookies are decrypted in
-//! `authjs.rs`). Every kind yields the same `Session`.
+//! `authjs.rs`); a session endpoint's cookies and an opaque Bearer value are
+//! looked up (`session_endpoint.rs`, `introspection.rs`). Every kind yields
+//! the same `Session`.
 
 pub mod authjs;
 pub(crate) mod credential;
@@ -26,7 +28,10 @@ use serde_json::{Map, Value};
 use crate::clock::SharedClock;
 use crate::config::{IssuerKind, IssuerSettings, JwtIssuer, KeySource};
 pub(crate) use credential::{Credential, IssuerCookie};
+use introspection::Introspection;
 pub(crate) use jwks_cache::{CacheStatus, DiscoveryStatus, JwksCache, Probe, Readiness};
+pub(crate) use lookup_cache::LookupCounts;
+use session_endpoint::SessionEndpoint;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -106,6 +111,8 @@ enum Keys {
     Jwks(Arc<JwksCache>),
     Secret(DecodingKey),
     Authjs(authjs::Keys),
+    SessionEndpoint(SessionEndpoint),
+    Introspection(Introspection),
 }
 
 struct Issuer {
@@ -125,6 +132,7 @@ pub(crate) struct Verifier {
 impl Verifier {
     pub(crate) fn new(issuers: &[IssuerSettings], clock: SharedClock) -> Verifier {
         let client = jwks_cache::http_client();
+        let lookup_client = lookup::client();
         let issuers: Vec<Issuer> = issuers
             .iter()
             .map(|settings| {
@@ -155,6 +163,22 @@ impl Verifier {
                         let secrets: Vec<&[u8]> =
                             authjs.secrets.iter().map(|s| s.secret.expose()).collect();
                         Keys::Authjs(authjs::Keys::derive(&secrets, &settings.cookies))
+                    }
+                    IssuerKind::SessionEndpoint(endpoint) => {
+                        Keys::SessionEndpoint(SessionEndpoint::new(
+                            &settings.name,
+                            endpoint.clone(),
+                            lookup_client.clone(),
+                            clock.clone(),
+                        ))
+                    }
+                    IssuerKind::Introspection(introspection) => {
+                        Keys::Introspection(Introspection::new(
+                            &settings.name,
+                            introspection.clone(),
+                            lookup_client.clone(),
+                            clock.clone(),
+                        ))
                     }
                 };
                 Issuer {
@@ -197,7 +221,25 @@ impl Verifier {
             .iter()
             .filter_map(|issuer| match &issuer.keys {
                 Keys::Jwks(cache) => Some((issuer.settings.name.clone(), cache.status())),
-                Keys::Secret(_) | Keys::Authjs(_) => None,
+                _ => None,
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// Each look-up issuer's name, kind and counts, by name.
+    pub(crate) fn lookup_status(&self) -> Vec<(String, &'static str, LookupCounts)> {
+        let mut out: Vec<(String, &'static str, LookupCounts)> = self
+            .issuers
+            .iter()
+            .filter_map(|issuer| {
+                let (kind, counts) = match &issuer.keys {
+                    Keys::SessionEndpoint(e) => ("session_endpoint", e.counts()),
+                    Keys::Introspection(i) => ("introspection", i.counts()),
+                    _ => return None,
+                };
+                Some((issuer.settings.name.clone(), kind, counts))
             })
             .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
@@ -212,20 +254,56 @@ impl Verifier {
         match credential {
             Credential::Token(token) => self.verify_jwt(token, None).await,
             Credential::Cookie(cookie) => {
-                let issuer = self
-                    .by_name
-                    .get(&cookie.issuer)
-                    .map(|&i| &self.issuers[i])
-                    // Routes are built from the same settings; never a panic.
-                    .ok_or(UpstreamError::IssuerUnknown)?;
+                let issuer = self.named(&cookie.issuer)?;
                 match &issuer.keys {
                     Keys::Authjs(keys) => self.open_authjs(issuer, keys, cookie),
                     Keys::Jwks(_) | Keys::Secret(_) => {
                         self.verify_jwt(&cookie.value, Some(issuer)).await
                     }
+                    // Routing sends a session endpoint's cookies as Forward.
+                    Keys::SessionEndpoint(_) | Keys::Introspection(_) => {
+                        Err(UpstreamError::IssuerUnknown)
+                    }
                 }
             }
+            Credential::Opaque(bearer) => {
+                let issuer = self.named(&bearer.issuer)?;
+                let claims = match &issuer.keys {
+                    Keys::Introspection(introspection) => {
+                        introspection.look_up(&bearer.token).await?
+                    }
+                    Keys::SessionEndpoint(endpoint) => {
+                        let forwarded = session_endpoint::Credentials {
+                            cookies: Vec::new(),
+                            authorization: Some(bearer.header.clone()),
+                        };
+                        endpoint.look_up(&forwarded).await?
+                    }
+                    _ => return Err(UpstreamError::IssuerUnknown),
+                };
+                looked_up(issuer, claims)
+            }
+            Credential::Forward(cookies) => {
+                let issuer = self.named(&cookies.issuer)?;
+                let Keys::SessionEndpoint(endpoint) = &issuer.keys else {
+                    return Err(UpstreamError::IssuerUnknown);
+                };
+                let forwarded = session_endpoint::Credentials {
+                    cookies: cookies.cookies.clone(),
+                    authorization: None,
+                };
+                looked_up(issuer, endpoint.look_up(&forwarded).await?)
+            }
         }
+    }
+
+    /// The issuer a cookie or an opaque Bearer value was routed to.
+    fn named(&self, name: &str) -> Result<&Issuer, UpstreamError> {
+        self.by_name
+            .get(name)
+            .map(|&i| &self.issuers[i])
+            // Routes are built from the same settings; never a panic.
+            .ok_or(UpstreamError::IssuerUnknown)
     }
 
     /// A signed JWT, for the issuer its `iss` names; when it came in a cookie
@@ -273,7 +351,9 @@ impl Verifier {
                 alg,
             ),
             // by_iss holds jwt issuers only.
-            Keys::Authjs(_) => return Err(UpstreamError::IssuerUnknown),
+            Keys::Authjs(_) | Keys::SessionEndpoint(_) | Keys::Introspection(_) => {
+                return Err(UpstreamError::IssuerUnknown)
+            }
         };
         if !verified.unwrap_or(false) {
             return Err(UpstreamError::BadSignature);
@@ -310,6 +390,20 @@ fn session(issuer: &Issuer, claims: Map<String, Value>) -> Result<Session, Upstr
         jti: text("jti"),
         sub: text("sub"),
         claims: Value::Object(claims),
+    })
+}
+
+/// The `Session` for a look-up's answer: the whole JSON object is the
+/// claims. Its expiry was already checked by the look-up (strictly, without
+/// leeway); `sub`, `sid` and `jti` are read for logs when they are text.
+fn looked_up(issuer: &Issuer, claims: Value) -> Result<Session, UpstreamError> {
+    let text = |name: &str| claims.get(name).and_then(Value::as_str).map(str::to_string);
+    Ok(Session {
+        issuer: issuer.settings.clone(),
+        sid: text("sid"),
+        jti: text("jti"),
+        sub: text("sub"),
+        claims,
     })
 }
 
@@ -388,6 +482,50 @@ fn check_claims(
         Some(_) => return Err(UpstreamError::BadClaim("azp")),
     }
     Ok(())
+}
+
+/// For `benches/lookups.rs` only (not an API): one request's identity work,
+/// from the raw headers through routing to the `Session`'s claims.
+#[doc(hidden)]
+pub mod benching {
+    use super::credential::{credential, CookieRoutes};
+    use super::Verifier;
+    use crate::config::Settings;
+
+    pub struct Identity {
+        verifier: Verifier,
+        settings: Settings,
+    }
+
+    impl Identity {
+        pub fn new(settings: Settings) -> Identity {
+            Identity {
+                verifier: Verifier::new(&settings.issuers, crate::clock::system()),
+                settings,
+            }
+        }
+
+        /// The session's claims for a request with these headers, or the
+        /// refusal's reason.
+        pub async fn claims(
+            &self,
+            authorization: Option<&str>,
+            cookie: &str,
+        ) -> Result<serde_json::Value, &'static str> {
+            let routes = CookieRoutes {
+                issuers: &self.settings.issuers,
+                session_cookies: &self.settings.server.session_cookies,
+            };
+            let credential = credential(authorization.map(str::as_bytes), [cookie], &routes)
+                .map_err(|e| e.reason())?;
+            let session = self
+                .verifier
+                .authenticate(&credential)
+                .await
+                .map_err(|e| e.reason())?;
+            Ok(session.claims)
+        }
+    }
 }
 
 #[cfg(test)]

@@ -7,14 +7,11 @@
 //! any 3xx are refusals (401 `session_invalid`); anything else is the
 //! upstream failing (503 `session_upstream_unavailable`), never a 500.
 
-// Not reached from a request until the issuer kinds dispatch to it (issue 9).
-#![cfg_attr(not(test), allow(dead_code))]
-
 use reqwest::header::{HeaderValue, ACCEPT, AUTHORIZATION, COOKIE};
 use serde_json::Value;
 
 use super::lookup::{self, read_expiry, Answer, ExpiryFormat, LookupError};
-use super::lookup_cache::LookupCache;
+use super::lookup_cache::{LookupCache, LookupCounts};
 use super::UpstreamError;
 use crate::clock::SharedClock;
 use crate::config::SessionEndpointSettings;
@@ -57,6 +54,11 @@ struct Forwarded {
 }
 
 impl SessionEndpoint {
+    /// How its look-ups ended so far, and how many answers it holds.
+    pub(crate) fn counts(&self) -> LookupCounts {
+        self.cache.counts()
+    }
+
     /// `client` should be [`lookup::client`] (it never follows redirects).
     pub(crate) fn new(
         issuer: &str,

@@ -26,4 +26,5 @@ mod process;
 mod readme_providers;
 mod rest_surface;
 mod sandbox;
+mod session_kinds;
 mod tokens;

@@ -21,8 +21,9 @@ fn readme_blocks() -> Vec<(String, String)> {
     section
         .split("\n### ")
         .skip(1)
-        // Cookie-based providers are run by the Node identity suite, which
-        // mints their cookies with the providers' own libraries.
+        // Marked blocks are run elsewhere: cookie-based providers by the Node
+        // identity suite (cookies from the providers' own libraries), Better
+        // Auth's session endpoint by session_kinds.rs.
         .filter(|part| !part.contains("<!-- identity-config:"))
         .map(|part| {
             let heading = part.lines().next().unwrap().trim().to_string();
