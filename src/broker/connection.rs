@@ -313,6 +313,9 @@ impl Connection {
             }
             Inbound::Close => {
                 self.membership.leave_at_once = true;
+                self.state
+                    .sessions
+                    .retire(&self.membership.key, &self.membership.id);
                 self.send(&json!({"action": action::CLOSED})).await?;
                 return Ok(Flow::Close);
             }

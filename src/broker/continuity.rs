@@ -220,6 +220,16 @@ impl Sessions {
         Some((fresh && closed.client_id.as_deref() == client_id).then_some(closed.id))
     }
 
+    /// Forgets the open connection `key` names before its clean-up runs: its
+    /// client closed it (CLOSE), so from the CLOSED reply on its key names
+    /// nothing, e.g. for a REST publish on its behalf (TM2h).
+    pub(crate) fn retire(&self, key: &str, id: &str) {
+        let mut table = self.lock();
+        if table.live.get(key).is_some_and(|l| l.id == id) {
+            table.live.remove(key);
+        }
+    }
+
     /// The id and clientId of the open connection `key` names.
     pub(crate) fn live(&self, key: &str) -> Option<(String, Option<String>)> {
         self.lock()
