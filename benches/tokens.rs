@@ -15,7 +15,7 @@ use ably_tokend::upstream::jws;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use criterion::{criterion_group, criterion_main, Criterion};
-use jsonwebtoken::{Algorithm, EncodingKey};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
 use serde_json::json;
 
 fn fixture(name: &str) -> String {
@@ -58,15 +58,27 @@ fn verification(c: &mut Criterion) {
         let mut jwk: serde_json::Value =
             serde_json::from_str(&fixture(&format!("{fixture_name}.jwk.json"))).unwrap();
         jwk["kid"] = json!("k");
-        let set = KeySet::parse(json!({"keys": [jwk]}).to_string().as_bytes()).unwrap();
-        c.bench_function(&format!("verify_session_jwt/{name}/{backend}"), |b| {
+        let set = KeySet::parse(json!({"keys": [jwk.clone()]}).to_string().as_bytes()).unwrap();
+        // The service's path: the key parsed once per JWKS key (always aws-lc).
+        c.bench_function(&format!("verify_session_jwt/{name}/parsed-key"), |b| {
             b.iter(|| {
                 let parsed = jws::parse(black_box(&token)).unwrap();
                 let key = set.find(parsed.kid.as_deref(), alg).unwrap();
+                assert!(key.verify(alg, parsed.signing_input.as_bytes(), parsed.signature));
+                parsed.claims
+            })
+        });
+        // For comparison: jsonwebtoken building the key on every call, with
+        // the crate's crypto backend.
+        let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(jwk).unwrap();
+        let key = DecodingKey::from_jwk(&jwk).unwrap();
+        c.bench_function(&format!("verify_session_jwt/{name}/jsonwebtoken-{backend}"), |b| {
+            b.iter(|| {
+                let parsed = jws::parse(black_box(&token)).unwrap();
                 let ok = jsonwebtoken::crypto::verify(
                     parsed.signature,
                     parsed.signing_input.as_bytes(),
-                    &key.key,
+                    &key,
                     alg,
                 )
                 .unwrap();
