@@ -76,7 +76,9 @@ impl VerifyKey {
 /// Every asymmetric algorithm, for keys whose JWK names none.
 const ASYMMETRIC: [Algorithm; 9] = {
     use Algorithm::*;
-    [RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA]
+    [
+        RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA,
+    ]
 };
 
 impl std::fmt::Debug for VerifyKey {
@@ -254,7 +256,10 @@ fn parse_key(jwk: &Value) -> Result<VerifyKey, String> {
 
 /// A JWK's public key material, before aws-lc parses it.
 enum PublicKey {
-    Rsa { n: Vec<u8>, e: Vec<u8> },
+    Rsa {
+        n: Vec<u8>,
+        e: Vec<u8>,
+    },
     /// An uncompressed point, `04 || x || y`.
     Ec(Vec<u8>),
     Ed25519(Vec<u8>),
@@ -375,14 +380,25 @@ mod tests {
             } else {
                 Algorithm::RS256
             };
-            assert!(!key.verify(other, input.as_bytes(), &sig), "{kid} {other:?}");
+            assert!(
+                !key.verify(other, input.as_bytes(), &sig),
+                "{kid} {other:?}"
+            );
             assert!(!key.verify(alg, input.as_bytes(), &format!("{sig}!")));
         }
         // A key pinned to RS256 is not parsed for PS256 at all, and a
         // signature by another RSA key fails.
         let pinned = set.find(Some("rs256-only"), Algorithm::RS256).unwrap();
-        assert!(!pinned.verify(Algorithm::PS256, input.as_bytes(), &sign(Algorithm::PS256, "rsa2", input)));
-        assert!(!pinned.verify(Algorithm::RS256, input.as_bytes(), &sign(Algorithm::RS256, "rsa1", input)));
+        assert!(!pinned.verify(
+            Algorithm::PS256,
+            input.as_bytes(),
+            &sign(Algorithm::PS256, "rsa2", input)
+        ));
+        assert!(!pinned.verify(
+            Algorithm::RS256,
+            input.as_bytes(),
+            &sign(Algorithm::RS256, "rsa1", input)
+        ));
         // No HMAC algorithm verifies with a public key, whatever the secret.
         let rsa = set.find(Some("rsa"), Algorithm::RS256).unwrap();
         let hs = jsonwebtoken::crypto::sign(
@@ -401,7 +417,11 @@ mod tests {
         let doc = serde_json::json!({"keys": [ec, fixture("rsa1")]});
         let set = KeySet::parse(doc.to_string().as_bytes()).unwrap();
         assert_eq!(set.keys.len(), 1);
-        assert!(set.skipped[0].contains("not usable for ES256"), "{:?}", set.skipped);
+        assert!(
+            set.skipped[0].contains("not usable for ES256"),
+            "{:?}",
+            set.skipped
+        );
     }
 
     #[test]
