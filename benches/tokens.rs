@@ -19,7 +19,7 @@ use ably_tokend::upstream::jws;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use criterion::{criterion_group, criterion_main, Criterion};
-use jsonwebtoken::{Algorithm, EncodingKey};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
 use serde_json::json;
 
 fn fixture(name: &str) -> String {
@@ -62,22 +62,37 @@ fn verification(c: &mut Criterion) {
         let mut jwk: serde_json::Value =
             serde_json::from_str(&fixture(&format!("{fixture_name}.jwk.json"))).unwrap();
         jwk["kid"] = json!("k");
-        let set = KeySet::parse(json!({"keys": [jwk]}).to_string().as_bytes()).unwrap();
-        c.bench_function(&format!("verify_session_jwt/{name}/{backend}"), |b| {
+        let set = KeySet::parse(json!({"keys": [jwk.clone()]}).to_string().as_bytes()).unwrap();
+        // The service's path: the key parsed once per JWKS key (always aws-lc).
+        c.bench_function(&format!("verify_session_jwt/{name}/parsed-key"), |b| {
             b.iter(|| {
                 let parsed = jws::parse(black_box(&token)).unwrap();
                 let key = set.find(parsed.kid.as_deref(), alg).unwrap();
-                let ok = jsonwebtoken::crypto::verify(
-                    parsed.signature,
-                    parsed.signing_input.as_bytes(),
-                    &key.key,
-                    alg,
-                )
-                .unwrap();
-                assert!(ok);
+                assert!(key.verify(alg, parsed.signing_input.as_bytes(), parsed.signature));
                 parsed.claims
             })
         });
+        // For comparison: jsonwebtoken building the key on every call, with
+        // the crate's crypto backend.
+        let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(jwk).unwrap();
+        let key = DecodingKey::from_jwk(&jwk).unwrap();
+        c.bench_function(
+            &format!("verify_session_jwt/{name}/jsonwebtoken-{backend}"),
+            |b| {
+                b.iter(|| {
+                    let parsed = jws::parse(black_box(&token)).unwrap();
+                    let ok = jsonwebtoken::crypto::verify(
+                        parsed.signature,
+                        parsed.signing_input.as_bytes(),
+                        &key,
+                        alg,
+                    )
+                    .unwrap();
+                    assert!(ok);
+                    parsed.claims
+                })
+            },
+        );
     }
 }
 
@@ -167,5 +182,37 @@ fn policy_and_signing(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, verification, session_cookies, policy_and_signing);
+/// The TokenRequest mac's HMAC-SHA256 through the sha2 crate (what
+/// `signing::hmac_sha256` uses) and through aws-lc, on a mac input of the
+/// size a one-role grant gives.
+fn hmac_backends(c: &mut Criterion) {
+    use hmac::{Hmac, Mac};
+    let secret = b"keySecretkeySecretkeySecret";
+    let input = "appId.keyId\n3600000\n{\"announcements\":[\"subscribe\"],\"orders:user_2xYz:*\":[\"history\",\"presence\",\"subscribe\"]}\nuser_2xYz\n1700000000000\n0123456789abcdef0123456789abcdef\n";
+    c.bench_function("hmac_sha256/sha2-crate", |b| {
+        b.iter(|| {
+            let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret).unwrap();
+            mac.update(black_box(input.as_bytes()));
+            mac.finalize().into_bytes()
+        })
+    });
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret);
+    c.bench_function("hmac_sha256/aws-lc", |b| {
+        b.iter(|| aws_lc_rs::hmac::sign(&key, black_box(input.as_bytes())))
+    });
+    c.bench_function("hmac_sha256/aws-lc with key set-up", |b| {
+        b.iter(|| {
+            let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret);
+            aws_lc_rs::hmac::sign(&key, black_box(input.as_bytes()))
+        })
+    });
+}
+
+criterion_group!(
+    benches,
+    verification,
+    session_cookies,
+    policy_and_signing,
+    hmac_backends
+);
 criterion_main!(benches);

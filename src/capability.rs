@@ -465,7 +465,7 @@ impl Capability {
             if i > 0 {
                 out.push(',');
             }
-            out.push_str(&serde_json::Value::String(key.0.raw.clone()).to_string());
+            out.push_str(&serde_json::to_string(&key.0.raw).expect("a string serialises"));
             out.push_str(":[");
             for (j, name) in ops.names().iter().enumerate() {
                 if j > 0 {

@@ -183,14 +183,10 @@ fn upstream_jwt(
         let key = set
             .find(token.kid.as_deref(), alg)
             .ok_or_else(|| format!("no key in the JWKS for kid {:?} and {alg:?}", token.kid))?;
-        match jsonwebtoken::crypto::verify(
-            token.signature,
-            token.signing_input.as_bytes(),
-            &key.key,
-            alg,
-        ) {
-            Ok(true) => Ok(format!("signature verified with JWKS key {:?}", key.kid)),
-            _ => Err("the signature does not match the JWKS key".into()),
+        if key.verify(alg, token.signing_input.as_bytes(), token.signature) {
+            Ok(format!("signature verified with JWKS key {:?}", key.kid))
+        } else {
+            Err("the signature does not match the JWKS key".into())
         }
     }))
 }

@@ -99,14 +99,11 @@ impl ChannelTemplate {
 
     pub(crate) fn render(&self, values: &Values<'_>) -> Result<ChannelPattern, Rendered> {
         self.render_with(|part| match part {
-            Part::ClientId => check("{clientId}", Some(&Value::String(values.client_id.into())))
-                .map(|_| values.client_id),
-            Part::Claim(pointer) => {
-                let value = pointer.lookup(values.claims);
-                let name = format!("{{claim:{}}}", pointer.as_str());
-                check(&name, value)?;
-                Ok(value.and_then(Value::as_str).unwrap_or_default())
-            }
+            Part::ClientId => check_text(|| "{clientId}".into(), values.client_id),
+            Part::Claim(pointer) => check(
+                || format!("{{claim:{}}}", pointer.as_str()),
+                pointer.lookup(values.claims),
+            ),
             Part::Literal(_) => unreachable!("literals are copied, not looked up"),
         })
     }
@@ -133,25 +130,29 @@ pub(crate) enum Rendered {
 }
 
 /// The safe-substitution rule: a value must be a non-empty string of bounded
-/// length with nothing that a channel pattern gives meaning to.
-fn check(name: &str, value: Option<&Value>) -> Result<(), RejectedValue> {
-    let text = match value {
-        None | Some(Value::Null) => return Err(RejectedValue::Missing(name.into())),
-        Some(Value::String(s)) => s,
-        Some(_) => return Err(RejectedValue::NotAString(name.into())),
-    };
+/// length with nothing that a channel pattern gives meaning to. `name`, the
+/// placeholder for the error, is only built when a value is refused.
+fn check(name: impl FnOnce() -> String, value: Option<&Value>) -> Result<&str, RejectedValue> {
+    match value {
+        None | Some(Value::Null) => Err(RejectedValue::Missing(name())),
+        Some(Value::String(text)) => check_text(name, text),
+        Some(_) => Err(RejectedValue::NotAString(name())),
+    }
+}
+
+fn check_text(name: impl FnOnce() -> String, text: &str) -> Result<&str, RejectedValue> {
     if text.is_empty() {
-        return Err(RejectedValue::Empty(name.into()));
+        return Err(RejectedValue::Empty(name()));
     }
     if text.len() > MAX_VALUE_LEN {
-        return Err(RejectedValue::TooLong(name.into()));
+        return Err(RejectedValue::TooLong(name()));
     }
     if text.chars().any(|c| {
         matches!(c, '*' | ':' | '[' | ']' | ',' | '{' | '}') || c.is_whitespace() || c.is_control()
     }) {
-        return Err(RejectedValue::Unsafe(name.into()));
+        return Err(RejectedValue::Unsafe(name()));
     }
-    Ok(())
+    Ok(text)
 }
 
 #[cfg(test)]

@@ -30,8 +30,13 @@ pub fn new_nonce() -> String {
     OsRng
         .try_fill_bytes(&mut bytes)
         .expect("the operating system's random source is available");
-    // every Ably SDK has used.
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut nonce = String::with_capacity(2 * bytes.len());
+    for b in bytes {
+        nonce.push(char::from(HEX[usize::from(b >> 4)]));
+        nonce.push(char::from(HEX[usize::from(b & 0x0f)]));
+    }
+    nonce
 }
 
 /// HMAC-SHA256 over `keyName\nttl\ncapability\nclientId\ntimestamp\nnonce\n`,
@@ -195,7 +200,10 @@ mod tests {
     fn nonces_are_long_and_distinct() {
         let a = new_nonce();
         let b = new_nonce();
-        assert!(a.len() >= 16);
+        assert_eq!(a.len(), 32);
+        assert!(a
+            .bytes()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)));
         assert_ne!(a, b);
     }
 }

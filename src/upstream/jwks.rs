@@ -2,10 +2,19 @@
 //! for signatures (`use: enc`, symmetric `oct`, unknown `kty` or curve, RSA
 //! under 2048 bits, malformed parameters) are skipped one by one, so one odd
 //! key never poisons the rest of the set.
+//!
+//! Each kept key is parsed into an aws-lc public key once, when the set is
+//! read, for each algorithm it may verify; a request only checks a signature.
+//! (Building the RSA key per call, as `jsonwebtoken::crypto::verify` does,
+//! also rebuilds its Montgomery context: about 15 % of a verification, see
+//! BENCHMARKS.md "Per-request cost".)
 
+use std::sync::Arc;
+
+use aws_lc_rs::signature::{self as aws, ParsedPublicKey, RsaPublicKeyComponents};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use jsonwebtoken::{Algorithm, DecodingKey};
+use jsonwebtoken::Algorithm;
 use serde_json::Value;
 
 /// Most keys read from one set; real issuers publish two or three.
@@ -40,14 +49,37 @@ pub struct VerifyKey {
     pub(crate) kind: KeyKind,
     /// The JWK's own `alg`, which further restricts the key when present.
     pub(crate) alg: Option<Algorithm>,
-    pub key: DecodingKey,
+    /// The key parsed for each algorithm it accepts (one, or the six RSA
+    /// ones when the JWK names none).
+    parsed: Arc<[(Algorithm, ParsedPublicKey)]>,
 }
 
 impl VerifyKey {
     pub(crate) fn accepts(&self, alg: Algorithm) -> bool {
         self.kind.accepts(alg) && self.alg.is_none_or(|a| a == alg)
     }
+
+    /// Whether `signature` (base64url, as in a compact JWS) signs
+    /// `signing_input` with this key under `alg`. An algorithm the key does
+    /// not accept never verifies.
+    pub fn verify(&self, alg: Algorithm, signing_input: &[u8], signature: &str) -> bool {
+        let Some((_, key)) = self.parsed.iter().find(|(a, _)| *a == alg) else {
+            return false;
+        };
+        let Ok(signature) = URL_SAFE_NO_PAD.decode(signature) else {
+            return false;
+        };
+        key.verify_sig(signing_input, &signature).is_ok()
+    }
 }
+
+/// Every asymmetric algorithm, for keys whose JWK names none.
+const ASYMMETRIC: [Algorithm; 9] = {
+    use Algorithm::*;
+    [
+        RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA,
+    ]
+};
 
 impl std::fmt::Debug for VerifyKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -160,7 +192,7 @@ fn parse_key(jwk: &Value) -> Result<VerifyKey, String> {
                 .map_err(|_| format!("alg {a:?} is not a signature algorithm"))?,
         ),
     };
-    let (kind, key) = match field("kty") {
+    let (kind, public_key) = match field("kty") {
         Some("RSA") => {
             let n = b64_field(jwk, "n")?;
             let e = b64_field(jwk, "e")?;
@@ -171,7 +203,7 @@ fn parse_key(jwk: &Value) -> Result<VerifyKey, String> {
             if e.is_empty() || e.len() > 8 {
                 return Err("RSA exponent is malformed".into());
             }
-            (KeyKind::Rsa, DecodingKey::from_rsa_raw_components(&n, &e))
+            (KeyKind::Rsa, PublicKey::Rsa { n, e })
         }
         Some("EC") => {
             let (kind, len) = match field("crv") {
@@ -188,7 +220,7 @@ fn parse_key(jwk: &Value) -> Result<VerifyKey, String> {
             point.push(0x04);
             point.extend_from_slice(&x);
             point.extend_from_slice(&y);
-            (kind, DecodingKey::from_ec_der(&point))
+            (kind, PublicKey::Ec(point))
         }
         Some("OKP") => {
             if field("crv") != Some("Ed25519") {
@@ -198,7 +230,7 @@ fn parse_key(jwk: &Value) -> Result<VerifyKey, String> {
             if x.len() != 32 {
                 return Err("Ed25519 key has the wrong length".into());
             }
-            (KeyKind::Ed25519, DecodingKey::from_ed_der(&x))
+            (KeyKind::Ed25519, PublicKey::Ed25519(x))
         }
         Some("oct") => return Err("symmetric (oct) keys are never used from a JWKS".into()),
         other => return Err(format!("kty {other:?} is not supported")),
@@ -208,12 +240,57 @@ fn parse_key(jwk: &Value) -> Result<VerifyKey, String> {
             return Err(format!("alg {alg:?} does not fit a {kind:?} key"));
         }
     }
+    let algorithms = alg.as_ref().map_or(&ASYMMETRIC[..], std::slice::from_ref);
+    let parsed = algorithms
+        .iter()
+        .filter(|a| kind.accepts(**a))
+        .map(|&alg| Ok((alg, public_key.parse_for(alg)?)))
+        .collect::<Result<Vec<_>, String>>()?;
     Ok(VerifyKey {
         kid,
         kind,
         alg,
-        key,
+        parsed: parsed.into(),
     })
+}
+
+/// A JWK's public key material, before aws-lc parses it.
+enum PublicKey {
+    Rsa {
+        n: Vec<u8>,
+        e: Vec<u8>,
+    },
+    /// An uncompressed point, `04 || x || y`.
+    Ec(Vec<u8>),
+    Ed25519(Vec<u8>),
+}
+
+impl PublicKey {
+    /// The key parsed to verify `alg` signatures, with the aws-lc algorithm
+    /// jsonwebtoken's aws-lc backend uses for it (RFC 7518 §3.1, RFC 8037 §3.1).
+    fn parse_for(&self, alg: Algorithm) -> Result<ParsedPublicKey, String> {
+        use Algorithm::*;
+        let rsa = |n: &[u8], e: &[u8], params: &'static aws::RsaParameters| {
+            RsaPublicKeyComponents { n, e }.to_parsed_public_key(params)
+        };
+        let parsed = match (self, alg) {
+            (PublicKey::Rsa { n, e }, RS256) => rsa(n, e, &aws::RSA_PKCS1_2048_8192_SHA256),
+            (PublicKey::Rsa { n, e }, RS384) => rsa(n, e, &aws::RSA_PKCS1_2048_8192_SHA384),
+            (PublicKey::Rsa { n, e }, RS512) => rsa(n, e, &aws::RSA_PKCS1_2048_8192_SHA512),
+            (PublicKey::Rsa { n, e }, PS256) => rsa(n, e, &aws::RSA_PSS_2048_8192_SHA256),
+            (PublicKey::Rsa { n, e }, PS384) => rsa(n, e, &aws::RSA_PSS_2048_8192_SHA384),
+            (PublicKey::Rsa { n, e }, PS512) => rsa(n, e, &aws::RSA_PSS_2048_8192_SHA512),
+            (PublicKey::Ec(point), ES256) => {
+                ParsedPublicKey::new(&aws::ECDSA_P256_SHA256_FIXED, point)
+            }
+            (PublicKey::Ec(point), ES384) => {
+                ParsedPublicKey::new(&aws::ECDSA_P384_SHA384_FIXED, point)
+            }
+            (PublicKey::Ed25519(x), EdDSA) => ParsedPublicKey::new(&aws::ED25519, x),
+            _ => return Err(format!("alg {alg:?} does not fit the key")),
+        };
+        parsed.map_err(|e| format!("the key is not usable for {alg:?} ({e})"))
+    }
 }
 
 #[cfg(test)]
@@ -257,6 +334,94 @@ mod tests {
         assert!(set.find(Some("ed"), Algorithm::EdDSA).is_some());
         assert!(set.find(Some("enc"), Algorithm::RS256).is_none());
         assert!(set.find(Some("sym"), Algorithm::HS256).is_none());
+    }
+
+    fn sign(alg: Algorithm, pem: &str, input: &str) -> String {
+        let pem = std::fs::read(format!(
+            "{}/tests/fixtures/{pem}.pem",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap();
+        let key = match alg {
+            Algorithm::ES256 => jsonwebtoken::EncodingKey::from_ec_pem(&pem),
+            Algorithm::EdDSA => jsonwebtoken::EncodingKey::from_ed_pem(&pem),
+            _ => jsonwebtoken::EncodingKey::from_rsa_pem(&pem),
+        }
+        .unwrap();
+        jsonwebtoken::crypto::sign(input.as_bytes(), &key, alg).unwrap()
+    }
+
+    #[test]
+    fn keys_parsed_once_verify_each_algorithm_they_accept_and_nothing_else() {
+        let doc = serde_json::json!({"keys": [
+            with(fixture("rsa1"), serde_json::json!({"kid": "rsa"})),
+            with(fixture("rsa2"), serde_json::json!({"kid": "rs256-only", "alg": "RS256"})),
+            with(fixture("ec1"), serde_json::json!({"kid": "ec"})),
+            with(fixture("ed1"), serde_json::json!({"kid": "ed"})),
+        ]});
+        let set = KeySet::parse(doc.to_string().as_bytes()).unwrap();
+        let input = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ1In0";
+        for (kid, alg, pem) in [
+            ("rsa", Algorithm::RS256, "rsa1"),
+            ("rsa", Algorithm::RS512, "rsa1"),
+            ("rsa", Algorithm::PS256, "rsa1"),
+            ("rs256-only", Algorithm::RS256, "rsa2"),
+            ("ec", Algorithm::ES256, "ec1"),
+            ("ed", Algorithm::EdDSA, "ed1"),
+        ] {
+            let key = set.find(Some(kid), alg).unwrap();
+            let sig = sign(alg, pem, input);
+            assert!(key.verify(alg, input.as_bytes(), &sig), "{kid} {alg:?}");
+            // Another input, another algorithm of the family, or a signature
+            // that is not base64url: never valid.
+            assert!(!key.verify(alg, b"eyJhbGciOiJSUzI1NiJ9.e30", &sig));
+            let other = if alg == Algorithm::RS256 {
+                Algorithm::RS384
+            } else {
+                Algorithm::RS256
+            };
+            assert!(
+                !key.verify(other, input.as_bytes(), &sig),
+                "{kid} {other:?}"
+            );
+            assert!(!key.verify(alg, input.as_bytes(), &format!("{sig}!")));
+        }
+        // A key pinned to RS256 is not parsed for PS256 at all, and a
+        // signature by another RSA key fails.
+        let pinned = set.find(Some("rs256-only"), Algorithm::RS256).unwrap();
+        assert!(!pinned.verify(
+            Algorithm::PS256,
+            input.as_bytes(),
+            &sign(Algorithm::PS256, "rsa2", input)
+        ));
+        assert!(!pinned.verify(
+            Algorithm::RS256,
+            input.as_bytes(),
+            &sign(Algorithm::RS256, "rsa1", input)
+        ));
+        // No HMAC algorithm verifies with a public key, whatever the secret.
+        let rsa = set.find(Some("rsa"), Algorithm::RS256).unwrap();
+        let hs = jsonwebtoken::crypto::sign(
+            input.as_bytes(),
+            &jsonwebtoken::EncodingKey::from_secret(b"secret"),
+            Algorithm::HS256,
+        )
+        .unwrap();
+        assert!(!rsa.verify(Algorithm::HS256, input.as_bytes(), &hs));
+    }
+
+    #[test]
+    fn an_ec_point_off_the_curve_is_skipped_when_the_set_is_read() {
+        let mut ec = with(fixture("ec1"), serde_json::json!({"kid": "bad"}));
+        ec["y"] = serde_json::json!(URL_SAFE_NO_PAD.encode([7u8; 32]));
+        let doc = serde_json::json!({"keys": [ec, fixture("rsa1")]});
+        let set = KeySet::parse(doc.to_string().as_bytes()).unwrap();
+        assert_eq!(set.keys.len(), 1);
+        assert!(
+            set.skipped[0].contains("not usable for ES256"),
+            "{:?}",
+            set.skipped
+        );
     }
 
     #[test]

@@ -337,25 +337,21 @@ impl Verifier {
         let verified = match &issuer.keys {
             Keys::Jwks(cache) => {
                 let key = cache.find(token.kid.as_deref(), alg).await?;
-                jsonwebtoken::crypto::verify(
-                    token.signature,
-                    token.signing_input.as_bytes(),
-                    &key.key,
-                    alg,
-                )
+                key.verify(alg, token.signing_input.as_bytes(), token.signature)
             }
             Keys::Secret(key) => jsonwebtoken::crypto::verify(
                 token.signature,
                 token.signing_input.as_bytes(),
                 key,
                 alg,
-            ),
+            )
+            .unwrap_or(false),
             // by_iss holds jwt issuers only.
             Keys::Authjs(_) | Keys::SessionEndpoint(_) | Keys::Introspection(_) => {
                 return Err(UpstreamError::IssuerUnknown)
             }
         };
-        if !verified.unwrap_or(false) {
+        if !verified {
             return Err(UpstreamError::BadSignature);
         }
         let rules = ClaimRules::of(&issuer.settings, Some(jwt));
