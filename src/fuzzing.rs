@@ -136,8 +136,13 @@ pub fn supabase_cookie(data: &[u8]) {
             assert!(value.len() <= MAX_COOKIE_BYTES);
             assert!(!token.is_empty() && token.len() <= MAX_TOKEN_BYTES);
             let json = supabase::session_json(value).expect("decoded once already");
-            let session: serde_json::Value = serde_json::from_slice(&json)
-                .expect("serde_json::Value rejects what the struct read");
+            // The struct skips the fields it does not read without checking
+            // their string escapes (a lone `\uD800` in `user`, say), which a
+            // `Value` refuses: compare only what both can read. The token is
+            // verified as a JWT next, whatever surrounds it.
+            let Ok(session) = serde_json::from_slice::<serde_json::Value>(&json) else {
+                return;
+            };
             assert_eq!(
                 session.get("access_token").and_then(|t| t.as_str()),
                 Some(token.as_str()),
