@@ -1,7 +1,6 @@
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use rand::rngs::OsRng;
-use rand::TryRngCore;
+use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
 use super::{constant_time_eq, hmac_sha256, ApiKey, Grant, KeySecret};
@@ -24,12 +23,14 @@ pub struct TokenRequest {
     pub(crate) mac: String,
 }
 
-/// A nonce of 32 hex characters from the operating system's CSPRNG.
+/// A nonce of 32 hex characters (128 random bits) from `rand::rng()`: ChaCha12
+/// seeded, and periodically reseeded, from the operating system's CSPRNG, so
+/// unpredictable like the OS's own bytes without a `getrandom` system call per
+/// token request (one of two per request before; BENCHMARKS.md, "Per-request
+/// cost").
 pub fn new_nonce() -> String {
     let mut bytes = [0u8; 16];
-    OsRng
-        .try_fill_bytes(&mut bytes)
-        .expect("the operating system's random source is available");
+    rand::rng().fill_bytes(&mut bytes);
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut nonce = String::with_capacity(2 * bytes.len());
     for b in bytes {
