@@ -35,7 +35,7 @@ async fn check_config_with_env(config: &Path, env: &[(&str, &str)]) -> Output {
 }
 
 /// A config file with `issuers` and the test policy (or `policy`), in a fresh directory.
-fn write_config(issuers: &str, policy: &str) -> std::path::PathBuf {
+fn write_config(issuers: &str, policy: &str) -> ScratchFile {
     let dir = tempdir("check-config");
     std::fs::write(dir.join("policy.toml"), policy).unwrap();
     let text = config_with(issuers)
@@ -44,7 +44,7 @@ fn write_config(issuers: &str, policy: &str) -> std::path::PathBuf {
             dir.join("policy.toml").display()
         );
     std::fs::write(dir.join("ably-tokend.toml"), text).unwrap();
-    dir.join("ably-tokend.toml")
+    ScratchFile::in_dir(dir, "ably-tokend.toml")
 }
 
 fn text(bytes: &[u8]) -> String {
