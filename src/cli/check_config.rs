@@ -169,7 +169,10 @@ fn jwt_cookies(issuer: &IssuerSettings, jwt: &JwtIssuer) -> String {
 /// `a, b (or their chunks NAME.0, NAME.1, …)`: every cookie issuer joins chunks.
 fn cookie_names(cookies: &[String]) -> String {
     let they = if cookies.len() == 1 { "its" } else { "their" };
-    format!("{} (or {they} chunks NAME.0, NAME.1, …)", cookies.join(", "))
+    format!(
+        "{} (or {they} chunks NAME.0, NAME.1, …)",
+        cookies.join(", ")
+    )
 }
 
 fn forwarded(endpoint: &SessionEndpointSettings) -> String {
