@@ -12,7 +12,8 @@ use std::process::ExitCode;
 use super::Failure;
 use crate::clock;
 use crate::config::{
-    IssuerKind, IssuerSettings, JwtIssuer, KeySource, SessionEndpointSettings, Settings,
+    CookieFormat, IssuerKind, IssuerSettings, JwtIssuer, KeySource, SessionEndpointSettings,
+    Settings,
 };
 use crate::policy::Policy;
 use crate::upstream::lookup::{self, LookupError};
@@ -85,18 +86,22 @@ pub(crate) fn check_config(config: Option<PathBuf>) -> Result<ExitCode, Failure>
 /// Tries one issuer once. A new kind of issuer adds its arm here.
 async fn check_issuer(issuer: &IssuerSettings, client: &reqwest::Client) -> Verdict {
     match &issuer.kind {
-        IssuerKind::Jwt(jwt) => check_jwt(&issuer.name, jwt, client).await,
+        IssuerKind::Jwt(jwt) => match check_jwt(&issuer.name, jwt, client).await {
+            Verdict::Works(text) => Verdict::Works(text + &jwt_cookies(issuer, jwt)),
+            Verdict::Fails(text) => Verdict::Fails(text + &jwt_cookies(issuer, jwt)),
+        },
         // Start-up already refused a missing or short secret: what is left
         // to say is how many there are to try.
         IssuerKind::Authjs(authjs) => Verdict::Works(format!(
-            "Auth.js secrets present ({}), cookies {}",
+            "Auth.js secrets present ({}); reads cookies {} as Auth.js / NextAuth encrypted \
+             session tokens (JWE)",
             authjs
                 .secrets
                 .iter()
                 .map(|s| s.env.as_str())
                 .collect::<Vec<_>>()
                 .join(", "),
-            issuer.cookies.join(", ")
+            cookie_names(&issuer.cookies)
         )),
         IssuerKind::SessionEndpoint(endpoint) => {
             match reachable(&endpoint.url, endpoint.timeout).await {
@@ -143,6 +148,31 @@ async fn reachable(url: &reqwest::Url, timeout: std::time::Duration) -> Result<S
         Ok((status, _)) => Ok(status.to_string()),
         Err(LookupError::Unavailable(why) | LookupError::Refused(why)) => Err(why),
     }
+}
+
+/// Which cookies a jwt issuer reads and what they hold; empty when it reads
+/// Bearer tokens only.
+fn jwt_cookies(issuer: &IssuerSettings, jwt: &JwtIssuer) -> String {
+    if issuer.cookies.is_empty() {
+        return String::new();
+    }
+    let format = match jwt.cookie_format {
+        CookieFormat::Plain => "holding the JWT itself (cookie_format \"plain\")",
+        CookieFormat::Supabase => {
+            "as @supabase/ssr sessions (cookie_format \"supabase\": \"base64-\" and base64url \
+             JSON, or the JSON itself), verifying their access_token"
+        }
+    };
+    format!("; reads cookies {} {format}", cookie_names(&issuer.cookies))
+}
+
+/// `a, b (or their chunks NAME.0, NAME.1, …)`: every cookie issuer joins chunks.
+fn cookie_names(cookies: &[String]) -> String {
+    let they = if cookies.len() == 1 { "its" } else { "their" };
+    format!(
+        "{} (or {they} chunks NAME.0, NAME.1, …)",
+        cookies.join(", ")
+    )
 }
 
 fn forwarded(endpoint: &SessionEndpointSettings) -> String {

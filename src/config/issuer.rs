@@ -274,6 +274,21 @@ fn refuse(at: &At, kind: &str, fields: &[(&'static str, bool)]) -> Result<(), Co
     }
 }
 
+/// `leeway` on a look-up kind would be silently ignored: the endpoint decides
+/// whether a session is live, and its expiry bounds the cache strictly.
+fn no_leeway(at: &At, kind: &str, raw: &RawIssuer) -> Result<(), ConfigError> {
+    if raw.leeway.given {
+        return Err(invalid(
+            at.field("leeway"),
+            format!(
+                "does not apply to kind = \"{kind}\": the endpoint decides whether the session \
+                 is live, and the expiry it answers is read strictly, with no leeway"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// `kind = "session_endpoint"`: the fields of other kinds refused, the rest
 /// checked in `remote.rs` with the documented defaults.
 fn session_endpoint_issuer(
@@ -290,6 +305,7 @@ fn session_endpoint_issuer(
         ));
     }
     refuse(at, KIND, &jwt_fields(raw))?;
+    no_leeway(at, KIND, raw)?;
     refuse(
         at,
         KIND,
@@ -326,6 +342,7 @@ fn introspection_issuer(
 ) -> Result<IntrospectionSettings, ConfigError> {
     const KIND: &str = "introspection";
     refuse(at, KIND, &jwt_fields(raw))?;
+    no_leeway(at, KIND, raw)?;
     refuse(
         at,
         KIND,

@@ -139,8 +139,9 @@ pub(super) struct RawIssuer {
     #[serde(default)]
     pub(crate) authorized_parties: Given<Vec<String>>,
     pub(crate) algorithms: Option<Vec<String>>,
+    /// Clock skew allowed on `exp`, `nbf` and `iat` (jwt and authjs kinds).
     #[serde(default = "default_leeway")]
-    pub(crate) leeway: String,
+    pub(crate) leeway: Given<String>,
     #[serde(default = "default_roles_claim")]
     pub(crate) roles_claim: String,
     #[serde(default = "default_client_id_claim")]
@@ -203,8 +204,8 @@ impl RawIssuer {
     }
 }
 
-fn default_leeway() -> String {
-    "5s".into()
+fn default_leeway() -> Given<String> {
+    Given::default_to("5s".into())
 }
 fn default_roles_claim() -> String {
     "/roles".into()

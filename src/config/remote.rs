@@ -505,6 +505,17 @@ mod tests {
     }
 
     #[test]
+    fn leeway_stays_a_jwt_field() {
+        let s = load(&FILE.replacen(
+            "cookies = [\"__session\"]",
+            "cookies = [\"__session\"]\nleeway = \"30s\"",
+            1,
+        ))
+        .unwrap();
+        assert_eq!(s.issuers[0].leeway, Duration::from_secs(30));
+    }
+
+    #[test]
     fn fields_of_other_kinds_are_refused_naming_the_field() {
         let cases = [
             // A jwt field on a look-up kind, and the reverse.
@@ -542,6 +553,19 @@ mod tests {
                 "cookies = [\"__session\"]",
                 "cookies = [\"__session\"]\nurl = \"https://x.example\"",
                 "issuers[0].url: does not apply to kind = \"jwt\"",
+            ),
+            // leeway would be silently ignored by a look-up: refused.
+            (
+                "cache_ttl = \"10s\"",
+                "cache_ttl = \"10s\"\nleeway = \"30s\"",
+                "issuers[1].leeway: does not apply to kind = \"session_endpoint\": the endpoint \
+                 decides whether the session is live, and the expiry it answers is read strictly, \
+                 with no leeway",
+            ),
+            (
+                "client_id = \"ably-tokend\"",
+                "client_id = \"ably-tokend\"\nleeway = \"5s\"",
+                "issuers[2].leeway: does not apply to kind = \"introspection\"",
             ),
             // Their own fields are checked with the table's index.
             (

@@ -1,6 +1,6 @@
 //! The command line, run as a user would run it.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 use serde_json::Value;
@@ -257,8 +257,9 @@ fn help_never_shows_a_secret_from_the_environment() {
     assert!(!String::from_utf8_lossy(&out.stdout).contains("hunter2"));
 }
 
-/// A scratch directory for this file's tests (the shared helper, tagged "cli").
-fn tempdir() -> PathBuf {
+/// A scratch directory for this file's tests (the shared helper, tagged "cli"),
+/// removed when dropped.
+fn tempdir() -> TempDir {
     crate::helpers::tempdir("cli")
 }
 
@@ -292,7 +293,7 @@ fn token_request(capability: &str, more_args: &[&str]) -> Output {
 
 /// Writes `policy` to a scratch file called `name`, runs `policy check` on it,
 /// asserts that it exits 1 and returns the file and what it said on stderr.
-fn policy_check_exits_1(name: &str, policy: &str) -> (PathBuf, String) {
+fn policy_check_exits_1(name: &str, policy: &str) -> (ScratchFile, String) {
     let file = scratch_file("cli", name, policy);
     let out = tokend(&["policy", "check", path(&file)]);
     assert_eq!(out.status.code(), Some(1));

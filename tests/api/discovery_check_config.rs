@@ -10,13 +10,23 @@ use crate::helpers::*;
 
 /// Runs the binary off the test's runtime thread, which serves the upstreams.
 async fn check_config(config: &Path) -> Output {
+    check_config_with_env(config, &[]).await
+}
+
+/// As `check_config`, with `env` set for the process (secrets named by `secret_env`).
+async fn check_config_with_env(config: &Path, env: &[(&str, &str)]) -> Output {
     let config = config.to_path_buf();
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     actix_web::rt::task::spawn_blocking(move || {
         std::process::Command::new(env!("CARGO_BIN_EXE_ably-tokend"))
             .arg("check-config")
             .arg("--config")
             .arg(&config)
             .env_remove("ABLY_API_KEY")
+            .envs(env)
             .output()
             .unwrap()
     })
@@ -25,7 +35,7 @@ async fn check_config(config: &Path) -> Output {
 }
 
 /// A config file with `issuers` and the test policy (or `policy`), in a fresh directory.
-fn write_config(issuers: &str, policy: &str) -> std::path::PathBuf {
+fn write_config(issuers: &str, policy: &str) -> ScratchFile {
     let dir = tempdir("check-config");
     std::fs::write(dir.join("policy.toml"), policy).unwrap();
     let text = config_with(issuers)
@@ -34,7 +44,7 @@ fn write_config(issuers: &str, policy: &str) -> std::path::PathBuf {
             dir.join("policy.toml").display()
         );
     std::fs::write(dir.join("ably-tokend.toml"), text).unwrap();
-    dir.join("ably-tokend.toml")
+    ScratchFile::in_dir(dir, "ably-tokend.toml")
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -169,6 +179,83 @@ async fn each_failing_issuer_says_why_and_the_exit_status_is_1() {
     );
     assert_eq!(lines[6], "5 problems found");
     assert_eq!(provider.key_fetches(), 0);
+}
+
+/// Each cookie issuer's line says which cookies it reads and what they hold;
+/// a Bearer-only issuer's line says nothing of cookies.
+#[actix_web::test]
+async fn cookie_issuers_say_which_cookies_they_read_and_in_what_format() {
+    let ec = TestKey::ec("ec1", "k2");
+    let jwks = JwksServer::start(&[&ec]).await;
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let auth_secret = "check-config-auth-secret-0123456789abcdef";
+    let config = write_config(
+        &format!(
+            r#"
+            [[issuers]]
+            name = "supabase"
+            issuer = "https://ref.supabase.co/auth/v1"
+            jwks_url = "{jwks_url}"
+            algorithms = ["ES256"]
+            cookies = ["sb-ref-auth-token"]
+            cookie_format = "supabase"
+            [[issuers]]
+            name = "clerk"
+            issuer = "https://clerk.example.com"
+            jwks_url = "http://127.0.0.1:{closed}/jwks.json"
+            cookies = ["__session"]
+            [[issuers]]
+            name = "dev"
+            issuer = "dev-issuer"
+            secret = "0123456789abcdef0123456789abcdef-secret"
+            [[issuers]]
+            name = "authjs"
+            kind = "authjs"
+            secret_env = ["CHECK_AUTH_SECRET"]
+            cookies = ["authjs.session-token", "__Secure-authjs.session-token"]
+            "#,
+            jwks_url = jwks.url()
+        ),
+        TEST_POLICY,
+    );
+    let out = check_config_with_env(&config, &[("CHECK_AUTH_SECRET", auth_secret)]).await;
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{}", text(&out.stderr));
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines[2],
+        format!(
+            "issuer   ok   supabase  jwks {jwks_url}: 1 key (k2 ES256); reads cookies \
+             sb-ref-auth-token (or its chunks NAME.0, NAME.1, …) as @supabase/ssr sessions \
+             (cookie_format \"supabase\": \"base64-\" and base64url JSON, or the JSON itself), \
+             verifying their access_token",
+            jwks_url = jwks.url()
+        )
+    );
+    // A failing issuer still says what it would read.
+    assert!(lines[3].starts_with("issuer   FAIL clerk     "), "{stdout}");
+    assert!(
+        lines[3].ends_with(
+            "; reads cookies __session (or its chunks NAME.0, NAME.1, …) holding the JWT itself \
+             (cookie_format \"plain\")"
+        ),
+        "{stdout}"
+    );
+    assert_eq!(
+        lines[4],
+        "issuer   ok   dev       shared secret present (HS256)"
+    );
+    assert_eq!(
+        lines[5],
+        "issuer   ok   authjs    Auth.js secrets present (CHECK_AUTH_SECRET); reads cookies \
+         authjs.session-token, __Secure-authjs.session-token (or their chunks NAME.0, NAME.1, …) \
+         as Auth.js / NextAuth encrypted session tokens (JWE)"
+    );
+    assert_eq!(lines[6], "1 problem found");
+    assert!(!stdout.contains(auth_secret), "the secret is never printed");
 }
 
 #[actix_web::test]

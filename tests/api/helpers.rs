@@ -8,7 +8,7 @@
 //! `TEST_LOG=1 cargo test --test api some_test -- --nocapture`.
 
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -87,8 +87,61 @@ where
     .await
 }
 
-/// A fresh directory under the system temp dir, unique to this process and call.
-pub fn tempdir(tag: &str) -> PathBuf {
+/// A fresh directory under the system temp dir, unique to this process and
+/// call; it and everything in it is removed when the guard is dropped, so a
+/// test (passing or panicking) leaves nothing behind. Derefs to its path.
+pub struct TempDir(PathBuf);
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for TempDir {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A file in its own [`TempDir`], removed with it; derefs to the file's path.
+pub struct ScratchFile {
+    path: PathBuf,
+    _dir: TempDir,
+}
+
+impl ScratchFile {
+    /// The file `name` in `dir` (written or not), keeping `dir` alive as long as it.
+    pub fn in_dir(dir: TempDir, name: &str) -> ScratchFile {
+        ScratchFile {
+            path: dir.join(name),
+            _dir: dir,
+        }
+    }
+}
+
+impl std::ops::Deref for ScratchFile {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl AsRef<Path> for ScratchFile {
+    fn as_ref(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// `/tmp/ably-tokend-<tag>-<pid>-<n>`, created now, removed when dropped.
+pub fn tempdir(tag: &str) -> TempDir {
     static N: AtomicUsize = AtomicUsize::new(0);
     let dir = std::env::temp_dir().join(format!(
         "ably-tokend-{tag}-{}-{}",
@@ -96,13 +149,13 @@ pub fn tempdir(tag: &str) -> PathBuf {
         N.fetch_add(1, Ordering::SeqCst)
     ));
     std::fs::create_dir_all(&dir).unwrap();
-    dir
+    TempDir(dir)
 }
 
 /// `contents` written to a file called `name` in a fresh `tempdir(tag)`.
-pub fn scratch_file(tag: &str, name: &str, contents: &str) -> PathBuf {
-    let file = tempdir(tag).join(name);
-    std::fs::write(&file, contents).unwrap();
+pub fn scratch_file(tag: &str, name: &str, contents: &str) -> ScratchFile {
+    let file = ScratchFile::in_dir(tempdir(tag), name);
+    std::fs::write(&*file, contents).unwrap();
     file
 }
 

@@ -14,6 +14,8 @@ const ISSUER_SECRET: &str = "dev-issuer-secret-0123456789abcdefXYZ";
 struct Running {
     child: Child,
     base: String,
+    /// The config file's directory, removed after the child is killed.
+    _dir: TempDir,
 }
 
 /// A test that fails half-way must not leave the binary running.
@@ -82,6 +84,7 @@ async fn serve(jwks: &JwksServer, policy: &std::path::Path, extra: &str) -> Runn
     let running = Running {
         child,
         base: format!("http://127.0.0.1:{port}"),
+        _dir: dir,
     };
     let health = format!("{}/healthz", running.base);
     let client = reqwest::Client::new();
