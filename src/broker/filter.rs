@@ -606,9 +606,7 @@ mod tests {
     }
 
     fn refused(expression: &str) -> String {
-        Filter::parse(expression)
-            .expect_err(expression)
-            .to_string()
+        Filter::parse(expression).expect_err(expression).to_string()
     }
 
     /// ably-js's test (test/realtime/message.test.js, "subscribes to
@@ -635,9 +633,7 @@ mod tests {
         let f = filter(
             "name == `\"ice-cream\"` && headers.flavor == `\"strawberry\"` && headers.cost < `50`",
         );
-        let m = |name: &str, flavor: &str, cost: u64| {
-            json!({"name": name, "extras": {"headers": {"flavor": flavor, "cost": cost, "temp": 3}}})
-        };
+        let m = |name: &str, flavor: &str, cost: u64| json!({"name": name, "extras": {"headers": {"flavor": flavor, "cost": cost, "temp": 3}}});
         assert!(f.matches(&m("ice-cream", "strawberry", 35)));
         assert!(!f.matches(&m("ice-cream", "strawberry", 50)));
         assert!(!f.matches(&m("ice-cream", "chocolate", 35)));
@@ -756,11 +752,18 @@ mod tests {
     fn size_and_depth_are_bounded_before_evaluation() {
         let long = format!("name == '{}'", "x".repeat(MAX_FILTER_BYTES));
         assert_eq!(Filter::parse(&long), Err(FilterError::TooLong));
-        let fits = format!("name == '{}'", "x".repeat(MAX_FILTER_BYTES - "name == ''".len()));
+        let fits = format!(
+            "name == '{}'",
+            "x".repeat(MAX_FILTER_BYTES - "name == ''".len())
+        );
         assert_eq!(fits.len(), MAX_FILTER_BYTES);
         assert!(Filter::parse(&fits).is_ok());
 
-        let deep = format!("{}name{}", "(".repeat(MAX_DEPTH + 1), ")".repeat(MAX_DEPTH + 1));
+        let deep = format!(
+            "{}name{}",
+            "(".repeat(MAX_DEPTH + 1),
+            ")".repeat(MAX_DEPTH + 1)
+        );
         assert_eq!(Filter::parse(&deep), Err(FilterError::TooDeep));
         let nots = format!("{}name", "!".repeat(MAX_DEPTH + 1));
         assert_eq!(Filter::parse(&nots), Err(FilterError::TooDeep));
@@ -777,15 +780,24 @@ mod tests {
     fn base64_forms_ably_js_and_others_send() {
         let expression = "name == `\"filtered\"` && headers.number == `26095`";
         let want = filter(expression);
-        for text in [STANDARD.encode(expression), URL_SAFE_NO_PAD.encode(expression)] {
+        for text in [
+            STANDARD.encode(expression),
+            URL_SAFE_NO_PAD.encode(expression),
+        ] {
             assert_eq!(Filter::from_base64(&text).as_ref(), Ok(&want), "{text}");
         }
         // Padding is optional in the standard alphabet too.
         let padded = STANDARD.encode("name=='ab'");
         assert!(padded.ends_with('='));
         assert!(Filter::from_base64(padded.trim_end_matches('=')).is_ok());
-        assert_eq!(Filter::from_base64("not base64!"), Err(FilterError::NotBase64));
-        assert_eq!(Filter::from_base64(&STANDARD.encode([0xff, 0xfe])), Err(FilterError::NotUtf8));
+        assert_eq!(
+            Filter::from_base64("not base64!"),
+            Err(FilterError::NotBase64)
+        );
+        assert_eq!(
+            Filter::from_base64(&STANDARD.encode([0xff, 0xfe])),
+            Err(FilterError::NotUtf8)
+        );
         assert_eq!(Filter::from_base64(""), Err(FilterError::Empty));
         let huge = STANDARD.encode("x".repeat(MAX_FILTER_BYTES + 3));
         assert_eq!(Filter::from_base64(&huge), Err(FilterError::TooLong));
