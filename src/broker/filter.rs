@@ -18,8 +18,8 @@
 //!   comparisons, then `&&`, then `||`).
 //!
 //! JMESPath's meaning is kept: a field that is absent is `null`, so
-//! `headers.cost == `50`` does not match a message without that header and
-//! `headers.cost != `50`` does; `<` and friends compare numbers only (anything
+//! ``headers.cost == `50` `` does not match a message without that header and
+//! ``headers.cost != `50` `` does; `<` and friends compare numbers only (anything
 //! else gives `null`); a message matches when the result is truthy (not
 //! `false`, `null`, `""`, `[]` or `{}`). Everything else JMESPath has —
 //! other fields (`data`, `clientId`), nested paths, projections, functions,

@@ -814,8 +814,12 @@ impl Hub {
             }
             frame["channelSerial"] = json!(self.serials.format(state.last));
             let frame = Arc::new(SharedFrame::new(frame));
+            // Derived channels first: a connection attached to both reads
+            // the filtered frame before the plain one, so a client that
+            // waits for the plain channel's last message (as ably-js's
+            // test "subscribes to filtered channel" does) has both.
             let sent =
-                state.broadcast_messages(&frame, from) + state.broadcast_filtered(&frame, from);
+                state.broadcast_filtered(&frame, from) + state.broadcast_messages(&frame, from);
             self.deliveries.fetch_add(sent, Ordering::Relaxed);
         }
         self.prune(state, now);
