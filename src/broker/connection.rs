@@ -536,18 +536,17 @@ impl Connection {
                 .await;
         }
         let unsupported = if options.rewind.is_some() {
-            Some("rewind")
+            Some("rewind is")
         } else if options.delta {
-            Some("deltas")
+            Some("deltas are")
         } else {
             None
         };
         if let Some(what) = unsupported {
             let why = format!(
-                "channel {channel:?}: {what} are not supported with a subscription filter \
+                "channel {channel:?}: {what} not supported with a subscription filter \
                  (https://ably.com/docs/pub-sub/advanced#filter-capabilities)"
-            )
-            .replace("rewind are", "rewind is");
+            );
             return self
                 .channel_error(channel, AblyError::new(40000, 400, why))
                 .await;
