@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 seconds="${1:-30}"
 shift || true
-all_targets=(session_jws jwks_document capability_json policy_toml broker_frame token_params authjs_cookie cookie_chunks session_answer introspection_answer expiry_text supabase_cookie)
+all_targets=(session_jws jwks_document capability_json policy_toml broker_frame token_params authjs_cookie cookie_chunks session_answer introspection_answer expiry_text supabase_cookie subscription_filter)
 targets=("${@:-${all_targets[@]}}")
 
 if ! [[ "$seconds" =~ ^[0-9]+$ ]] || [ "$seconds" -eq 0 ]; then

@@ -7,6 +7,7 @@
 
 use std::path::Path;
 
+use crate::broker::filter::{Filter, MAX_FILTER_BYTES};
 use crate::broker::inbound::Inbound;
 use crate::broker::protocol::{self, Format};
 use crate::capability::{laws, Capability};
@@ -341,6 +342,42 @@ pub fn expiry_text(data: &[u8]) {
     }
 }
 
+/// A subscription filter expression (`[filter=<base64>]` decoded): parsing
+/// is deterministic, the base64 form parses the same, and `!(e)` matches
+/// exactly the messages `e` does not.
+pub fn subscription_filter(data: &[u8]) {
+    use base64::Engine;
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let parsed = Filter::parse(text);
+    assert_eq!(parsed, Filter::parse(text), "parsing is not deterministic");
+    if text.len() <= MAX_FILTER_BYTES && !text.is_empty() {
+        let encoded = base64::engine::general_purpose::STANDARD.encode(text);
+        assert_eq!(
+            Filter::from_base64(&encoded),
+            parsed,
+            "the base64 form differs"
+        );
+    }
+    let Ok(filter) = parsed else {
+        return;
+    };
+    let negated = Filter::parse(&format!("!({text})"));
+    let messages = [
+        serde_json::json!({}),
+        serde_json::json!({"name": "a"}),
+        serde_json::json!({"name": "filtered", "extras": {"headers": {"number": 26095, "a": "x", "b": true, "c": 1.5}}}),
+        serde_json::json!({"name": "", "extras": {"headers": {"number": "26095", "a": null, "b": false}}}),
+    ];
+    for message in &messages {
+        let matched = filter.matches(message);
+        if let Ok(negated) = &negated {
+            assert_eq!(negated.matches(message), !matched, "!({text}) on {message}");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -373,6 +410,7 @@ mod tests {
         replay("introspection_answer", introspection_answer);
         replay("expiry_text", expiry_text);
         replay("supabase_cookie", supabase_cookie);
+        replay("subscription_filter", subscription_filter);
     }
 
     /// The seeds written with @supabase/ssr's own encoder hold an access
@@ -420,6 +458,7 @@ mod tests {
             introspection_answer,
             expiry_text,
             supabase_cookie,
+            subscription_filter,
         ] {
             check(b"");
         }

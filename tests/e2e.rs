@@ -22,7 +22,7 @@ const NPM_TIMEOUT: Duration = Duration::from_secs(300);
 /// No single test may run longer than this (each test also sets its own, shorter timeout).
 const PER_TEST_TIMEOUT_MS: u32 = 90_000;
 /// The suite has this many tests today; fewer passing means tests were lost, not that all is well.
-const EXPECTED_MIN_PASSED: u64 = 107;
+const EXPECTED_MIN_PASSED: u64 = 109;
 
 fn e2e_suite() -> Suite {
     Suite {

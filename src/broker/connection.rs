@@ -17,14 +17,15 @@ use tokio::time::Sleep;
 
 use super::auth::Credentials;
 use super::continuity::Registration;
+use super::filter::Filter;
 use super::hub::{
-    sync_frame, Backlog, Catchup, ChannelLimitReached, ChannelLimits, Claim, Frame, Outbox,
-    PresenceChange, Subscriber,
+    sync_frame, Backlog, Catchup, ChannelLimitReached, ChannelLimits, Claim, Filtered, Frame,
+    Outbox, PresenceChange, Subscriber,
 };
 use super::inbound::{AttachOptions, ConnectParams, Continue, Inbound, Rewind, MAX_REWIND};
 use super::message::{
-    may_attach, message_size, random_id, resolve_client_id, speaker, stored_message, supplied_id,
-    valid_channel_name,
+    may_attach, message_size, parse_channel_name, random_id, resolve_client_id, speaker,
+    stored_message, supplied_id, ChannelName,
 };
 use super::protocol::{self, action, flag, AblyError, Encoded, Format, SharedFrame};
 use super::BrokerState;
@@ -99,6 +100,9 @@ struct Membership {
     requested_modes: HashMap<String, u64>,
     /// Channels attached with `delta: "vcdiff"` (RTL18).
     deltas: HashSet<String>,
+    /// The derived channels among `attached` (`[filter=…]<channel>`), each
+    /// with the channel it derives from.
+    derived: HashMap<String, String>,
     presence_channels: HashSet<String>,
     /// The client closed the connection (CLOSE), or it failed: its members
     /// leave now instead of after the grace.
@@ -127,7 +131,9 @@ impl Drop for Membership {
     fn drop(&mut self) {
         let hub = &self.state.hub;
         for channel in self.attached.keys() {
-            if !self.presence_channels.contains(channel) {
+            if let Some(base) = self.derived.get(channel) {
+                hub.detach_filtered(base, &self.id, channel);
+            } else if !self.presence_channels.contains(channel) {
                 hub.unsubscribe(channel, &self.id);
             }
         }
@@ -368,10 +374,17 @@ impl Connection {
         channel: &str,
         options: AttachOptions,
     ) -> Result<(), actix_ws::Closed> {
-        if let Err(why) = valid_channel_name(channel) {
-            return self
-                .channel_error(channel, AblyError::new(40010, 400, why))
-                .await;
+        let filter = match parse_channel_name(channel) {
+            Ok(ChannelName::Plain) => None,
+            Ok(ChannelName::Filtered { base, filter }) => Some((base.to_string(), filter)),
+            Err(why) => {
+                return self
+                    .channel_error(channel, AblyError::new(40010, 400, why))
+                    .await
+            }
+        };
+        if let Some((base, filter)) = filter {
+            return self.attach_filtered(channel, base, filter, options).await;
         }
         let ops = self.ops(channel);
         if !may_attach(ops) {
@@ -500,12 +513,95 @@ impl Connection {
         Ok(())
     }
 
+    /// Attaches to a derived channel (`[filter=…]<base>`,
+    /// <https://ably.com/docs/pub-sub/advanced#subscription-filters>): with
+    /// `subscribe` on the derived name (`[*]*`, the one such grant this
+    /// broker's capabilities can express; Ably also takes `[filter]<base>`
+    /// and `[*]<base>`, <https://ably.com/docs/pub-sub/advanced#filter-capabilities>),
+    /// messages only, no rewind, deltas, presence or continuity.
+    async fn attach_filtered(
+        &mut self,
+        channel: &str,
+        base: String,
+        filter: Filter,
+        options: AttachOptions,
+    ) -> Result<(), actix_ws::Closed> {
+        let ops = self.ops(channel);
+        if !ops.allows(Operation::Subscribe) {
+            let why = format!(
+                "channel {channel:?}: a subscription filter needs the subscribe capability on \
+                 [*]* (Ably also accepts [filter]{base} and [*]{base}, which this broker's \
+                 capabilities do not express; \
+                 https://ably.com/docs/pub-sub/advanced#filter-capabilities)"
+            );
+            return self
+                .channel_error(channel, AblyError::new(40160, 401, why))
+                .await;
+        }
+        let unsupported = if options.rewind.is_some() {
+            Some("rewind is")
+        } else if options.delta {
+            Some("deltas are")
+        } else {
+            None
+        };
+        if let Some(what) = unsupported {
+            let why = format!(
+                "channel {channel:?}: {what} not supported with a subscription filter \
+                 (https://ably.com/docs/pub-sub/advanced#filter-capabilities)"
+            );
+            return self
+                .channel_error(channel, AblyError::new(40000, 400, why))
+                .await;
+        }
+        let already = self.membership.attached.contains_key(channel);
+        // Only SUBSCRIBE can be granted on a derived channel.
+        let modes = options.modes.unwrap_or(AttachOptions::DEFAULT_MODES) & flag::SUBSCRIBE;
+        if modes == 0 {
+            self.state.hub.detach_filtered(&base, self.id(), channel);
+        } else {
+            let filtered = Filtered {
+                outbox: self.outbox.clone(),
+                echo: self.params.echo,
+                name: Arc::from(channel),
+                filter: Arc::new(filter),
+            };
+            let claim = self.membership.claim(channel);
+            let limits = self.limits();
+            let id = self.membership.id.clone();
+            if self
+                .state
+                .hub
+                .attach_filtered(&base, &id, claim, limits, filtered)
+                .is_err()
+            {
+                let error = self.limit_error();
+                return self.channel_error(channel, error).await;
+            }
+        }
+        self.membership.attached.insert(channel.to_string(), ops);
+        self.membership.derived.insert(channel.to_string(), base);
+        // No channelSerial and, after a reattach that was not already
+        // attached here, no RESUMED: what was published meanwhile is not
+        // replayed on a derived channel (ably-js then reports the channel
+        // `update`d with `resumed: false`, RTL2f).
+        let mut flags = modes;
+        if already {
+            flags |= flag::RESUMED;
+        }
+        self.send(&json!({"action": action::ATTACHED, "channel": channel, "flags": flags}))
+            .await
+    }
+
     async fn detach(&mut self, channel: String) -> Result<(), actix_ws::Closed> {
         self.membership.attached.remove(&channel);
         self.membership.requested_modes.remove(&channel);
         self.membership.deltas.remove(&channel);
         self.membership.presence_channels.remove(&channel);
-        self.state.hub.unsubscribe(&channel, self.id());
+        match self.membership.derived.remove(&channel) {
+            Some(base) => self.state.hub.detach_filtered(&base, self.id(), &channel),
+            None => self.state.hub.unsubscribe(&channel, self.id()),
+        }
         self.send(&json!({"action": action::DETACHED, "channel": channel}))
             .await
     }
@@ -514,6 +610,7 @@ impl Connection {
         // The capability in force now, not the one at attach time, and the
         // PRESENCE_SUBSCRIBE mode.
         if self.membership.attached.contains_key(channel)
+            && !self.membership.derived.contains_key(channel)
             && self.granted_modes(channel, self.ops(channel)) & flag::PRESENCE_SUBSCRIBE != 0
         {
             let members = self.state.hub.members(channel);
@@ -540,9 +637,23 @@ impl Connection {
             .await?;
             return Ok(None);
         };
-        if let Err(why) = valid_channel_name(&channel) {
-            self.nack(serial, AblyError::new(40010, 400, why)).await?;
-            return Ok(None);
+        match parse_channel_name(&channel) {
+            Ok(ChannelName::Plain) => {}
+            // Derived channels "support only subscribe"
+            // (https://ably.com/docs/pub-sub/advanced#filter-subscribe).
+            Ok(ChannelName::Filtered { base, .. }) => {
+                let why = format!(
+                    "channel {channel:?} has a subscription filter, and a filtered channel is \
+                     subscribe-only: {op} on {base:?} instead \
+                     (https://ably.com/docs/pub-sub/advanced#filter-subscribe)"
+                );
+                self.nack(serial, AblyError::new(40160, 401, why)).await?;
+                return Ok(None);
+            }
+            Err(why) => {
+                self.nack(serial, AblyError::new(40010, 400, why)).await?;
+                return Ok(None);
+            }
         }
         // Entering presence holds the channel; publishing does not.
         let claim = match self.membership.claim(&channel) {
@@ -766,6 +877,19 @@ impl Connection {
             .collect();
         for channel in channels {
             let ops = self.ops(&channel);
+            if let Some(base) = self.membership.derived.get(&channel).cloned() {
+                if ops.allows(Operation::Subscribe) {
+                    self.membership.attached.insert(channel, ops);
+                } else {
+                    self.membership.attached.remove(&channel);
+                    self.membership.derived.remove(&channel);
+                    self.state.hub.detach_filtered(&base, self.id(), &channel);
+                    let error =
+                        AblyError::new(40160, 401, "the new token does not permit this channel");
+                    self.channel_error(&channel, error).await?;
+                }
+                continue;
+            }
             if !may_attach(ops) {
                 let was_attached = self.membership.attached.remove(&channel).is_some();
                 self.membership.requested_modes.remove(&channel);
@@ -1129,6 +1253,7 @@ pub(crate) async fn run(
             attached: HashMap::new(),
             requested_modes: HashMap::new(),
             deltas: HashSet::new(),
+            derived: HashMap::new(),
             presence_channels: present.into_iter().collect(),
             leave_at_once: false,
         },

@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, Notify};
 
 use super::continuity::Serials;
 use super::delta;
+use super::filter::Filter;
 use super::message::RecentIds;
 use super::protocol::{action, presence_action, SharedFrame};
 use crate::clock::SharedClock;
@@ -61,6 +62,19 @@ impl Subscriber {
     }
 }
 
+/// A connection's attachment to a derived channel of a channel
+/// (`[filter=…]<channel>`, <https://ably.com/docs/pub-sub/advanced#subscription-filters>):
+/// it is sent the channel's messages that its filter passes, in frames
+/// named after the derived channel. Messages only: no presence, no deltas.
+pub(crate) struct Filtered {
+    pub(crate) outbox: Outbox,
+    /// Whether it hears its own messages (RTN2b).
+    pub(crate) echo: bool,
+    /// The derived channel's full name, which its frames carry.
+    pub(crate) name: Arc<str>,
+    pub(crate) filter: Arc<Filter>,
+}
+
 #[derive(Clone)]
 struct Member {
     client_id: String,
@@ -107,6 +121,9 @@ struct Stored {
 #[derive(Default)]
 struct Channel {
     subscribers: HashMap<String, Subscriber>,
+    /// Attachments to derived channels of this one, by (connection id,
+    /// derived channel name): a connection may hold several filters.
+    filtered: HashMap<(String, String), Filtered>,
     /// Keyed by (clientId, connectionId), as ably-js keys its presence map.
     members: BTreeMap<(String, String), Member>,
     history: VecDeque<Stored>,
@@ -140,6 +157,7 @@ impl Channel {
 
     fn is_forgettable(&self) -> bool {
         self.subscribers.is_empty()
+            && self.filtered.is_empty()
             && self.members.is_empty()
             && self.history.is_empty()
             && self.presence_history.is_empty()
@@ -167,6 +185,52 @@ impl Channel {
             }
             subscriber.outbox.deliver(frame);
             sent += 1;
+        }
+        sent
+    }
+
+    /// Sends each derived channel's subscribers the messages of `frame` its
+    /// filter passes, in a frame named after the derived channel (nothing
+    /// when none passes). Each derived channel's frame is built once and
+    /// shared. It carries no channelSerial: a derived channel keeps no
+    /// continuity of its own.
+    fn broadcast_filtered(&self, frame: &Value, from: Option<&str>) -> u64 {
+        if self.filtered.is_empty() {
+            return 0;
+        }
+        let Some(messages) = frame.get("messages").and_then(Value::as_array) else {
+            return 0;
+        };
+        let mut frames: HashMap<&str, Option<Frame>> = HashMap::new();
+        let mut sent = 0;
+        for ((id, _), subscriber) in &self.filtered {
+            if !subscriber.echo && Some(id.as_str()) == from {
+                continue;
+            }
+            let derived = frames.entry(&subscriber.name).or_insert_with(|| {
+                let passed: Vec<Value> = messages
+                    .iter()
+                    .filter(|m| subscriber.filter.matches(m))
+                    .cloned()
+                    .collect();
+                (!passed.is_empty()).then(|| {
+                    let mut derived = json!({
+                        "action": action::MESSAGE,
+                        "channel": &*subscriber.name,
+                        "messages": passed,
+                    });
+                    for key in ["id", "connectionId", "timestamp"] {
+                        if let Some(value) = frame.get(key) {
+                            derived[key] = value.clone();
+                        }
+                    }
+                    Arc::new(SharedFrame::new(derived))
+                })
+            });
+            if let Some(derived) = derived {
+                subscriber.outbox.deliver(derived);
+                sent += 1;
+            }
         }
         sent
     }
@@ -510,6 +574,38 @@ impl Hub {
         }
     }
 
+    /// Attaches a connection to a derived channel of `channel` (see
+    /// [`Filtered`]), within the same limits as an attach, or replaces its
+    /// filter there on a reattach.
+    pub(crate) fn attach_filtered(
+        &self,
+        channel: &str,
+        connection_id: &str,
+        claim: Claim,
+        limits: ChannelLimits,
+        filtered: Filtered,
+    ) -> Result<(), ChannelLimitReached> {
+        let mut channels = self.lock();
+        if Hub::refuses(&channels, channel, claim, limits) {
+            return Err(ChannelLimitReached);
+        }
+        let key = (connection_id.to_string(), filtered.name.to_string());
+        self.open(&mut channels, channel)
+            .filtered
+            .insert(key, filtered);
+        Ok(())
+    }
+
+    /// Ends a connection's attachment to the derived channel `name` of
+    /// `channel`.
+    pub(crate) fn detach_filtered(&self, channel: &str, connection_id: &str, name: &str) {
+        self.update(channel, |_, state| {
+            state
+                .filtered
+                .remove(&(connection_id.to_string(), name.to_string()));
+        });
+    }
+
     /// The serial a resume continues after, when the channel still holds
     /// every event since it: one this broker issued, no older than what
     /// pruning dropped, no newer than the channel's newest.
@@ -718,7 +814,12 @@ impl Hub {
             }
             frame["channelSerial"] = json!(self.serials.format(state.last));
             let frame = Arc::new(SharedFrame::new(frame));
-            let sent = state.broadcast_messages(&frame, from);
+            // Derived channels first: a connection attached to both reads
+            // the filtered frame before the plain one, so a client that
+            // waits for the plain channel's last message (as ably-js's
+            // test "subscribes to filtered channel" does) has both.
+            let sent =
+                state.broadcast_filtered(&frame, from) + state.broadcast_messages(&frame, from);
             self.deliveries.fetch_add(sent, Ordering::Relaxed);
         }
         self.prune(state, now);
@@ -1006,6 +1107,144 @@ mod tests {
         assert_eq!(data, vec![4, 3, 2]);
         clock.advance_secs(121);
         hub.sweep();
+        assert_eq!(hub.channel_count(), 0);
+    }
+
+    #[test]
+    fn a_derived_channel_is_sent_what_its_filter_passes_under_its_own_name() {
+        let (hub, _clock) = hub(10);
+        let (plain, mut plain_rx) = outbox(10);
+        let (derived, mut derived_rx) = outbox(10);
+        hub.subscribe(
+            "c",
+            "conn-1",
+            Subscriber {
+                outbox: plain,
+                echo: true,
+                messages: true,
+                presence: true,
+                delta: None,
+            },
+        );
+        let filtered = |outbox: Outbox, echo: bool| Filtered {
+            outbox,
+            echo,
+            name: Arc::from("[filter=x]c"),
+            filter: Arc::new(Filter::parse("headers.n == `1`").unwrap()),
+        };
+        hub.attach_filtered(
+            "c",
+            "conn-1",
+            Claim::New { holding: 1 },
+            LIMITS,
+            filtered(derived.clone(), true),
+        )
+        .unwrap();
+        let frame = json!({
+            "action": 15, "channel": "c", "id": "p:0", "connectionId": "p", "timestamp": 5,
+            "messages": [
+                {"id": "p:0:0", "name": "a", "extras": {"headers": {"n": 1}}},
+                {"id": "p:0:1", "name": "b"},
+                {"id": "p:0:2", "name": "c", "extras": {"headers": {"n": 1}}},
+            ],
+        });
+        hub.publish("c", frame, &[], Some("p"), None).unwrap();
+        let got = derived_rx.try_recv().unwrap();
+        assert_eq!(got["channel"], "[filter=x]c");
+        assert_eq!(
+            (&got["id"], &got["connectionId"], &got["timestamp"]),
+            (&json!("p:0"), &json!("p"), &json!(5))
+        );
+        let names: Vec<&str> = got["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["a", "c"]);
+        assert!(got.get("channelSerial").is_none(), "{}", **got);
+        assert_eq!(
+            plain_rx.try_recv().unwrap()["messages"]
+                .as_array()
+                .unwrap()
+                .len(),
+            3
+        );
+
+        // Nothing that passes: no frame at all.
+        hub.publish(
+            "c",
+            json!({"action": 15, "messages": [{"name": "b"}]}),
+            &[],
+            None,
+            None,
+        )
+        .unwrap();
+        assert!(derived_rx.try_recv().is_err());
+        assert_eq!(plain_rx.try_recv().unwrap()["messages"][0]["name"], "b");
+
+        // echo: false skips the connection's own messages.
+        hub.attach_filtered("c", "conn-1", Claim::Held, LIMITS, filtered(derived, false))
+            .unwrap();
+        let own =
+            json!({"action": 15, "messages": [{"name": "a", "extras": {"headers": {"n": 1}}}]});
+        hub.publish("c", own.clone(), &[], Some("conn-1"), None)
+            .unwrap();
+        assert!(derived_rx.try_recv().is_err());
+        hub.publish("c", own, &[], Some("other"), None).unwrap();
+        assert!(derived_rx.try_recv().is_ok());
+
+        // Detaching the plain channel leaves the derived one, and the other way round.
+        hub.unsubscribe("c", "conn-1");
+        hub.publish(
+            "c",
+            json!({"action": 15, "messages": [{"name": "a", "extras": {"headers": {"n": 1}}}]}),
+            &[],
+            None,
+            None,
+        )
+        .unwrap();
+        assert!(derived_rx.try_recv().is_ok());
+        hub.detach_filtered("c", "conn-1", "[filter=x]c");
+        hub.publish(
+            "c",
+            json!({"action": 15, "messages": [{"name": "a", "extras": {"headers": {"n": 1}}}]}),
+            &[],
+            None,
+            None,
+        )
+        .unwrap();
+        assert!(derived_rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn a_derived_channel_holds_the_channel_limits_and_the_channel_state() {
+        let (hub, _clock) = hub(0);
+        let (derived, _rx) = outbox(10);
+        let filtered = || Filtered {
+            outbox: derived.clone(),
+            echo: true,
+            name: Arc::from("[filter=x]c"),
+            filter: Arc::new(Filter::parse("name").unwrap()),
+        };
+        let full = ChannelLimits {
+            max_channels: 100,
+            per_connection: 1,
+        };
+        assert_eq!(
+            hub.attach_filtered("c", "conn-1", Claim::New { holding: 1 }, full, filtered()),
+            Err(ChannelLimitReached)
+        );
+        assert_eq!(hub.channel_count(), 0);
+        hub.attach_filtered("c", "conn-1", Claim::New { holding: 0 }, full, filtered())
+            .unwrap();
+        hub.sweep();
+        assert_eq!(
+            hub.channel_count(),
+            1,
+            "the derived attachment keeps the channel"
+        );
+        hub.detach_filtered("c", "conn-1", "[filter=x]c");
         assert_eq!(hub.channel_count(), 0);
     }
 

@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use super::auth::Credentials;
+use super::filter::Filter;
 use super::protocol::AblyError;
 use crate::capability::{OpSet, Operation};
 
@@ -280,13 +281,52 @@ pub(crate) fn valid_channel_name(name: &str) -> Result<(), &'static str> {
     if name.starts_with('[') {
         return Err(
             "invalid channel name: it must not start with '['; qualifiers such as [meta] and \
-             [?params] are not supported by the embedded broker (pass params as channel options)",
+             [?params] are not supported by the embedded broker (pass params as channel options), \
+             and [filter=…] (subscription filters) only on a realtime attach",
         );
     }
     if name.chars().any(is_line_break) {
         return Err("invalid channel name: it must not contain a newline, carriage return or other line break");
     }
     Ok(())
+}
+
+/// A channel as a realtime client names it: a channel, or a derived channel
+/// of one with a subscription filter (`[filter=<base64>]<channel>`, what
+/// ably-js's `channels.getDerived(name, { filter })` attaches to;
+/// <https://ably.com/docs/pub-sub/advanced#subscription-filters>).
+#[derive(Debug)]
+pub(crate) enum ChannelName<'a> {
+    Plain,
+    Filtered { base: &'a str, filter: Filter },
+}
+
+const FILTER_QUALIFIER: &str = "[filter=";
+
+/// Reads a realtime channel name. `[filter=…]` is the one qualifier read;
+/// the base channel follows the rules of [`valid_channel_name`], and any
+/// other qualifier is refused as there. The caller answers an error with
+/// 40010 and status 400.
+pub(crate) fn parse_channel_name(name: &str) -> Result<ChannelName<'_>, String> {
+    let Some(rest) = name.strip_prefix(FILTER_QUALIFIER) else {
+        return valid_channel_name(name)
+            .map(|()| ChannelName::Plain)
+            .map_err(str::to_string);
+    };
+    let Some((encoded, base)) = rest.split_once(']') else {
+        return Err("invalid channel name: the [filter=…] qualifier is not closed with ']'".into());
+    };
+    if encoded.contains('?') {
+        return Err(
+            "invalid channel name: [filter=…?params] is not supported; pass params as \
+                    channel options (a filtered channel takes no rewind or delta)"
+                .into(),
+        );
+    }
+    valid_channel_name(base).map_err(|why| format!("{why} (the channel after [filter=…])"))?;
+    let filter =
+        Filter::from_base64(encoded).map_err(|e| format!("invalid subscription filter: {e}"))?;
+    Ok(ChannelName::Filtered { base, filter })
 }
 
 /// The characters Unicode treats as line breaks (UAX #14's mandatory breaks
@@ -312,6 +352,47 @@ mod tests {
     }
 
     const WINDOW_MS: u64 = IDEMPOTENCY_WINDOW.as_millis() as u64;
+
+    #[test]
+    fn filter_qualifiers_are_read_and_other_qualifiers_refused() {
+        use base64::Engine;
+        let encoded = base64::engine::general_purpose::STANDARD.encode("name == `\"filtered\"`");
+        match parse_channel_name(&format!("[filter={encoded}]chan")) {
+            Ok(ChannelName::Filtered { base, filter }) => {
+                assert_eq!(base, "chan");
+                assert!(filter.matches(&json!({"name": "filtered"})));
+                assert!(!filter.matches(&json!({"name": "other"})));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(parse_channel_name("chan"), Ok(ChannelName::Plain)));
+        for (name, says) in [
+            (format!("[filter={encoded}"), "not closed"),
+            (
+                format!("[filter={encoded}?rewind=1]chan"),
+                "[filter=…?params]",
+            ),
+            (format!("[filter={encoded}]"), "must not be empty"),
+            (
+                format!("[filter={encoded}][meta]chan"),
+                "must not start with '['",
+            ),
+            ("[filter=!!]chan".to_string(), "not base64"),
+            (
+                format!(
+                    "[filter={}]chan",
+                    base64::engine::general_purpose::STANDARD.encode("data == 'x'")
+                ),
+                "cannot be filtered on",
+            ),
+            ("[meta]chan".to_string(), "must not start with '['"),
+            ("[filter]chan".to_string(), "must not start with '['"),
+            ("[?rewind=1]chan".to_string(), "must not start with '['"),
+        ] {
+            let why = parse_channel_name(&name).expect_err(&name);
+            assert!(why.contains(says), "{name}: {why}");
+        }
+    }
 
     #[test]
     fn only_non_empty_string_ids_are_the_clients_own() {

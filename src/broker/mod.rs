@@ -8,6 +8,7 @@ pub(crate) mod auth;
 pub(crate) mod connection;
 pub(crate) mod continuity;
 pub(crate) mod delta;
+pub(crate) mod filter;
 pub(crate) mod hub;
 pub(crate) mod inbound;
 pub(crate) mod liveness;

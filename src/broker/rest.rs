@@ -631,6 +631,10 @@ fn history_page(
     params: &HistoryParams,
 ) -> Result<HttpResponse, AblyError> {
     let credentials = authenticate(req, state)?;
+    // Names Ably refuses have no history; nor has a derived channel
+    // (`[filter=…]`), whose history Ably does not support
+    // (https://ably.com/docs/pub-sub/advanced#filter-capabilities).
+    valid_channel_name(channel).map_err(|why| AblyError::new(40010, 400, why))?;
     require(&credentials, channel, Operation::History)?;
     let query = PageQuery::parse(params)?;
     // `untilAttach` (RTL10b): only what was published up to the attach.

@@ -502,38 +502,3 @@ async fn a_delta_subscriber_is_sent_vcdiff_deltas_against_the_previous_message()
         .collect();
     assert_eq!(data, ["before", payloads[0], payloads[1]]);
 }
-
-#[actix_web::test]
-async fn a_subscription_filter_qualifier_is_refused_with_40010() {
-    use base64::Engine;
-    let broker = spawn_broker(Limits::default()).await;
-    let mut client = broker.connect_as(r#"{"*":["*"]}"#, Some("c")).await;
-    // What ably-js's `channels.getDerived("chan", { filter })` attaches to.
-    let filter = base64::engine::general_purpose::STANDARD
-        .encode("name == `\"filtered\"` && headers.number == `26095`");
-    let name = format!("[filter={filter}]chan");
-    client.send(json!({"action": 10, "channel": name})).await;
-    let error = client.next().await;
-    assert_eq!(
-        (error["action"].as_u64(), error["channel"].as_str()),
-        (Some(9), Some(name.as_str())),
-        "{error}"
-    );
-    assert_eq!(
-        (
-            error["error"]["code"].as_u64(),
-            error["error"]["statusCode"].as_u64()
-        ),
-        (Some(40010), Some(400))
-    );
-    assert!(
-        error["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("qualifiers"),
-        "{error}"
-    );
-    // The unqualified channel is unaffected.
-    client.send(json!({"action": 10, "channel": "chan"})).await;
-    assert_eq!(client.next().await["action"], 11);
-}

@@ -13,6 +13,7 @@ mod defences;
 mod denials;
 mod discovery;
 mod discovery_check_config;
+mod filters;
 mod helpers;
 mod http;
 mod idempotency;
