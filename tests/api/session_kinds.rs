@@ -492,13 +492,10 @@ async fn check_config_says_whether_each_endpoint_answers() {
     upstream.handle.stop(false).await;
 }
 
-/// Better Auth's `bearer` plugin: the session token as `Authorization:
-/// Bearer`, forwarded as it came when the session endpoint asks for it.
-#[actix_web::test]
-async fn a_session_endpoint_with_forward_authorization_takes_opaque_bearers() {
-    let upstream = UpstreamServer::start().await;
-    upstream.session("better-auth-token", authjs_session("u-9", "support"));
-    let config = format!(
+/// The app's configuration (loopback, one worker, no rate limit, the test
+/// key) around `issuers`, its `[[issuers]]` tables.
+fn config_around(issuers: &str) -> String {
+    format!(
         r#"
         [server]
         bind = "127.0.0.1:0"
@@ -508,6 +505,19 @@ async fn a_session_endpoint_with_forward_authorization_takes_opaque_bearers() {
         api_key = "{API_KEY}"
         [log]
         level = "warn"
+        {issuers}
+        "#
+    )
+}
+
+/// Better Auth's `bearer` plugin: the session token as `Authorization:
+/// Bearer`, forwarded as it came when the session endpoint asks for it.
+#[actix_web::test]
+async fn a_session_endpoint_with_forward_authorization_takes_opaque_bearers() {
+    let upstream = UpstreamServer::start().await;
+    upstream.session("better-auth-token", authjs_session("u-9", "support"));
+    let config = config_around(&format!(
+        r#"
         [[issuers]]
         name = "better-auth"
         kind = "session_endpoint"
@@ -518,7 +528,7 @@ async fn a_session_endpoint_with_forward_authorization_takes_opaque_bearers() {
         roles_claim = "/user/role"
         "#,
         port = upstream.port
-    );
+    ));
     let app = TestApp::spawn_with(&config, TEST_POLICY).await;
     let body = ok_json(
         app.client
@@ -560,19 +570,7 @@ async fn the_readmes_better_auth_block_refuses_a_session_past_its_expires_at() {
         "http://127.0.0.1:3000/",
         &format!("http://127.0.0.1:{}/", upstream.port),
     );
-    let config = format!(
-        r#"
-        [server]
-        bind = "127.0.0.1:0"
-        workers = 1
-        rate_limit_per_second = 0
-        [ably]
-        api_key = "{API_KEY}"
-        [log]
-        level = "warn"
-        {block}
-        "#
-    );
+    let config = config_around(&block);
     let app = TestApp::spawn_with(&config, TEST_POLICY).await;
     let live = humantime::format_rfc3339_millis(
         std::time::SystemTime::now() + std::time::Duration::from_secs(7 * 86400),
