@@ -17,14 +17,8 @@ const ANNOTATION_PUBLISH: u64 = 1 << 21;
 
 /// `GET /channels/{name}`'s occupancy metrics, with the API key.
 async fn occupancy(broker: &TestBroker, channel: &str) -> Value {
-    use base64::Engine;
-    let key = base64::engine::general_purpose::STANDARD.encode(API_KEY);
-    let body: Value = reqwest::Client::new()
-        .get(format!(
-            "http://127.0.0.1:{}/channels/{channel}",
-            broker.port
-        ))
-        .header("authorization", format!("Basic {key}"))
+    let body: Value = broker
+        .with_key(reqwest::Method::GET, &format!("/channels/{channel}"))
         .send()
         .await
         .unwrap()
@@ -481,13 +475,11 @@ async fn a_delta_subscriber_is_sent_vcdiff_deltas_against_the_previous_message()
         assert!(frame["messages"][0].get("extras").is_none());
     }
     // History holds the messages as published.
-    let key = base64::engine::general_purpose::STANDARD.encode(API_KEY);
-    let page: Value = reqwest::Client::new()
-        .get(format!(
-            "http://127.0.0.1:{}/channels/prices/messages?direction=forwards",
-            broker.port
-        ))
-        .header("authorization", format!("Basic {key}"))
+    let page: Value = broker
+        .with_key(
+            reqwest::Method::GET,
+            "/channels/prices/messages?direction=forwards",
+        )
         .send()
         .await
         .unwrap()

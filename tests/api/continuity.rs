@@ -305,31 +305,18 @@ async fn a_resume_takes_over_a_transport_the_broker_still_thinks_is_open() {
 
 #[actix_web::test]
 async fn untilattach_history_is_bounded_by_the_serial_and_refuses_a_foreign_one() {
-    use base64::Engine;
     let broker = spawn_broker(Limits::default()).await;
     let mut publisher = broker.connect_as(EVERYONE, Some("pub")).await;
     publish(&mut publisher, "log", 0, "one").await;
     let (mut reader, _) = connect(&broker, &long_token(&broker, "r"), "").await;
     let attach_serial = serial(&attach(&mut reader, "log", None).await);
     publish(&mut publisher, "log", 1, "two").await;
-    let basic = format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(API_KEY)
-    );
     let history = |query: String| {
-        let basic = basic.clone();
-        let url = format!(
-            "http://127.0.0.1:{}/channels/log/messages?{query}",
-            broker.port
+        let request = broker.with_key(
+            reqwest::Method::GET,
+            &format!("/channels/log/messages?{query}"),
         );
-        async move {
-            reqwest::Client::new()
-                .get(url)
-                .header("authorization", basic)
-                .send()
-                .await
-                .unwrap()
-        }
+        async move { request.send().await.unwrap() }
     };
     let response = history(format!("from_serial={attach_serial}")).await;
     assert_eq!(response.status(), 200);

@@ -14,7 +14,7 @@ use ably_tokend::config::Settings;
 use ably_tokend::http::Application;
 use ably_tokend::policy::Policy;
 use actix_web::dev::ServerHandle;
-use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Value};
 
 use crate::helpers::*;
@@ -57,20 +57,9 @@ impl ProviderServer {
             doc_fetches: Arc::new(AtomicUsize::new(0)),
             key_fetches: Arc::new(AtomicUsize::new(0)),
         };
-        let shared = state.clone();
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(web::Data::new(shared.clone()))
-                .default_service(web::to(serve))
-        })
-        .workers(1)
-        .disable_signals()
-        .bind("127.0.0.1:0")
-        .unwrap();
-        let port = server.addrs()[0].port();
-        let server = server.run();
-        let handle = server.handle();
-        actix_web::rt::spawn(server);
+        let (port, handle) = serve_on_loopback(state.clone(), |app| {
+            app.default_service(web::to(serve));
+        });
         let provider = ProviderServer {
             port,
             state,

@@ -151,13 +151,8 @@ async fn two_filters_on_one_connection_and_a_rest_publish() {
     let low = derived("headers.cost < `50`", "prices");
     assert_eq!(attach(&mut alice, &high).await["action"], 11);
     assert_eq!(attach(&mut alice, &low).await["action"], 11);
-    let key = base64::engine::general_purpose::STANDARD.encode(API_KEY);
-    let response = reqwest::Client::new()
-        .post(format!(
-            "http://127.0.0.1:{}/channels/prices/messages",
-            broker.port
-        ))
-        .header("authorization", format!("Basic {key}"))
+    let response = broker
+        .with_key(reqwest::Method::POST, "/channels/prices/messages")
         .json(&json!([
             {"data": "a", "extras": {"headers": {"cost": 10}}},
             {"data": "b", "extras": {"headers": {"cost": 90}}},
@@ -367,21 +362,15 @@ async fn rest_history_and_publish_of_a_filtered_channel_are_refused_with_40010()
     let broker = spawn_broker_qualified().await;
     let name = derived(FILTER, "chan");
     let encoded: String = url::form_urlencoded::byte_serialize(name.as_bytes()).collect();
-    let key = base64::engine::general_purpose::STANDARD.encode(API_KEY);
-    let base = format!("http://127.0.0.1:{}/channels/{encoded}", broker.port);
-    let client = reqwest::Client::new();
+    let base = format!("/channels/{encoded}");
     for request in [
-        client.get(format!("{base}/messages")),
-        client.get(format!("{base}/presence/history")),
-        client
-            .post(format!("{base}/messages"))
+        broker.with_key(reqwest::Method::GET, &format!("{base}/messages")),
+        broker.with_key(reqwest::Method::GET, &format!("{base}/presence/history")),
+        broker
+            .with_key(reqwest::Method::POST, &format!("{base}/messages"))
             .json(&json!({"name": "filtered"})),
     ] {
-        let response = request
-            .header("authorization", format!("Basic {key}"))
-            .send()
-            .await
-            .unwrap();
+        let response = request.send().await.unwrap();
         assert_eq!(response.status(), 400);
         let body: Value = response.json().await.unwrap();
         assert_eq!(body["error"]["code"], 40010, "{body}");

@@ -317,6 +317,28 @@ pub struct JwksState {
 }
 
 /// A real JWKS endpoint on loopback that counts its fetches.
+/// An HTTP server on a free loopback port with one worker, `state` as its
+/// `web::Data` and `routes`; returns the port and the handle that stops it.
+pub fn serve_on_loopback<S: Clone + Send + 'static>(
+    state: S,
+    routes: fn(&mut web::ServiceConfig),
+) -> (u16, ServerHandle) {
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(web::Data::new(state.clone()))
+            .configure(routes)
+    })
+    .workers(1)
+    .disable_signals()
+    .bind("127.0.0.1:0")
+    .unwrap();
+    let port = server.addrs()[0].port();
+    let server = server.run();
+    let handle = server.handle();
+    actix_web::rt::spawn(server);
+    (port, handle)
+}
+
 pub struct JwksServer {
     pub port: u16,
     pub state: JwksState,
@@ -331,20 +353,9 @@ impl JwksServer {
             delay: Arc::new(Mutex::new(Duration::ZERO)),
             fetches: Arc::new(AtomicUsize::new(0)),
         };
-        let shared = state.clone();
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(web::Data::new(shared.clone()))
-                .route("/.well-known/jwks.json", web::get().to(serve_jwks))
-        })
-        .workers(1)
-        .disable_signals()
-        .bind("127.0.0.1:0")
-        .unwrap();
-        let port = server.addrs()[0].port();
-        let server = server.run();
-        let handle = server.handle();
-        actix_web::rt::spawn(server);
+        let (port, handle) = serve_on_loopback(state.clone(), |app| {
+            app.route("/.well-known/jwks.json", web::get().to(serve_jwks));
+        });
         let jwks = JwksServer {
             port,
             state,
@@ -561,6 +572,15 @@ impl TestApp {
     pub async fn get_token(&self, path: &str, bearer: &str) -> reqwest::Response {
         self.request(reqwest::Method::GET, path)
             .bearer_auth(bearer)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// GET `path` with `cookie` as the Cookie header.
+    pub async fn get_with_cookie(&self, path: &str, cookie: &str) -> reqwest::Response {
+        self.request(reqwest::Method::GET, path)
+            .header("cookie", cookie)
             .send()
             .await
             .unwrap()
@@ -789,6 +809,19 @@ impl TestBroker {
             self.port
         ))
         .await
+    }
+
+    /// A REST request to the broker with the test API key (Basic auth).
+    pub fn with_key(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        reqwest::Client::new()
+            .request(method, format!("http://127.0.0.1:{}{path}", self.port))
+            .header(
+                "authorization",
+                format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(API_KEY)
+                ),
+            )
     }
 
     pub async fn connect_as(&self, capability: &str, client_id: Option<&str>) -> Socket {

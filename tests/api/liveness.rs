@@ -134,6 +134,46 @@ async fn watcher(live: &Liveness, channel: &str) -> Socket {
     socket
 }
 
+/// alice, present in "room": her socket, connection id and key (to resume
+/// with), and the id of her member.
+struct Alice {
+    socket: Socket,
+    connection_id: String,
+    connection_key: String,
+    member_id: String,
+}
+
+/// Connects alice, attaches "room" and enters it with `item`, which the
+/// watcher sees as an ENTER.
+async fn alice_enters(live: &Liveness, watcher: &mut Socket, item: Value) -> Alice {
+    let (mut socket, connected) = live.connect("alice", None).await;
+    let text = |field: &Value| field.as_str().unwrap().to_string();
+    let connection_id = text(&connected["connectionId"]);
+    let connection_key = text(&connected["connectionDetails"]["connectionKey"]);
+    attach(&mut socket, "room").await;
+    let own = presence(&mut socket, "room", 0, item).await;
+    let member_id = own_member_id(&mut socket, own).await;
+    presence_event(watcher, 2).await;
+    Alice {
+        socket,
+        connection_id,
+        connection_key,
+        member_id,
+    }
+}
+
+/// ably-js's automatic re-entry after a resume (RTP17g): an ENTER with the
+/// member's data and the id of its latest event; the frames up to its ACK.
+async fn re_enter(socket: &mut Socket, member_id: &str) -> Vec<Value> {
+    presence(
+        socket,
+        "room",
+        1,
+        json!({"action": 2, "data": "here", "id": member_id}),
+    )
+    .await
+}
+
 #[actix_web::test]
 async fn a_member_whose_connection_drops_stays_present_for_the_grace_then_leaves() {
     let live = spawn(Duration::from_secs(300)).await;
@@ -170,22 +210,17 @@ async fn a_member_whose_connection_drops_stays_present_for_the_grace_then_leaves
 async fn a_resume_within_the_grace_keeps_the_member_and_its_automatic_re_entry_is_silent() {
     let live = spawn(Duration::from_secs(300)).await;
     let mut watcher = watcher(&live, "room").await;
-    let (mut alice, connected) = live.connect("alice", None).await;
-    let alice_id = connected["connectionId"].as_str().unwrap().to_string();
-    let key = connected["connectionDetails"]["connectionKey"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    attach(&mut alice, "room").await;
-    let own = presence(
-        &mut alice,
-        "room",
-        0,
+    let Alice {
+        socket: alice,
+        connection_id: alice_id,
+        connection_key: key,
+        member_id,
+    } = alice_enters(
+        &live,
+        &mut watcher,
         json!({"action": 2, "data": "here", "extras": {"locks": ["l1"]}}),
     )
     .await;
-    let member_id = own_member_id(&mut alice, own).await;
-    presence_event(&mut watcher, 2).await;
 
     vanish(alice).await;
     live.advance(GRACE_MS - 1_000).await;
@@ -202,13 +237,7 @@ async fn a_resume_within_the_grace_keeps_the_member_and_its_automatic_re_entry_i
     );
     // ably-js re-enters with the id of the member's latest event (RTP17g):
     // nothing changed, so the others hear nothing and the extras stay.
-    let frames = presence(
-        &mut alice,
-        "room",
-        1,
-        json!({"action": 2, "data": "here", "id": member_id}),
-    )
-    .await;
+    let frames = re_enter(&mut alice, &member_id).await;
     assert!(frames.is_empty(), "{frames:?}");
     alice.silent_for(300).await;
     live.advance(GRACE_MS * 4).await;
@@ -245,16 +274,12 @@ async fn a_resume_within_the_grace_keeps_the_member_and_its_automatic_re_entry_i
 async fn a_resume_that_takes_over_a_connection_still_open_keeps_its_member() {
     let live = spawn(Duration::from_secs(300)).await;
     let mut watcher = watcher(&live, "room").await;
-    let (mut alice, connected) = live.connect("alice", None).await;
-    let alice_id = connected["connectionId"].as_str().unwrap().to_string();
-    let key = connected["connectionDetails"]["connectionKey"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    attach(&mut alice, "room").await;
-    let own = presence(&mut alice, "room", 0, json!({"action": 2, "data": "here"})).await;
-    let member_id = own_member_id(&mut alice, own).await;
-    presence_event(&mut watcher, 2).await;
+    let Alice {
+        socket: mut alice,
+        connection_id: alice_id,
+        connection_key: key,
+        member_id,
+    } = alice_enters(&live, &mut watcher, json!({"action": 2, "data": "here"})).await;
 
     // The old socket stays open; a second transport resumes it.
     let (mut again, connected) = live.connect("alice", Some(&key)).await;
@@ -274,13 +299,7 @@ async fn a_resume_that_takes_over_a_connection_still_open_keeps_its_member() {
         16,
         "the SYNC after the attach"
     );
-    let frames = presence(
-        &mut again,
-        "room",
-        1,
-        json!({"action": 2, "data": "here", "id": member_id}),
-    )
-    .await;
+    let frames = re_enter(&mut again, &member_id).await;
     assert!(frames.is_empty(), "{frames:?}");
     live.advance(GRACE_MS * 2).await;
     watcher.silent_for(300).await;
@@ -297,28 +316,19 @@ async fn a_resume_that_takes_over_a_connection_still_open_keeps_its_member() {
 async fn a_resume_after_the_grace_finds_the_member_gone_and_its_re_entry_is_an_enter() {
     let live = spawn(Duration::from_secs(300)).await;
     let mut watcher = watcher(&live, "room").await;
-    let (mut alice, connected) = live.connect("alice", None).await;
-    let key = connected["connectionDetails"]["connectionKey"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    attach(&mut alice, "room").await;
-    let own = presence(&mut alice, "room", 0, json!({"action": 2, "data": "here"})).await;
-    let member_id = own_member_id(&mut alice, own).await;
-    presence_event(&mut watcher, 2).await;
+    let Alice {
+        socket: alice,
+        connection_key: key,
+        member_id,
+        ..
+    } = alice_enters(&live, &mut watcher, json!({"action": 2, "data": "here"})).await;
     vanish(alice).await;
     live.advance(GRACE_MS).await;
     presence_event(&mut watcher, 3).await;
 
     let (mut alice, _) = live.connect("alice", Some(&key)).await;
     attach(&mut alice, "room").await;
-    presence(
-        &mut alice,
-        "room",
-        1,
-        json!({"action": 2, "data": "here", "id": member_id}),
-    )
-    .await;
+    re_enter(&mut alice, &member_id).await;
     let entered = presence_event(&mut watcher, 2).await;
     assert_eq!(entered["clientId"], "alice");
 }

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use actix_web::dev::ServerHandle;
-use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use actix_web::{web, HttpRequest, HttpResponse};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use serde_json::{json, Value};
@@ -49,22 +49,11 @@ struct UpstreamServer {
 impl UpstreamServer {
     async fn start() -> UpstreamServer {
         let state = Upstream::default();
-        let shared = state.clone();
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(web::Data::new(shared.clone()))
-                .route("/api/auth/session", web::get().to(session))
+        let (port, handle) = serve_on_loopback(state.clone(), |app| {
+            app.route("/api/auth/session", web::get().to(session))
                 .route("/api/auth/get-session", web::get().to(session))
-                .route("/oauth2/introspect", web::post().to(introspect))
-        })
-        .workers(1)
-        .disable_signals()
-        .bind("127.0.0.1:0")
-        .unwrap();
-        let port = server.addrs()[0].port();
-        let server = server.run();
-        let handle = server.handle();
-        actix_web::rt::spawn(server);
+                .route("/oauth2/introspect", web::post().to(introspect));
+        });
         UpstreamServer {
             port,
             state,
@@ -224,18 +213,9 @@ fn capability(token_request: &Value) -> Value {
 async fn a_cookie_is_looked_up_at_the_session_endpoint_and_only_it_is_forwarded() {
     let (_key, jwks, upstream, app) = setup().await;
     upstream.session("db-session-1", authjs_session("u-42", "support"));
-    let url = app.url("/api/ably-token");
     let cookies = "theme=dark; authjs.session-token=db-session-1; __session=a.b.c";
 
-    let first = ok_json(
-        app.client
-            .get(&url)
-            .header("cookie", cookies)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let first = ok_json(app.get_with_cookie("/api/ably-token", cookies).await).await;
     assert_eq!(first["clientId"], "u-42");
     assert_eq!(first["keyName"], KEY_NAME);
     let cap = capability(&first);
@@ -258,26 +238,14 @@ async fn a_cookie_is_looked_up_at_the_session_endpoint_and_only_it_is_forwarded(
     assert_eq!(seen[0].authorization, None);
 
     // Within cache_ttl the answer is reused: no second call.
-    let again = ok_json(
-        app.client
-            .get(&url)
-            .header("cookie", cookies)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let again = ok_json(app.get_with_cookie("/api/ably-token", cookies).await).await;
     assert_eq!(again["clientId"], "u-42");
     assert_eq!(upstream.calls(), 1);
 
     // No session (`null`): 401 session_invalid, naming the issuer.
     let none = app
-        .client
-        .get(&url)
-        .header("cookie", "authjs.session-token=signed-out")
-        .send()
-        .await
-        .unwrap();
+        .get_with_cookie("/api/ably-token", "authjs.session-token=signed-out")
+        .await;
     let body = assert_error(none, 401, "session_invalid").await;
     assert!(
         body["error"]["message"]
@@ -288,12 +256,8 @@ async fn a_cookie_is_looked_up_at_the_session_endpoint_and_only_it_is_forwarded(
     );
     // An unlisted cookie alone is no credential, and nothing is asked.
     let unlisted = app
-        .client
-        .get(&url)
-        .header("cookie", "theme=dark; next-auth.session-token=x")
-        .send()
-        .await
-        .unwrap();
+        .get_with_cookie("/api/ably-token", "theme=dark; next-auth.session-token=x")
+        .await;
     assert_error(unlisted, 401, "session_token_missing").await;
     assert_eq!(upstream.calls(), 2);
 
@@ -416,12 +380,8 @@ async fn an_upstream_that_is_down_is_a_503_never_a_500() {
     )
     .await;
     let by_cookie = app
-        .client
-        .get(app.url("/api/ably-token"))
-        .header("cookie", "authjs.session-token=db-session-1")
-        .send()
-        .await
-        .unwrap();
+        .get_with_cookie("/api/ably-token", "authjs.session-token=db-session-1")
+        .await;
     let body = assert_error(by_cookie, 503, "session_upstream_unavailable").await;
     assert_eq!(body["error"]["code"], 50300);
     let by_bearer = app.get_token("/api/ably-token", "ory_at_live").await;
@@ -532,13 +492,10 @@ async fn check_config_says_whether_each_endpoint_answers() {
     upstream.handle.stop(false).await;
 }
 
-/// Better Auth's `bearer` plugin: the session token as `Authorization:
-/// Bearer`, forwarded as it came when the session endpoint asks for it.
-#[actix_web::test]
-async fn a_session_endpoint_with_forward_authorization_takes_opaque_bearers() {
-    let upstream = UpstreamServer::start().await;
-    upstream.session("better-auth-token", authjs_session("u-9", "support"));
-    let config = format!(
+/// The app's configuration (loopback, one worker, no rate limit, the test
+/// key) around `issuers`, its `[[issuers]]` tables.
+fn config_around(issuers: &str) -> String {
+    format!(
         r#"
         [server]
         bind = "127.0.0.1:0"
@@ -548,6 +505,19 @@ async fn a_session_endpoint_with_forward_authorization_takes_opaque_bearers() {
         api_key = "{API_KEY}"
         [log]
         level = "warn"
+        {issuers}
+        "#
+    )
+}
+
+/// Better Auth's `bearer` plugin: the session token as `Authorization:
+/// Bearer`, forwarded as it came when the session endpoint asks for it.
+#[actix_web::test]
+async fn a_session_endpoint_with_forward_authorization_takes_opaque_bearers() {
+    let upstream = UpstreamServer::start().await;
+    upstream.session("better-auth-token", authjs_session("u-9", "support"));
+    let config = config_around(&format!(
+        r#"
         [[issuers]]
         name = "better-auth"
         kind = "session_endpoint"
@@ -558,7 +528,7 @@ async fn a_session_endpoint_with_forward_authorization_takes_opaque_bearers() {
         roles_claim = "/user/role"
         "#,
         port = upstream.port
-    );
+    ));
     let app = TestApp::spawn_with(&config, TEST_POLICY).await;
     let body = ok_json(
         app.client
@@ -600,19 +570,7 @@ async fn the_readmes_better_auth_block_refuses_a_session_past_its_expires_at() {
         "http://127.0.0.1:3000/",
         &format!("http://127.0.0.1:{}/", upstream.port),
     );
-    let config = format!(
-        r#"
-        [server]
-        bind = "127.0.0.1:0"
-        workers = 1
-        rate_limit_per_second = 0
-        [ably]
-        api_key = "{API_KEY}"
-        [log]
-        level = "warn"
-        {block}
-        "#
-    );
+    let config = config_around(&block);
     let app = TestApp::spawn_with(&config, TEST_POLICY).await;
     let live = humantime::format_rfc3339_millis(
         std::time::SystemTime::now() + std::time::Duration::from_secs(7 * 86400),
@@ -630,22 +588,14 @@ async fn the_readmes_better_auth_block_refuses_a_session_past_its_expires_at() {
     }
     // The same answer with a live expiresAt is accepted: the refusal below is the expiry.
     let body = ok_json(
-        app.client
-            .get(app.url("/api/ably-token"))
-            .header("cookie", "better-auth.session_token=live.sig")
-            .send()
-            .await
-            .unwrap(),
+        app.get_with_cookie("/api/ably-token", "better-auth.session_token=live.sig")
+            .await,
     )
     .await;
     assert_eq!(body["clientId"], "ba-user-1");
     let expired = app
-        .client
-        .get(app.url("/api/ably-token"))
-        .header("cookie", "better-auth.session_token=expired.sig")
-        .send()
-        .await
-        .unwrap();
+        .get_with_cookie("/api/ably-token", "better-auth.session_token=expired.sig")
+        .await;
     assert_error(expired, 401, "session_invalid").await;
     let seen = upstream.seen();
     assert_eq!(seen.len(), 2, "both were asked");

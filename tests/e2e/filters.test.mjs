@@ -6,14 +6,22 @@
 // attach it, and a filter the broker cannot read fails the attach.
 
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
-import path from "node:path";
 import { after, before, describe, it } from "node:test";
 
-import { Ably, channelState, closeClient, connected, messageInbox, rejection, uniqueChannel, within } from "./helpers.mjs";
-import { BINARY, ROOT, Tail } from "../support/node/stack.mjs";
+import {
+  Ably,
+  channelState,
+  closeClient,
+  connected,
+  keyClientOptions,
+  messageInbox,
+  rejection,
+  startBroker,
+  stopBroker,
+  uniqueChannel,
+  within,
+} from "./helpers.mjs";
+import { Tail } from "../support/node/stack.mjs";
 
 const TEST = { timeout: 30_000 };
 const QUALIFIED_KEY = "e2e.qualified:qualified-key-secret-0123456789";
@@ -30,13 +38,8 @@ const MESSAGES = [
   { name: "end", data: "last" },
 ];
 
-/** `ably-tokend broker` on a free port with the two keys; resolves with {port, proc, text()}. */
-async function startBroker() {
-  const dir = mkdtempSync(path.join(tmpdir(), "tokend-filters-"));
-  const config = path.join(dir, "filters.toml");
-  writeFileSync(
-    config,
-    `[[ably.keys]]
+/** The broker's configuration: the two keys. */
+const CONFIG = `[[ably.keys]]
 key = "${QUALIFIED_KEY}"
 capability = { "[*]*" = ["*"] }
 
@@ -49,56 +52,7 @@ bind = "127.0.0.1:0"
 [log]
 format = "json"
 level = "info"
-`,
-  );
-  const env = Object.fromEntries(
-    Object.entries(process.env).filter(([name]) => name !== "ABLY_API_KEY" && !name.startsWith("ABLY_TOKEND_")),
-  );
-  env.NO_COLOR = "1";
-  const proc = spawn(BINARY, ["broker", "--config", config], { cwd: ROOT, env, stdio: ["ignore", "pipe", "pipe"] });
-  const log = new Tail(200);
-  let text = "";
-  const port = new Promise((resolve, reject) => {
-    let buffer = "";
-    const onData = (chunk) => {
-      text += chunk;
-      buffer += chunk;
-      let nl;
-      while ((nl = buffer.indexOf("\n")) >= 0) {
-        const line = buffer.slice(0, nl);
-        buffer = buffer.slice(nl + 1);
-        log.push(line);
-        try {
-          const entry = JSON.parse(line);
-          const fields = entry.fields ?? entry;
-          if (fields.message === "broker listening") resolve(fields.port);
-        } catch {
-          // not a JSON log line
-        }
-      }
-    };
-    proc.stdout.setEncoding("utf8").on("data", onData);
-    proc.stderr.setEncoding("utf8").on("data", onData);
-    proc.on("exit", (code) => reject(new Error(`the broker exited (${code}) before listening:\n${log.text()}`)));
-  });
-  const exited = new Promise((resolve) => proc.on("exit", resolve));
-  const broker = { proc, exited, dir, port: await within(port, "the broker's listening line") };
-  broker.text = () => text;
-  return broker;
-}
-
-function options(broker, key, useBinaryProtocol = true) {
-  return {
-    key,
-    endpoint: "127.0.0.1",
-    port: broker.port,
-    tls: false,
-    fallbackHosts: [],
-    disableConnectivityCheck: true,
-    wsConnectivityCheckUrl: `ws://127.0.0.1:${broker.port}/`,
-    useBinaryProtocol,
-  };
-}
+`;
 
 describe("subscription filters", () => {
   let broker;
@@ -106,19 +60,17 @@ describe("subscription filters", () => {
   const realtime = (key, useBinaryProtocol, label) => {
     // The client's own log kept for diagnostics (a timeout prints it), not printed.
     const log = new Tail(200);
-    const client = new Ably.Realtime({ ...options(broker, key, useBinaryProtocol), logHandler: (line) => log.push(line) });
+    const client = new Ably.Realtime(keyClientOptions(broker.port, key, { useBinaryProtocol, logHandler: (line) => log.push(line) }));
     client.e2e = { label, log };
     clients.push(client);
     return client;
   };
   before(async () => {
-    broker = await startBroker();
+    broker = await startBroker({ config: CONFIG });
   });
   after(async () => {
     await Promise.all(clients.map((c) => closeClient(c).catch(() => {})));
-    broker.proc.kill("SIGTERM");
-    await within(broker.exited, "the broker to exit");
-    rmSync(broker.dir, { recursive: true, force: true });
+    await stopBroker(broker);
     assert.ok(!broker.text().includes(QUALIFIED_KEY.split(":")[1]), "the key's secret never appears in the log");
   });
 
@@ -136,7 +88,7 @@ describe("subscription filters", () => {
       const plainInbox = await messageInbox(alice, plain);
       const bobInbox = await messageInbox(bob, bob.channels.get(name));
 
-      const rest = new Ably.Rest(options(broker, QUALIFIED_KEY));
+      const rest = new Ably.Rest(keyClientOptions(broker.port, QUALIFIED_KEY, { useBinaryProtocol: true }));
       await within(rest.channels.get(name).publish(MESSAGES), "the REST publish of six messages");
 
       // As ably-js's test: once the plain channel has "end", the filtered one has its two.

@@ -7,8 +7,11 @@
 // log (at micro level, which includes the protocol frames it sent and received), so a failure
 // explains itself to whoever is working on the broker.
 
+import { spawn } from "node:child_process";
 import { once } from "node:events";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import http from "node:http";
+import { tmpdir } from "node:os";
 import path from "node:path";
 import { after, before } from "node:test";
 import { fileURLToPath } from "node:url";
@@ -184,6 +187,85 @@ function brokerOptions(stack, protocol) {
     // cover; point it at the broker so nothing leaves loopback.
     wsConnectivityCheckUrl: `ws://${stack.broker.host}:${stack.broker.port}/`,
     useBinaryProtocol: PROTOCOLS[protocol],
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// `ably-tokend broker` on its own (no sidecar), for the files that configure it themselves
+
+/**
+ * Runs `ably-tokend broker` on a free port: with `config` (TOML; written to a fresh temporary
+ * directory and passed as `--config`), then `args`. The environment is this process's without
+ * ABLY_API_KEY (refused beside [[ably.keys]]) and ABLY_TOKEND_* (the harness's ABLY_TOKEND_BIN among
+ * them, which would be read as settings), with NO_COLOR=1 and `env`. `name` is "broker", or
+ * "sandbox" for `--sandbox`: the JSON log line whose message starts with `<name> listening` gives
+ * the port. Resolves with {name, proc, port, log (the output's last 200 lines), text() (all of it),
+ * exited, dir}; rejects if the process exits before that line.
+ */
+export async function startBroker({ config, args = [], env = {}, name = "broker" } = {}) {
+  let dir;
+  const argv = ["broker"];
+  if (config !== undefined) {
+    dir = mkdtempSync(path.join(tmpdir(), "tokend-broker-"));
+    const file = path.join(dir, "broker.toml");
+    writeFileSync(file, config);
+    argv.push("--config", file);
+  }
+  argv.push(...args);
+  const childEnv = Object.fromEntries(
+    Object.entries(process.env).filter(([key]) => key !== "ABLY_API_KEY" && !key.startsWith("ABLY_TOKEND_")),
+  );
+  Object.assign(childEnv, { NO_COLOR: "1" }, env);
+  const proc = spawn(shared.BINARY, argv, { cwd: shared.ROOT, env: childEnv, stdio: ["ignore", "pipe", "pipe"] });
+  const log = new shared.Tail(200);
+  let text = "";
+  const port = new Promise((resolve, reject) => {
+    let buffer = "";
+    const onData = (chunk) => {
+      text += chunk;
+      buffer += chunk;
+      let nl;
+      while ((nl = buffer.indexOf("\n")) >= 0) {
+        const line = buffer.slice(0, nl);
+        buffer = buffer.slice(nl + 1);
+        log.push(line);
+        try {
+          const entry = JSON.parse(line);
+          const fields = entry.fields ?? entry;
+          if (String(fields.message).startsWith(`${name} listening`)) resolve(fields.port);
+        } catch {
+          // not a JSON log line
+        }
+      }
+    };
+    proc.stdout.setEncoding("utf8").on("data", onData);
+    proc.stderr.setEncoding("utf8").on("data", onData);
+    proc.on("exit", (code) => reject(new Error(`the ${name} exited (${code}) before listening:\n${log.text()}`)));
+  });
+  const exited = new Promise((resolve) => proc.on("exit", resolve));
+  const listening = await within(port, `the ${name}'s listening line`);
+  return { name, proc, port: listening, log, text: () => text, exited, dir };
+}
+
+/** SIGTERM to a broker from startBroker (if it started), a bounded wait for its exit, its directory removed. */
+export async function stopBroker(broker) {
+  if (!broker) return;
+  broker.proc.kill("SIGTERM");
+  await within(broker.exited, `the ${broker.name} to exit`);
+  if (broker.dir) rmSync(broker.dir, { recursive: true, force: true });
+}
+
+/** Options for a client with `key` to a broker on loopback `port`, plain ws/http, no Ably host contacted; `more` added. */
+export function keyClientOptions(port, key, more = {}) {
+  return {
+    key,
+    endpoint: "127.0.0.1",
+    port,
+    tls: false,
+    fallbackHosts: [],
+    disableConnectivityCheck: true,
+    wsConnectivityCheckUrl: `ws://127.0.0.1:${port}/`,
+    ...more,
   };
 }
 

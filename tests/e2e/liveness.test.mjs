@@ -13,10 +13,6 @@
 // - idle but healthy (it answers the broker's pings): never closed, in msgpack and JSON.
 
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
-import path from "node:path";
 import { after, before, describe, it } from "node:test";
 
 import {
@@ -25,12 +21,15 @@ import {
   closeClient,
   connected,
   connectionState,
+  keyClientOptions,
   presenceInbox,
+  startBroker,
+  stopBroker,
   uniqueChannel,
   until,
   within,
 } from "./helpers.mjs";
-import { BINARY, ROOT, Tail } from "../support/node/stack.mjs";
+import { Tail } from "../support/node/stack.mjs";
 import { startTcpProxy } from "../support/node/tcp_proxy.mjs";
 
 const TEST = { timeout: 45_000 };
@@ -39,13 +38,8 @@ const GRACE_MS = 3_000;
 const IDLE_TIMEOUT_MS = 1_500; // 1.5 × max_idle_interval
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
-/** `ably-tokend broker` on a free port with the shortened liveness settings. */
-async function startBroker() {
-  const dir = mkdtempSync(path.join(tmpdir(), "tokend-liveness-"));
-  const config = path.join(dir, "liveness.toml");
-  writeFileSync(
-    config,
-    `[[ably.keys]]
+/** The broker's configuration: the shortened liveness settings. */
+const CONFIG = `[[ably.keys]]
 key = "${KEY}"
 
 [broker]
@@ -56,54 +50,14 @@ max_idle_interval = "1s"
 [log]
 format = "json"
 level = "info"
-`,
-  );
-  // Only this file configures the broker (ABLY_TOKEND_BIN and the like would be read as settings).
-  const env = Object.fromEntries(
-    Object.entries(process.env).filter(([name]) => name !== "ABLY_API_KEY" && !name.startsWith("ABLY_TOKEND_")),
-  );
-  env.NO_COLOR = "1";
-  const proc = spawn(BINARY, ["broker", "--config", config], { cwd: ROOT, env, stdio: ["ignore", "pipe", "pipe"] });
-  const log = new Tail(200);
-  const port = new Promise((resolve, reject) => {
-    let buffer = "";
-    const onData = (chunk) => {
-      buffer += chunk;
-      let nl;
-      while ((nl = buffer.indexOf("\n")) >= 0) {
-        const line = buffer.slice(0, nl);
-        buffer = buffer.slice(nl + 1);
-        log.push(line);
-        try {
-          const entry = JSON.parse(line);
-          const fields = entry.fields ?? entry;
-          if (fields.message === "broker listening") resolve(fields.port);
-        } catch {
-          // not a JSON log line
-        }
-      }
-    };
-    proc.stdout.setEncoding("utf8").on("data", onData);
-    proc.stderr.setEncoding("utf8").on("data", onData);
-    proc.on("exit", (code) => reject(new Error(`the broker exited (${code}) before listening:\n${log.text()}`)));
-  });
-  const exited = new Promise((resolve) => proc.on("exit", resolve));
-  return { proc, log, exited, dir, port: await within(port, "the broker's listening line") };
-}
-
-async function stopBroker(broker) {
-  if (!broker) return;
-  broker.proc.kill("SIGTERM");
-  await within(broker.exited, "the broker to exit");
-  rmSync(broker.dir, { recursive: true, force: true });
-}
+`;
 
 describe("presence liveness", () => {
   let broker;
   const clients = new Set();
   const proxies = new Set();
   before(async () => {
-    broker = await startBroker();
+    broker = await startBroker({ config: CONFIG });
   });
   after(async () => {
     await Promise.all([...clients].map((c) => closeClient(c).catch(() => {})));
@@ -115,24 +69,19 @@ describe("presence liveness", () => {
   function client(clientId, port, { protocol = "msgpack" } = {}) {
     const log = new Tail(300);
     const e2e = { label: `${clientId}/${protocol}`, log, reentered: false };
-    const realtime = new Ably.Realtime({
-      key: KEY,
-      clientId,
-      endpoint: "127.0.0.1",
-      port,
-      tls: false,
-      fallbackHosts: [],
-      disableConnectivityCheck: true,
-      wsConnectivityCheckUrl: `ws://127.0.0.1:${port}/`,
-      useBinaryProtocol: protocol === "msgpack",
-      // Reconnect at once after a drop, whatever ably-js's default.
-      disconnectedRetryTimeout: 500,
-      logLevel: 4,
-      logHandler: (msg) => {
-        if (msg.includes("Auto-reentering")) e2e.reentered = true;
-        log.push(`${new Date().toISOString().slice(11, 23)} ${msg}`);
-      },
-    });
+    const realtime = new Ably.Realtime(
+      keyClientOptions(port, KEY, {
+        clientId,
+        useBinaryProtocol: protocol === "msgpack",
+        // Reconnect at once after a drop, whatever ably-js's default.
+        disconnectedRetryTimeout: 500,
+        logLevel: 4,
+        logHandler: (msg) => {
+          if (msg.includes("Auto-reentering")) e2e.reentered = true;
+          log.push(`${new Date().toISOString().slice(11, 23)} ${msg}`);
+        },
+      }),
+    );
     realtime.e2e = e2e;
     clients.add(realtime);
     return realtime;

@@ -5,11 +5,20 @@
 // fixture's presence members; after DELETE /apps/{appId} the app no longer answers.
 
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import { after, before, describe, it } from "node:test";
 
-import { Ably, closeClient, connected, connectionState, messageInbox, rejection, uniqueChannel, within } from "./helpers.mjs";
-import { BINARY, ROOT, Tail } from "../support/node/stack.mjs";
+import {
+  Ably,
+  closeClient,
+  connected,
+  connectionState,
+  messageInbox,
+  rejection,
+  startBroker,
+  stopBroker,
+  uniqueChannel,
+  within,
+} from "./helpers.mjs";
 
 const TEST = { timeout: 30_000 };
 
@@ -29,40 +38,11 @@ const POST_APPS = {
   ],
 };
 
-/** `ably-tokend broker --sandbox` on a free loopback port; resolves with {url, proc, text()}. */
+/** `ably-tokend broker --sandbox` on a free loopback port; resolves with startBroker's answer and its `url`. */
 async function startSandbox() {
-  const proc = spawn(BINARY, ["broker", "--sandbox", "--bind", "127.0.0.1:0", "--log-format", "json"], {
-    cwd: ROOT,
-    env: { ...process.env, NO_COLOR: "1" },
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  const log = new Tail(200);
-  let text = "";
-  const port = new Promise((resolve, reject) => {
-    let buffer = "";
-    const onData = (chunk) => {
-      text += chunk;
-      buffer += chunk;
-      let nl;
-      while ((nl = buffer.indexOf("\n")) >= 0) {
-        const line = buffer.slice(0, nl);
-        buffer = buffer.slice(nl + 1);
-        log.push(line);
-        try {
-          const fields = JSON.parse(line);
-          if (String(fields.message).startsWith("sandbox listening")) resolve(fields.port);
-        } catch {
-          // not a JSON log line
-        }
-      }
-    };
-    proc.stdout.setEncoding("utf8").on("data", onData);
-    proc.stderr.setEncoding("utf8").on("data", onData);
-    proc.on("exit", (code) => reject(new Error(`the sandbox exited (${code}) before listening:\n${log.text()}`)));
-  });
-  const exited = new Promise((resolve) => proc.on("exit", resolve));
-  const listening = await within(port, "the sandbox's listening line");
-  return { url: `http://127.0.0.1:${listening}`, proc, exited, log, text: () => text };
+  const args = ["--sandbox", "--bind", "127.0.0.1:0", "--log-format", "json"];
+  const sandbox = await startBroker({ args, name: "sandbox" });
+  return { ...sandbox, url: `http://127.0.0.1:${sandbox.port}` };
 }
 
 /** POST /apps as testapp_manager.js does; resolves with the parsed answer. */
@@ -110,9 +90,7 @@ describe("broker --sandbox", () => {
     sandbox = await startSandbox();
   });
   after(async () => {
-    if (!sandbox) return;
-    sandbox.proc.kill("SIGTERM");
-    await within(sandbox.exited, "the sandbox to exit");
+    await stopBroker(sandbox);
   });
 
   it("an app from POST /apps: a client with its key publishes, receives, reads history and sees the fixture's members", TEST, async () => {

@@ -20,12 +20,11 @@ import { toNodeHandler } from "better-auth/node";
 import { admin, bearer } from "better-auth/plugins";
 
 import {
-  assertNoSecretsLogged,
   capabilityOf,
   readmeConfig,
   requestToken,
   startServe,
-  stopServe,
+  stopServeCheckingLog,
 } from "./helpers.mjs";
 
 const PASSWORD = "correct horse battery staple";
@@ -119,10 +118,7 @@ describe("Better Auth (the README's better-auth block against the real package)"
     stack.secrets.add(app.secret);
   });
   after(async () => {
-    if (stack) {
-      await stopServe(stack);
-      assertNoSecretsLogged(stack);
-    }
+    await stopServeCheckingLog(stack);
     await app?.close();
   });
 
@@ -200,10 +196,7 @@ describe("Better Auth over https cookie names, and its bearer plugin (the block 
     stack.secrets.add(app.secret);
   });
   after(async () => {
-    if (stack) {
-      await stopServe(stack);
-      assertNoSecretsLogged(stack);
-    }
+    await stopServeCheckingLog(stack);
     await app?.close();
   });
 

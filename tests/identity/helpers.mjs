@@ -119,6 +119,13 @@ export function assertNoSecretsLogged(stack) {
   }
 }
 
+/** After a group: stops the stack if it started, then asserts its log holds none of its secrets. */
+export async function stopServeCheckingLog(stack) {
+  if (!stack) return;
+  await stopServe(stack);
+  assertNoSecretsLogged(stack);
+}
+
 /**
  * GET /api/ably-token with `cookies` ({name: value}) and optional `headers`; every cookie value
  * (and each of its JWE parts) becomes a secret the log must not hold. Returns {status, body}.
@@ -147,3 +154,14 @@ export async function requestToken(stack, cookies, headers = {}) {
 
 /** The capability of a TokenRequest, parsed. */
 export const capabilityOf = (tokenRequest) => JSON.parse(tokenRequest.capability);
+
+/** A capability with each resource's operations sorted, to compare with deepEqual. */
+export const sortedCapability = (cap) =>
+  Object.fromEntries(Object.entries(cap).map(([k, ops]) => [k, [...ops].sort()]).sort());
+
+/** What fixtures/policy.toml grants the role `editor` (sorted as sortedCapability sorts). */
+export const editorCapability = (sub) =>
+  sortedCapability({
+    [`chat:${sub}`]: ["publish", "subscribe"],
+    "docs:*": ["presence", "publish", "subscribe"],
+  });

@@ -10,12 +10,11 @@ import { after, before, describe, test } from "node:test";
 
 import {
   ROOT,
-  assertNoSecretsLogged,
   capabilityOf,
   readmeConfig,
   requestToken,
   startServe,
-  stopServe,
+  stopServeCheckingLog,
 } from "./helpers.mjs";
 
 /** Starts server.mjs; resolves with {proc, port, cookie: {name, value}} from its first line. */
@@ -48,10 +47,7 @@ describe("Auth.js database sessions (the README's session_endpoint configuration
     stack = await startServe({ issuers });
   });
   after(async () => {
-    if (stack) {
-      await stopServe(stack);
-      assertNoSecretsLogged(stack);
-    }
+    await stopServeCheckingLog(stack);
     auth?.proc.stdin.end();
   });
 

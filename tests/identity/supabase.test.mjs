@@ -13,25 +13,18 @@ import { createChunks, createServerClient, stringToBase64URL } from "@supabase/s
 import { SignJWT, exportJWK, generateKeyPair } from "jose";
 
 import {
-  assertNoSecretsLogged,
   capabilityOf,
+  editorCapability,
   readmeConfig,
   requestToken,
+  sortedCapability,
   startServe,
-  stopServe,
+  stopServeCheckingLog,
 } from "./helpers.mjs";
 
 const ANON_KEY = "anon-key-for-the-identity-suite";
 const USER_ID = "8d0fd2b3-9ca7-4d9e-a95f-9e13dded323e";
 const KID = "supabase-identity-suite-key";
-
-const sorted = (cap) =>
-  Object.fromEntries(Object.entries(cap).map(([k, ops]) => [k, [...ops].sort()]).sort());
-const editorCapability = (sub) =>
-  sorted({
-    [`chat:${sub}`]: ["publish", "subscribe"],
-    "docs:*": ["presence", "publish", "subscribe"],
-  });
 
 function assertRefused(res, reason) {
   assert.equal(res.status, 401, JSON.stringify(res.body));
@@ -152,10 +145,7 @@ describe("Supabase (the README's cookie configuration, cookies written by @supab
     stack = await startServe({ issuers: config(auth, name) });
   });
   after(async () => {
-    if (stack) {
-      await stopServe(stack);
-      assertNoSecretsLogged(stack);
-    }
+    await stopServeCheckingLog(stack);
     auth?.server.close();
   });
 
@@ -173,7 +163,7 @@ describe("Supabase (the README's cookie configuration, cookies written by @supab
     const res = await requestToken(stack, cookies);
     assert.equal(res.status, 200, JSON.stringify(res.body));
     assert.equal(res.body.clientId, USER_ID);
-    assert.deepEqual(sorted(capabilityOf(res.body)), editorCapability(USER_ID));
+    assert.deepEqual(sortedCapability(capabilityOf(res.body)), editorCapability(USER_ID));
     assert.equal(res.body.keyName, "identityApp.testKey");
   });
 
@@ -187,7 +177,7 @@ describe("Supabase (the README's cookie configuration, cookies written by @supab
       const res = await requestToken(stack, cookies);
       assert.equal(res.status, 200, JSON.stringify(res.body));
       assert.equal(res.body.clientId, USER_ID);
-      assert.deepEqual(sorted(capabilityOf(res.body)), editorCapability(USER_ID));
+      assert.deepEqual(sortedCapability(capabilityOf(res.body)), editorCapability(USER_ID));
       // A chunk lost on the way is a gap, not a shorter session.
       delete cookies[`${name}.1`];
       assertRefused(await requestToken(stack, cookies), "session_token_malformed");
