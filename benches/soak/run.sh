@@ -11,6 +11,7 @@
 #   TOKEN_RPS=500      token requests per second offered (0: none)
 #   SESSIONS=1000      distinct session JWTs the token load cycles through
 #   SAMPLE_SECS=5      RSS sampling interval
+#   REST_SECS=150      after the load, this long with no load, still sampled (0: none)
 #   OUT_DIR=target/soak   where rss.csv and report.md go
 #   SKIP_BUILD=1       use the existing target/release/ably-tokend
 #   TOKEND_BIN=path    soak this binary instead (implies no build)
@@ -57,7 +58,7 @@ fi
 export ABLY_TOKEND_BIN=$TOKEND_BIN
 
 # The soak ends by itself; this bound (its duration plus set-up and drain time) is for a hang.
-BOUND=$(($(seconds "$SOAK_DURATION") + 180))
+BOUND=$(($(seconds "$SOAK_DURATION") + ${REST_SECS:-150} + 180))
 log "soaking $TOKEND_BIN (revision $(git rev-parse --short HEAD 2>/dev/null || echo '?')) for $SOAK_DURATION"
 status=0
 timeout --foreground -k 10 "$BOUND" node "$HERE/soak.mjs" || status=$?

@@ -134,6 +134,7 @@ async function main() {
   const CONN_RATE = intEnv("CONN_RATE", 150);
   const SAMPLE_SECS = intEnv("SAMPLE_SECS", 5);
   const SESSIONS = intEnv("SESSIONS", 1000);
+  const REST_SECS = intEnv("REST_SECS", 150, 0);
   const OUT_DIR = process.env.OUT_DIR ?? path.join(stackLib.ROOT, "target/soak");
   const STEP_MS = 10_000; // every step of a client's cycle is bounded
   // The reference RSS: at 1 minute, or half-way through a run shorter than 2 minutes.
@@ -298,19 +299,29 @@ async function main() {
 
   await Promise.all(Array.from({ length: CLIENTS }, (_, slot) => slotLoop(slot)));
   await tokenDone;
+  const loadEnd = samples.length;
+  const loadElapsed = (Date.now() - t0) / 1000;
+  // Then REST_SECS with no load, still sampled: what the broker keeps once the churn stops, after
+  // the 2-minute windows (TokenRequest nonces, idempotency ids, resumable connections) run out.
+  if (REST_SECS > 0) {
+    log(`load over; ${REST_SECS} s with no load`);
+    await sleep(REST_SECS * 1000);
+  }
   clearInterval(sampler);
   if (Date.now() - lastAt >= 1000) sample();
   else samples[samples.length - 1].rssKb = rssKb();
-  const elapsed = (Date.now() - t0) / 1000;
+  const elapsed = loadElapsed;
   const alive = !stack.exited;
   const exit = await stackLib.stopProcess(stack);
   if (!alive) fail(`ably-tokend exited during the run (${JSON.stringify(exit)})`);
 
   // Verdict.
-  const ref = samples.find((s) => s.t * 1000 >= REF_MS) ?? samples[samples.length - 1];
-  const after = samples.filter((s) => s.t >= ref.t);
+  const loadSamples = samples.slice(0, Math.max(loadEnd, 1));
+  const ref = loadSamples.find((s) => s.t * 1000 >= REF_MS) ?? loadSamples[loadSamples.length - 1];
+  const after = loadSamples.filter((s) => s.t >= ref.t);
   const peak = Math.max(...after.map((s) => s.rssKb));
-  const end = samples[samples.length - 1];
+  const end = loadSamples[loadSamples.length - 1];
+  const rested = samples[samples.length - 1];
   const flat = peak <= 2 * ref.rssKb;
   const code42910 = tokenCounts.code42910 + (failures.get("ably error 42910") ?? 0);
   const nFailures = totalFailures();
@@ -321,7 +332,8 @@ async function main() {
   const failureRows = [...failures.entries(), ...tokenFailureRows];
   const verdict =
     `RSS flat within 2× of its value at ${ref.t} s: ${flat ? "yes" : "no"} ` +
-    `(${mb(ref.rssKb)} MB then, peak ${mb(peak)} MB after, ${mb(end.rssKb)} MB at the end); ` +
+    `(${mb(ref.rssKb)} MB then, peak ${mb(peak)} MB after, ${mb(end.rssKb)} MB at the end of the load` +
+    `${REST_SECS > 0 ? `, ${mb(rested.rssKb)} MB after ${REST_SECS} s with no load; ${mb(rss0)} MB at the start` : ""}); ` +
     `failures: ${nFailures}${code42910 ? ` (42910: ${code42910})` : ""}`;
 
   const csv = ["t_s,rss_kb,connections_per_s,tokens_per_s,connections_total,tokens_total,failures"]
