@@ -236,3 +236,45 @@ async fn auth0_session_signed_with_an_ec_key_is_accepted() {
     let response = app.get_token("/api/ably-token", &confused).await;
     assert_error(response, 401, "signing_key_unknown").await;
 }
+
+/// A connection idle for longer than the `Keep-Alive: timeout=5` hint is
+/// still open: the server keeps idle connections three times as long as it
+/// promises, so a client that retires them at the hint (Node's agent, undici)
+/// never reuses one as the server closes it (src/http/mod.rs,
+/// KEEP_ALIVE_SECS).
+#[actix_web::test]
+async fn an_idle_connection_outlives_the_keep_alive_hint() {
+    use std::io::{Read, Write};
+    let key = TestKey::rsa("rsa1", "ins_2abcRSA");
+    let (_jwks, app) = app_trusting(&[&key], Issuers::clerk).await;
+    let addr = app.address.trim_start_matches("http://").to_string();
+    let exchange = move |mut stream: std::net::TcpStream| {
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
+        let mut buf = [0u8; 1024];
+        let n = stream.read(&mut buf).unwrap();
+        (stream, String::from_utf8_lossy(&buf[..n]).into_owned())
+    };
+    let stream = std::net::TcpStream::connect(&addr).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let (stream, first) = actix_web::rt::task::spawn_blocking(move || exchange(stream))
+        .await
+        .unwrap();
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    assert!(
+        first.to_ascii_lowercase().contains("keep-alive: timeout=5"),
+        "{first}"
+    );
+    // Idle past the hint, then the same connection again.
+    actix_web::rt::time::sleep(std::time::Duration::from_millis(6_500)).await;
+    let (_stream, second) = actix_web::rt::task::spawn_blocking(move || exchange(stream))
+        .await
+        .unwrap();
+    assert!(
+        second.starts_with("HTTP/1.1 200"),
+        "the connection was closed: {second:?}"
+    );
+}
