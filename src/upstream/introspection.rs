@@ -12,7 +12,7 @@ use base64::Engine;
 use reqwest::header::{ACCEPT, AUTHORIZATION};
 use serde_json::Value;
 
-use super::lookup::{self, read_expiry, Answer, ExpiryFormat, LookupError};
+use super::lookup::{self, read_expiry, Answer, ExpiryFormat};
 use super::lookup_cache::{LookupCache, LookupCounts};
 use super::UpstreamError;
 use crate::clock::SharedClock;
@@ -106,15 +106,12 @@ impl Introspection {
                 expires_at_ms: None,
             },
         };
-        match &answer.claims {
-            Ok(_) => {}
-            Err(LookupError::Refused(why)) => {
-                tracing::info!(issuer = %self.issuer, reason = "session_invalid", detail = %why, "the introspection endpoint refused the token");
-            }
-            Err(LookupError::Unavailable(why)) => {
-                tracing::warn!(issuer = %self.issuer, reason = "session_upstream_unavailable", detail = %why, url = %self.settings.url, "the introspection endpoint could not be asked");
-            }
-        }
+        answer.log_failure(
+            &self.issuer,
+            &self.settings.url,
+            "the introspection endpoint",
+            "the token",
+        );
         answer
     }
 }

@@ -74,6 +74,30 @@ impl Answer {
     }
 }
 
+impl Answer {
+    /// One log line for a look-up that failed: a refusal at info (the user's
+    /// session is simply not valid), an upstream that could not be asked at
+    /// warn with its URL (ops must act). `endpoint` and `refused` name the
+    /// kind, e.g. "the session endpoint" / "the session".
+    pub(crate) fn log_failure(
+        &self,
+        issuer: &str,
+        url: &reqwest::Url,
+        endpoint: &str,
+        refused: &str,
+    ) {
+        match &self.claims {
+            Ok(_) => {}
+            Err(LookupError::Refused(why)) => {
+                tracing::info!(issuer = %issuer, reason = "session_invalid", detail = %why, "{endpoint} refused {refused}");
+            }
+            Err(LookupError::Unavailable(why)) => {
+                tracing::warn!(issuer = %issuer, reason = "session_upstream_unavailable", detail = %why, url = %url, "{endpoint} could not be asked");
+            }
+        }
+    }
+}
+
 /// The client both look-ups use: a redirect is answered, never followed (a
 /// session endpoint redirecting to a sign-in page means "no session", and
 /// following it would carry the cookies elsewhere).

@@ -10,7 +10,7 @@
 use reqwest::header::{HeaderValue, ACCEPT, AUTHORIZATION, COOKIE};
 use serde_json::Value;
 
-use super::lookup::{self, read_expiry, Answer, ExpiryFormat, LookupError};
+use super::lookup::{self, read_expiry, Answer, ExpiryFormat};
 use super::lookup_cache::{LookupCache, LookupCounts};
 use super::UpstreamError;
 use crate::clock::SharedClock;
@@ -156,15 +156,12 @@ impl SessionEndpoint {
                 expires_at_ms: None,
             },
         };
-        match &answer.claims {
-            Ok(_) => {}
-            Err(LookupError::Refused(why)) => {
-                tracing::info!(issuer = %self.issuer, reason = "session_invalid", detail = %why, "the session endpoint refused the session");
-            }
-            Err(LookupError::Unavailable(why)) => {
-                tracing::warn!(issuer = %self.issuer, reason = "session_upstream_unavailable", detail = %why, url = %self.settings.url, "the session endpoint could not be asked");
-            }
-        }
+        answer.log_failure(
+            &self.issuer,
+            &self.settings.url,
+            "the session endpoint",
+            "the session",
+        );
         answer
     }
 }
