@@ -13,7 +13,6 @@ use ably_tokend::clock::{ManualClock, SharedClock};
 use ably_tokend::config::Settings;
 use ably_tokend::http::Application;
 use ably_tokend::policy::Policy;
-use actix_web::dev::ServerHandle;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Value};
 
@@ -45,7 +44,7 @@ struct ProviderState {
 pub struct ProviderServer {
     pub port: u16,
     state: ProviderState,
-    handle: ServerHandle,
+    server: LoopbackServer,
 }
 
 impl ProviderServer {
@@ -57,13 +56,13 @@ impl ProviderServer {
             doc_fetches: Arc::new(AtomicUsize::new(0)),
             key_fetches: Arc::new(AtomicUsize::new(0)),
         };
-        let (port, handle) = serve_on_loopback(state.clone(), |app| {
+        let server = serve_on_loopback(state.clone(), |app| {
             app.default_service(web::to(serve));
         });
         let provider = ProviderServer {
-            port,
+            port: server.port,
             state,
-            handle,
+            server,
         };
         provider.publish_keys(keys);
         provider
@@ -114,7 +113,7 @@ impl ProviderServer {
 
     /// Stops answering: connections are refused from now on.
     pub async fn stop(&self) {
-        self.handle.stop(false).await;
+        self.server.stop().await;
     }
 }
 

@@ -316,13 +316,12 @@ pub struct JwksState {
     pub fetches: Arc<AtomicUsize>,
 }
 
-/// A real JWKS endpoint on loopback that counts its fetches.
 /// An HTTP server on a free loopback port with one worker, `state` as its
-/// `web::Data` and `routes`; returns the port and the handle that stops it.
+/// `web::Data` and `routes`.
 pub fn serve_on_loopback<S: Clone + Send + 'static>(
     state: S,
     routes: fn(&mut web::ServiceConfig),
-) -> (u16, ServerHandle) {
+) -> LoopbackServer {
     let server = HttpServer::new(move || {
         App::new()
             .app_data(web::Data::new(state.clone()))
@@ -336,13 +335,48 @@ pub fn serve_on_loopback<S: Clone + Send + 'static>(
     let server = server.run();
     let handle = server.handle();
     actix_web::rt::spawn(server);
-    (port, handle)
+    LoopbackServer {
+        port,
+        handle,
+        reserved: Mutex::new(None),
+    }
 }
 
+/// A server from [`serve_on_loopback`]; `stop` takes it down for good.
+pub struct LoopbackServer {
+    pub port: u16,
+    handle: ServerHandle,
+    reserved: Mutex<Option<socket2::Socket>>,
+}
+
+impl LoopbackServer {
+    /// Stops answering: connections to the port are refused from now on.
+    /// The port stays bound (not listening) until this value is dropped, so
+    /// no other test's server, started on port 0 meanwhile, can take it and
+    /// answer in the stopped one's place — with the same fixed test key, it
+    /// would pass for a provider that is down.
+    pub async fn stop(&self) {
+        self.handle.stop(false).await;
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("a TCP socket");
+        // Connections the stopped server accepted may linger in TIME_WAIT.
+        socket.set_reuse_address(true).expect("SO_REUSEADDR");
+        let address = std::net::SocketAddr::from(([127, 0, 0, 1], self.port));
+        socket.bind(&address.into()).unwrap_or_else(|e| {
+            panic!(
+                "could not keep port {} for the stopped server: {e}",
+                self.port
+            )
+        });
+        *self.reserved.lock().unwrap() = Some(socket);
+    }
+}
+
+/// A real JWKS endpoint on loopback that counts its fetches.
 pub struct JwksServer {
     pub port: u16,
     pub state: JwksState,
-    handle: ServerHandle,
+    server: LoopbackServer,
 }
 
 impl JwksServer {
@@ -353,13 +387,13 @@ impl JwksServer {
             delay: Arc::new(Mutex::new(Duration::ZERO)),
             fetches: Arc::new(AtomicUsize::new(0)),
         };
-        let (port, handle) = serve_on_loopback(state.clone(), |app| {
+        let server = serve_on_loopback(state.clone(), |app| {
             app.route("/.well-known/jwks.json", web::get().to(serve_jwks));
         });
         let jwks = JwksServer {
-            port,
+            port: server.port,
             state,
-            handle,
+            server,
         };
         jwks.publish(keys);
         jwks
@@ -392,7 +426,7 @@ impl JwksServer {
 
     /// Stops answering: connections are refused from now on.
     pub async fn stop(&self) {
-        self.handle.stop(false).await;
+        self.server.stop().await;
     }
 }
 

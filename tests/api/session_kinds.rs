@@ -8,7 +8,6 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use actix_web::dev::ServerHandle;
 use actix_web::{web, HttpRequest, HttpResponse};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -43,21 +42,21 @@ struct Upstream {
 struct UpstreamServer {
     port: u16,
     state: Upstream,
-    handle: ServerHandle,
+    server: LoopbackServer,
 }
 
 impl UpstreamServer {
     async fn start() -> UpstreamServer {
         let state = Upstream::default();
-        let (port, handle) = serve_on_loopback(state.clone(), |app| {
+        let server = serve_on_loopback(state.clone(), |app| {
             app.route("/api/auth/session", web::get().to(session))
                 .route("/api/auth/get-session", web::get().to(session))
                 .route("/oauth2/introspect", web::post().to(introspect));
         });
         UpstreamServer {
-            port,
+            port: server.port,
             state,
-            handle,
+            server,
         }
     }
 
@@ -271,7 +270,7 @@ async fn a_cookie_is_looked_up_at_the_session_endpoint_and_only_it_is_forwarded(
         assert!(metrics.contains(line), "{line} in\n{metrics}");
     }
     jwks.stop().await;
-    upstream.handle.stop(false).await;
+    upstream.server.stop().await;
 }
 
 #[actix_web::test]
@@ -334,7 +333,7 @@ async fn a_bearer_that_is_not_a_jwt_is_introspected() {
         .iter()
         .all(|s| s.path == "/oauth2/introspect"));
     jwks.stop().await;
-    upstream.handle.stop(false).await;
+    upstream.server.stop().await;
 }
 
 #[actix_web::test]
@@ -359,7 +358,7 @@ async fn a_bearer_jwt_still_goes_to_its_jwt_issuer_and_wins_over_a_cookie() {
     assert_error(bad, 401, "signature_invalid").await;
     assert_eq!(upstream.calls(), 0);
     jwks.stop().await;
-    upstream.handle.stop(false).await;
+    upstream.server.stop().await;
 }
 
 #[actix_web::test]
@@ -489,7 +488,7 @@ async fn check_config_says_whether_each_endpoint_answers() {
         "{stdout}"
     );
     assert!(stdout.ends_with("1 problem found\n"), "{stdout}");
-    upstream.handle.stop(false).await;
+    upstream.server.stop().await;
 }
 
 /// The app's configuration (loopback, one worker, no rate limit, the test
@@ -547,7 +546,7 @@ async fn a_session_endpoint_with_forward_authorization_takes_opaque_bearers() {
         Some("Bearer better-auth-token")
     );
     assert_eq!(seen[0].cookie, None, "the header decided: no cookie goes");
-    upstream.handle.stop(false).await;
+    upstream.server.stop().await;
 }
 
 /// README.md's Better Auth block as written, its URL pointed at an endpoint
@@ -600,5 +599,5 @@ async fn the_readmes_better_auth_block_refuses_a_session_past_its_expires_at() {
     let seen = upstream.seen();
     assert_eq!(seen.len(), 2, "both were asked");
     assert_eq!(seen[1].path, "/api/auth/get-session");
-    upstream.handle.stop(false).await;
+    upstream.server.stop().await;
 }
