@@ -16,6 +16,7 @@ mod duration;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod http;
+mod keep_alive;
 mod metrics;
 pub mod policy;
 pub mod signing;

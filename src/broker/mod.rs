@@ -30,6 +30,7 @@ use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 
 use crate::clock::SharedClock;
 use crate::config::BrokerSettings;
+use crate::keep_alive;
 use crate::signing::ApiKey;
 use auth::BrokerAuth;
 use hub::{HistoryLimits, Hub};
@@ -190,10 +191,7 @@ impl Broker {
                 .route("/metrics", web::get().to(metrics::serve))
                 .app_data(web::PayloadConfig::new(rest::MAX_REST_BODY))
                 .wrap(actix_cors::Cors::permissive())
-                .wrap(DefaultHeaders::new().add((
-                    header::HeaderName::from_static("keep-alive"),
-                    KEEP_ALIVE_HINT,
-                )))
+                .wrap(DefaultHeaders::new().add(keep_alive::hint(keep_alive::DEFAULT)))
                 .route("/", web::get().to(websocket))
                 .route("/time", web::get().to(rest::time))
                 .route(
@@ -222,7 +220,7 @@ impl Broker {
         // algorithm (RFC 896) holds a frame while an earlier one awaits the
         // client's delayed ACK (RFC 1122 §4.2.3.2), tens of milliseconds.
         .tcp_nodelay(true)
-        .keep_alive(Duration::from_secs(KEEP_ALIVE_SECS))
+        .keep_alive(keep_alive::DEFAULT)
         .listen(listener)?
         .shutdown_timeout(5)
         .run();
@@ -287,15 +285,6 @@ impl Broker {
     }
 }
 
-/// How long an idle keep-alive connection to the REST API is kept open
-/// (actix-web's default), and the `Keep-Alive` hint that says so (RFC 9112
-/// §9.3): as the sidecar does (src/http/mod.rs, `KEEP_ALIVE_HINT`), so that
-/// Node's HTTP agent — ably-js's `requestToken` and REST calls — frees an idle
-/// socket a second before the broker closes it instead of reusing it as it
-/// closes ("socket hang up", seen in benches/soak).
-const KEEP_ALIVE_SECS: u64 = 5;
-const KEEP_ALIVE_HINT: &str = "timeout=5";
-
 /// Hands the memory the sweep just freed back to the operating system. glibc's
 /// allocator keeps freed chunks in its arenas, so without this the RSS of a
 /// broker that went through a burst of connections and token requests stays
@@ -354,15 +343,4 @@ async fn websocket(
     let state = state.into_inner();
     actix_web::rt::spawn(connection::run(session, stream, state, params, credentials));
     Ok(response)
-}
-
-#[cfg(test)]
-mod keep_alive_tests {
-    #[test]
-    fn the_hint_names_the_brokers_own_idle_timeout() {
-        assert_eq!(
-            super::KEEP_ALIVE_HINT,
-            format!("timeout={}", super::KEEP_ALIVE_SECS)
-        );
-    }
 }

@@ -69,6 +69,9 @@ pub(crate) struct ServerSettings {
     pub(crate) rate_limit_per_second: u32,
     pub(crate) rate_limit_burst: u32,
     pub(crate) shutdown_timeout: Duration,
+    /// How long an idle keep-alive connection is kept open; clients are told
+    /// in a `Keep-Alive: timeout=` header (src/http/mod.rs).
+    pub(crate) keep_alive: Duration,
     pub(crate) workers: usize,
 }
 

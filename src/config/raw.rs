@@ -29,6 +29,7 @@ pub(super) struct RawServer {
     pub(crate) rate_limit_per_second: u32,
     pub(crate) rate_limit_burst: u32,
     pub(crate) shutdown_timeout: String,
+    pub(crate) keep_alive: String,
     pub(crate) workers: usize,
 }
 
@@ -44,6 +45,7 @@ impl Default for RawServer {
             rate_limit_per_second: 1000,
             rate_limit_burst: 2000,
             shutdown_timeout: "10s".into(),
+            keep_alive: "75s".into(),
             workers: 0,
         }
     }

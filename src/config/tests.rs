@@ -18,6 +18,7 @@ fn minimal_file_gets_documented_defaults() {
     let s = Settings::from_toml(MINIMAL).unwrap();
     assert_eq!(s.server.bind.to_string(), "127.0.0.1:8080");
     assert_eq!(s.server.session_cookies, vec!["__session"]);
+    assert_eq!(s.server.keep_alive, Duration::from_secs(75));
     assert_eq!(s.ably.default_ttl, Duration::from_secs(3600));
     assert_eq!(s.ably.max_ttl, ABLY_MAX_TTL);
     assert_eq!(s.ably.token_format, TokenFormat::TokenRequest);
@@ -178,6 +179,15 @@ fn limits_in_messages_read_as_before() {
         err(&format!("{MINIMAL}\n[server]\nmax_body_bytes = 0")),
         "server.max_body_bytes: must be between 1 and 1048576"
     );
+    for keep_alive in ["500ms", "2h"] {
+        assert_eq!(
+            err(&format!(
+                "{MINIMAL}\n[server]\nkeep_alive = \"{keep_alive}\""
+            )),
+            "server.keep_alive: must be between 1s and 1h: clients are told it in whole seconds, \
+             and an idle connection held longer only holds a socket"
+        );
+    }
     let secret = MINIMAL.replace(
         "jwks_url = \"https://clerk.example.com/.well-known/jwks.json\"",
         "secret = \"short\"",

@@ -31,6 +31,9 @@ const MAX_PRESENCE_GRACE: Duration = Duration::from_secs(120);
 /// members present for minutes.
 const MIN_IDLE_INTERVAL: Duration = Duration::from_millis(100);
 const MAX_IDLE_INTERVAL: Duration = Duration::from_secs(300);
+/// Bounds of `server.keep_alive`.
+const MIN_KEEP_ALIVE: Duration = Duration::from_secs(1);
+const MAX_KEEP_ALIVE: Duration = Duration::from_secs(3600);
 
 pub(super) fn settings(raw: RawSettings, env: EnvLookup<'_>) -> Result<Settings, ConfigError> {
     let server = server(raw.server)?;
@@ -159,6 +162,14 @@ pub(super) fn server(raw: RawServer) -> Result<ServerSettings, ConfigError> {
             "must be at least 1 when rate_limit_per_second is set",
         ));
     }
+    let keep_alive = parse_duration("server.keep_alive", &raw.keep_alive)?;
+    if !(MIN_KEEP_ALIVE..=MAX_KEEP_ALIVE).contains(&keep_alive) {
+        return Err(invalid(
+            "server.keep_alive",
+            "must be between 1s and 1h: clients are told it in whole seconds, and an idle \
+             connection held longer only holds a socket",
+        ));
+    }
     Ok(ServerSettings {
         bind: parse_bind("server.bind", &raw.bind)?,
         cors_allowed_origins: raw.cors_allowed_origins,
@@ -167,6 +178,7 @@ pub(super) fn server(raw: RawServer) -> Result<ServerSettings, ConfigError> {
         rate_limit_per_second: raw.rate_limit_per_second,
         rate_limit_burst: raw.rate_limit_burst,
         shutdown_timeout: parse_duration("server.shutdown_timeout", &raw.shutdown_timeout)?,
+        keep_alive,
         workers: raw.workers,
     })
 }

@@ -27,20 +27,12 @@ pub(crate) use error::{error_response, ApiError};
 use crate::clock::{self, SharedClock};
 use crate::config::Settings;
 use crate::dev::DevIssuer;
+use crate::keep_alive;
 use crate::metrics::{Metrics, PolicyGauges};
 use crate::policy::{Policy, PolicyError, ReloadOutcome, Store};
 use crate::upstream::Verifier;
 
 /// Headers ably-js and browsers send to an authUrl.
-/// How long an idle keep-alive connection is kept open (actix-web's default).
-const KEEP_ALIVE_SECS: u64 = 5;
-/// Said to clients (RFC 9112 §9.3 leaves idle timeouts to each side; the
-/// `Keep-Alive: timeout=` hint is how they learn ours). Without it, Node's
-/// HTTP agent — ably-js's authUrl requests from a Node backend or test —
-/// reuses a connection at the very moment the server closes it and fails
-/// with "socket hang up"; with it, Node frees the socket a second early.
-const KEEP_ALIVE_HINT: &str = "timeout=5";
-
 const CORS_HEADERS: &[&str] = &[
     "authorization",
     "content-type",
@@ -226,16 +218,13 @@ fn serve(listener: TcpListener, state: web::Data<AppState>) -> std::io::Result<S
             .wrap(
                 DefaultHeaders::new()
                     .add((header::CACHE_CONTROL, "no-store"))
-                    .add((
-                        header::HeaderName::from_static("keep-alive"),
-                        KEEP_ALIVE_HINT,
-                    )),
+                    .add(keep_alive::hint(server_settings.keep_alive)),
             )
             .wrap(TracingLogger::<request_log::RequestLog>::new())
             .configure(|cfg| routes::configure(cfg, state.dev_issuer.is_some()))
             .default_service(web::to(not_found))
     })
-    .keep_alive(std::time::Duration::from_secs(KEEP_ALIVE_SECS))
+    .keep_alive(server_settings.keep_alive)
     .listen(listener)?
     .shutdown_timeout(server_settings.shutdown_timeout.as_secs().max(1));
     if server_settings.workers > 0 {
@@ -258,15 +247,4 @@ async fn not_found(req: HttpRequest, state: web::Data<AppState>) -> actix_web::H
     actix_web::ResponseError::error_response(&ApiError::NotFound(
         req.path().chars().take(200).collect(),
     ))
-}
-
-#[cfg(test)]
-mod keep_alive_tests {
-    #[test]
-    fn the_hint_names_the_servers_own_idle_timeout() {
-        assert_eq!(
-            super::KEEP_ALIVE_HINT,
-            format!("timeout={}", super::KEEP_ALIVE_SECS)
-        );
-    }
 }

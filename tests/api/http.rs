@@ -204,3 +204,59 @@ async fn the_dev_stack_mints_sessions_the_sidecar_accepts() {
         .unwrap();
     assert_error(wrong_method, 405, "method_not_allowed").await;
 }
+
+/// Sends one request on `stream` and reads one answer (one read: the
+/// answers here are small), or "" once the server has closed it.
+fn exchange(mut stream: std::net::TcpStream) -> (std::net::TcpStream, String) {
+    use std::io::{Read, Write};
+    let _ = stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
+    let mut buf = [0u8; 2048];
+    let n = stream.read(&mut buf).unwrap_or(0);
+    let answer = String::from_utf8_lossy(&buf[..n]).into_owned();
+    (stream, answer)
+}
+
+/// An idle connection stays open for `server.keep_alive` and no longer, and
+/// every answer says how long (src/keep_alive.rs): clients that honour the
+/// hint close first, and those that do not (Node's agent without a timeout,
+/// ably-js's) meet a close only after that long idle.
+#[actix_web::test]
+async fn idle_connections_are_kept_for_server_keep_alive_and_answers_say_so() {
+    let key = TestKey::rsa("rsa1", "k1");
+    let jwks = JwksServer::start(&[&key]).await;
+    let default = TestApp::spawn(Issuers::clerk(&jwks)).await;
+    let answer = default.get("/healthz").await;
+    assert_eq!(answer.headers()["keep-alive"], "timeout=75");
+
+    let config = config_text(&Issuers::clerk(&jwks), "keep_alive = \"2s\"");
+    let app = TestApp::spawn_with(&config, TEST_POLICY).await;
+    let addr = app.address.trim_start_matches("http://").to_string();
+    let stream = std::net::TcpStream::connect(&addr).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let in_thread = |stream| async move {
+        actix_web::rt::task::spawn_blocking(move || exchange(stream))
+            .await
+            .unwrap()
+    };
+    let (stream, first) = in_thread(stream).await;
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    assert!(
+        first
+            .to_ascii_lowercase()
+            .contains("keep-alive: timeout=2\r\n"),
+        "{first}"
+    );
+    // Idle for less than the timeout: the same connection answers again.
+    actix_web::rt::time::sleep(std::time::Duration::from_millis(1_000)).await;
+    let (stream, second) = in_thread(stream).await;
+    assert!(
+        second.starts_with("HTTP/1.1 200"),
+        "closed after 1 s idle: {second:?}"
+    );
+    // Idle for longer: the server has closed it.
+    actix_web::rt::time::sleep(std::time::Duration::from_millis(3_000)).await;
+    let (_stream, third) = in_thread(stream).await;
+    assert_eq!(third, "", "still open after 3 s idle with keep_alive = 2s");
+}

@@ -263,3 +263,45 @@ async fn sigterm_lets_in_flight_requests_finish_and_exits_0() {
         "the port is closed after exit"
     );
 }
+
+/// A long `server.keep_alive` does not lengthen a shutdown: on SIGTERM an
+/// idle keep-alive connection is closed at once, not after
+/// `shutdown_timeout` (10 s here), and the process exits 0.
+#[actix_web::test]
+async fn sigterm_closes_idle_keep_alive_connections_at_once() {
+    use std::io::{Read, Write};
+    let key = TestKey::rsa("rsa1", "k1");
+    let jwks = JwksServer::start(&[&key]).await;
+    let policy = scratch_file("sigterm-idle", "policy.toml", TEST_POLICY);
+    let running = serve(&jwks, &policy, "keep_alive = \"1h\"").await;
+    let addr = running.base.trim_start_matches("http://").to_string();
+    let idle = actix_web::rt::task::spawn_blocking(move || {
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
+        let mut buf = [0u8; 2048];
+        let n = stream.read(&mut buf).unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        assert!(String::from_utf8_lossy(&buf[..n]).contains("keep-alive: timeout=3600"));
+        stream
+    })
+    .await
+    .unwrap();
+    signal(&running.child, "TERM");
+    // Half the shutdown timeout: the connection must be closed well before.
+    idle.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let closed = actix_web::rt::task::spawn_blocking(move || {
+        let mut idle = idle;
+        let mut buf = [0u8; 64];
+        idle.read(&mut buf)
+    })
+    .await
+    .unwrap();
+    assert!(
+        matches!(closed, Ok(0)),
+        "the idle connection was not closed on SIGTERM: {closed:?}"
+    );
+    let (code, _, err) = finish(running).await;
+    assert_eq!(code, Some(0), "stderr: {err}");
+}

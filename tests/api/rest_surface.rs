@@ -436,8 +436,6 @@ async fn every_route_answers_msgpack_when_asked() {
     let (_, headers, time) = ok_json(rest.client.get(format!("{}/time", rest.base))).await;
     assert_eq!(headers["content-type"], "application/json");
     assert!(time[0].is_u64());
-    // The idle timeout is said, as the sidecar says it (src/broker/mod.rs,
-    // KEEP_ALIVE_HINT): ably-js's keep-alive agent then never reuses a
-    // connection the broker is closing.
-    assert_eq!(headers["keep-alive"], "timeout=5");
+    // The idle timeout is said, as the sidecar says it (src/keep_alive.rs).
+    assert_eq!(headers["keep-alive"], "timeout=75");
 }

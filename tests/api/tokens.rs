@@ -18,9 +18,8 @@ async fn clerk_session_gets_a_token_request_with_the_policy_capability() {
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "application/json");
     assert_eq!(response.headers()["cache-control"], "no-store");
-    // Clients learn the idle timeout, so a keep-alive agent never reuses a
-    // connection the server is closing (src/http/mod.rs, KEEP_ALIVE_HINT).
-    assert_eq!(response.headers()["keep-alive"], "timeout=5");
+    // Clients learn the idle timeout (src/keep_alive.rs).
+    assert_eq!(response.headers()["keep-alive"], "timeout=75");
     let request: Value = response.json().await.unwrap();
 
     assert_eq!(request["keyName"], KEY_NAME);
