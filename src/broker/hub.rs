@@ -110,12 +110,40 @@ impl Member {
     }
 }
 
+/// A message or presence event as history keeps it. The event is kept as
+/// its JSON text, parsed again only when a resume, a rewind or a history
+/// page reads it: history is written on every publish and read rarely, and
+/// the text is a third of the size of the `Value` tree it came from (see
+/// BENCHMARKS.md, memory per channel), which is most of what a busy broker
+/// holds for its 2-minute windows.
 struct Stored {
     /// The event's serial (see `continuity`): history's order, its page
     /// cursor, and where a resume continues from.
     seq: u64,
     timestamp: u64,
-    message: Value,
+    /// The publishing connection, so a resume can skip a connection's own
+    /// messages when it asked for no echo (RTL7f) without parsing them.
+    connection_id: Option<Box<str>>,
+    json: Box<str>,
+}
+
+impl Stored {
+    fn new(seq: u64, timestamp: u64, event: &Value) -> Stored {
+        Stored {
+            seq,
+            timestamp,
+            connection_id: event
+                .get("connectionId")
+                .and_then(Value::as_str)
+                .map(Box::from),
+            json: event.to_string().into_boxed_str(),
+        }
+    }
+
+    /// The event as it was stored.
+    fn event(&self) -> Value {
+        serde_json::from_str(&self.json).expect("history holds the JSON text of a Value")
+    }
 }
 
 #[derive(Default)]
@@ -169,11 +197,8 @@ impl Channel {
     fn record_presence(&mut self, items: &[Value], serial: &AtomicU64, now: u64) {
         for item in items {
             self.last = serial.fetch_add(1, Ordering::Relaxed) + 1;
-            self.presence_history.push_back(Stored {
-                seq: self.last,
-                timestamp: now,
-                message: item.clone(),
-            });
+            self.presence_history
+                .push_back(Stored::new(self.last, now, item));
         }
     }
 
@@ -626,7 +651,7 @@ impl Hub {
             .take_while(|m| backlog.since.is_none_or(|since| m.timestamp >= since))
             .take(backlog.limit)
             .map(
-                |m| json!({"action": action::MESSAGE, "channel": channel, "messages": [m.message]}),
+                |m| json!({"action": action::MESSAGE, "channel": channel, "messages": [m.event()]}),
             )
             .collect();
         frames.reverse();
@@ -645,9 +670,7 @@ impl Hub {
         subscriber: &Subscriber,
     ) -> Vec<Value> {
         let after = |history: &VecDeque<Stored>| history.partition_point(|m| m.seq <= from);
-        let own = |m: &Stored| {
-            m.message.get("connectionId").and_then(Value::as_str) == Some(connection_id)
-        };
+        let own = |m: &Stored| m.connection_id.as_deref() == Some(connection_id);
         let mut events: Vec<(u64, Value)> = Vec::new();
         if subscriber.messages {
             for m in state.history.range(after(&state.history)..) {
@@ -656,7 +679,7 @@ impl Hub {
                         "action": action::MESSAGE,
                         "channel": channel,
                         "channelSerial": self.serials.format(m.seq),
-                        "messages": [m.message],
+                        "messages": [m.event()],
                     });
                     events.push((m.seq, frame));
                 }
@@ -675,7 +698,7 @@ impl Hub {
                     "channel": channel,
                     "id": format!("replay-{}", m.seq),
                     "channelSerial": self.serials.format(m.seq),
-                    "presence": [m.message],
+                    "presence": [m.event()],
                 });
                 events.push((m.seq, frame));
             }
@@ -801,17 +824,15 @@ impl Hub {
             .collect();
         let published = fresh.len();
         if published > 0 {
-            frame["messages"] = Value::Array(fresh.clone());
             self.seq.fetch_add(published as u64, Ordering::Relaxed);
             // Each message has a serial; the frame carries its last (RTL15b).
-            for message in fresh {
+            for message in &fresh {
                 state.last = self.serial.fetch_add(1, Ordering::Relaxed) + 1;
-                state.history.push_back(Stored {
-                    seq: state.last,
-                    timestamp: now,
-                    message,
-                });
+                state
+                    .history
+                    .push_back(Stored::new(state.last, now, message));
             }
+            frame["messages"] = Value::Array(fresh);
             frame["channelSerial"] = json!(self.serials.format(state.last));
             let frame = Arc::new(SharedFrame::new(frame));
             // Derived channels first: a connection attached to both reads
@@ -1024,7 +1045,7 @@ impl Hub {
             } else {
                 None
             },
-            messages: selected.into_iter().map(|m| m.message.clone()).collect(),
+            messages: selected.into_iter().map(Stored::event).collect(),
         }
     }
 
