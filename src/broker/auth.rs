@@ -85,8 +85,10 @@ impl Expiring {
         self.by_expiry.insert((expires, key));
     }
 
+    /// Entries held: the larger of the map and its expiry index, which
+    /// hold the same keys.
     fn len(&self) -> usize {
-        self.expiry.len()
+        self.expiry.len().max(self.by_expiry.len())
     }
 }
 
@@ -320,8 +322,7 @@ impl BrokerAuth {
     }
 
     /// Nonces remembered now.
-    #[cfg(test)]
-    fn live_nonces(&self) -> usize {
+    pub(crate) fn live_nonces(&self) -> usize {
         self.nonces.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 

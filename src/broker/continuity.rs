@@ -245,9 +245,15 @@ impl Sessions {
     }
 
     /// Closed connections remembered now.
-    #[cfg(test)]
     pub(crate) fn closed_count(&self) -> usize {
         self.lock().closed.len()
+    }
+
+    /// Open connections, closed ones, and the closed keys queued for
+    /// expiry (which outlive an entry a resume took, until its TTL).
+    pub(crate) fn sizes(&self) -> (usize, usize, usize) {
+        let table = self.lock();
+        (table.live.len(), table.closed.len(), table.expiry.len())
     }
 }
 

@@ -398,6 +398,19 @@ pub(crate) struct Occupancy {
     pub(crate) presence_connections: usize,
 }
 
+/// The sizes of what the hub holds, summed over its channels.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct HubTables {
+    pub(crate) channels: usize,
+    pub(crate) subscribers: usize,
+    pub(crate) filtered: usize,
+    pub(crate) presence_members: usize,
+    pub(crate) messages_held: usize,
+    pub(crate) presence_events_held: usize,
+    pub(crate) idempotency_ids: usize,
+    pub(crate) delta_bases: usize,
+}
+
 pub(crate) struct Hub {
     channels: Mutex<HashMap<String, Channel>>,
     limits: HistoryLimits,
@@ -435,6 +448,25 @@ impl Hub {
 
     pub(crate) fn channel_count(&self) -> usize {
         self.lock().len()
+    }
+
+    /// What the channels hold now, summed over them, read under one lock.
+    pub(crate) fn tables(&self) -> HubTables {
+        let channels = self.lock();
+        let mut tables = HubTables {
+            channels: channels.len(),
+            ..HubTables::default()
+        };
+        for state in channels.values() {
+            tables.subscribers += state.subscribers.len();
+            tables.filtered += state.filtered.len();
+            tables.presence_members += state.members.len();
+            tables.messages_held += state.history.len();
+            tables.presence_events_held += state.presence_history.len();
+            tables.idempotency_ids += state.recent_ids.len();
+            tables.delta_bases += usize::from(state.delta_base.is_some());
+        }
+        tables
     }
 
     /// Messages published since start.

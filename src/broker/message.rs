@@ -166,9 +166,10 @@ impl RecentIds {
         self.order.is_empty()
     }
 
-    #[cfg(test)]
+    /// Ids remembered now: the larger of the hash set and the expiry queue,
+    /// which hold the same ids.
     pub(crate) fn len(&self) -> usize {
-        self.order.len()
+        self.order.len().max(self.seen.len())
     }
 
     /// Forgets the ids first published longer than the window ago.
