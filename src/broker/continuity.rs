@@ -245,6 +245,7 @@ impl Sessions {
     }
 
     /// Closed connections remembered now.
+    #[cfg(test)]
     pub(crate) fn closed_count(&self) -> usize {
         self.lock().closed.len()
     }

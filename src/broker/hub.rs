@@ -446,6 +446,7 @@ impl Hub {
         self.channels.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    #[cfg(test)]
     pub(crate) fn channel_count(&self) -> usize {
         self.lock().len()
     }

@@ -89,7 +89,6 @@ mod tests {
                 presence_grace: GRACE,
                 // Heartbeats tick in real time: none within the test.
                 max_idle_interval: Duration::from_secs(600),
-                ..BrokerSettings::default()
             };
             let broker = Broker::build(
                 &settings,
@@ -164,6 +163,24 @@ mod tests {
             assert_eq!(response.status(), 201, "{:?}", response.text().await);
         }
 
+        /// The broker's own `/metrics`, as `name value` pairs.
+        async fn metrics(&self) -> Vec<(String, i64)> {
+            let text = self
+                .http
+                .get(self.url("/metrics"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            text.lines()
+                .filter(|line| !line.starts_with('#'))
+                .filter_map(|line| line.split_once(' '))
+                .map(|(name, value)| (name.to_string(), value.parse().unwrap()))
+                .collect()
+        }
+
         /// Waits (in real time: connection tasks and the departures task
         /// run on their own) until `done` holds of the tables.
         async fn until(&self, what: &str, done: impl Fn(&Tables) -> bool) {
@@ -234,7 +251,7 @@ mod tests {
         let own = format!("own-{i}");
         attach(socket, "shared", json!({})).await;
         attach(socket, &own, json!({})).await;
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             attach(socket, &derived("shared"), json!({})).await;
         } else {
             attach(socket, "deltas", json!({"delta": "vcdiff"})).await;
@@ -253,7 +270,11 @@ mod tests {
             )
             .await;
         }
-        let to = if i % 2 == 0 { "shared" } else { "deltas" };
+        let to = if i.is_multiple_of(2) {
+            "shared"
+        } else {
+            "deltas"
+        };
         acked(
             socket,
             json!({"action": action::MESSAGE, "channel": to, "msgSerial": 3, "messages": [{"name": "tick", "data": format!("tick {i}")}]}),
@@ -306,6 +327,24 @@ mod tests {
         assert_eq!(live.hub.messages_held, 2 * CONNECTIONS + 4, "{live:?}");
         assert_eq!(live.hub.presence_events_held, CONNECTIONS, "{live:?}");
         assert_eq!(live.hub.delta_bases, 1, "{live:?}");
+        let gauges = churn.metrics().await;
+        for (name, value) in [
+            ("connections", CONNECTIONS),
+            ("channels", live.hub.channels),
+            ("resumable_connections", 0),
+            ("token_nonces", TOKEN_REQUESTS_ONLY + CONNECTIONS),
+            ("idempotency_ids", CONNECTIONS + 4),
+            ("presence_departures", 0),
+            ("presence_members", CONNECTIONS),
+            ("history_messages", 2 * CONNECTIONS + 4),
+            ("presence_history_events", CONNECTIONS),
+        ] {
+            let name = format!("ably_tokend_broker_{name}");
+            assert!(
+                gauges.contains(&(name.clone(), value as i64)),
+                "{name} {value} in {gauges:?}"
+            );
+        }
 
         // Close: a third with CLOSE, a third by dropping the transport, a
         // third resumed (then CLOSE), half of them after dropping the
@@ -318,7 +357,7 @@ mod tests {
                     expect(&mut socket, action::CLOSED, None).await;
                 }
                 1 => drop(socket),
-                _ if i % 2 == 0 => {
+                _ if i.is_multiple_of(2) => {
                     taken_over.push(socket);
                     resumes.push((token, key));
                 }
@@ -354,6 +393,17 @@ mod tests {
         assert_eq!(closed.presence_departures, CONNECTIONS / 3, "{closed:?}");
         assert_eq!(closed.hub.presence_members, CONNECTIONS / 3, "{closed:?}");
         assert_eq!(closed.hub.subscribers + closed.hub.filtered, 0);
+        let gauges = churn.metrics().await;
+        for (name, value) in [
+            ("resumable_connections", CONNECTIONS),
+            ("presence_departures", CONNECTIONS / 3),
+        ] {
+            let name = format!("ably_tokend_broker_{name}");
+            assert!(
+                gauges.contains(&(name.clone(), value as i64)),
+                "{name} {value} in {gauges:?}"
+            );
+        }
 
         // The grace passes: the dropped connections' members leave.
         churn.clock.advance(GRACE + Duration::from_secs(1));
@@ -376,5 +426,12 @@ mod tests {
         churn.clock.advance_secs(121);
         churn.state.sweep();
         assert_eq!(churn.state.tables(), Tables::default());
+        let gauges = churn.metrics().await;
+        let held: Vec<_> = gauges
+            .iter()
+            .filter(|(name, value)| !name.ends_with("_total") && *value != 0)
+            .collect();
+        assert!(held.is_empty(), "every gauge at 0: {held:?}");
+        assert!(gauges.len() >= 9, "{gauges:?}");
     }
 }
