@@ -26,6 +26,7 @@ use rand::TryRngCore;
 use serde_json::{json, Value};
 
 use super::protocol::AblyError;
+use super::tables::GiveBack;
 use crate::capability::Capability;
 use crate::clock::SharedClock;
 use crate::signing::{
@@ -315,10 +316,20 @@ impl BrokerAuth {
     /// broker lets go too.
     pub(crate) fn sweep(&self) {
         let now = self.now_ms();
+        let mut nonces = self.nonces.lock().unwrap_or_else(|e| e.into_inner());
+        nonces.prune(now);
+        // The expiry index is a B-tree: it frees its nodes as it empties.
+        nonces.expiry.give_back_room();
+    }
+
+    /// The capacity of the nonce map.
+    #[cfg(test)]
+    pub(crate) fn nonce_room(&self) -> usize {
         self.nonces
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .prune(now);
+            .expiry
+            .capacity()
     }
 
     /// Nonces remembered now.

@@ -16,6 +16,7 @@ use super::delta;
 use super::filter::Filter;
 use super::message::RecentIds;
 use super::protocol::{action, presence_action, SharedFrame};
+use super::tables::GiveBack;
 use crate::clock::SharedClock;
 
 /// A frame queued for one connection; shared by every recipient.
@@ -1061,14 +1062,38 @@ impl Hub {
         }
     }
 
-    /// Drops history past its age and forgets empty channels.
+    /// Drops history past its age, forgets empty channels, and gives back
+    /// the room a burst left the tables.
     pub(crate) fn sweep(&self) {
         let now = self.now_ms();
         let mut channels = self.lock();
         for state in channels.values_mut() {
             self.prune(state, now);
+            state.subscribers.give_back_room();
+            state.filtered.give_back_room();
+            state.history.give_back_room();
+            state.presence_history.give_back_room();
+            state.recent_ids.give_back_room();
         }
         channels.retain(|_, state| !state.is_forgettable());
+        channels.give_back_room();
+    }
+
+    /// The capacities of the channel map and of the channels' tables.
+    #[cfg(test)]
+    pub(crate) fn room(&self) -> (usize, usize) {
+        let channels = self.lock();
+        let within = channels
+            .values()
+            .map(|s| {
+                s.subscribers.capacity()
+                    + s.filtered.capacity()
+                    + s.history.capacity()
+                    + s.presence_history.capacity()
+                    + s.recent_ids.room()
+            })
+            .sum();
+        (channels.capacity(), within)
     }
 }
 

@@ -130,11 +130,13 @@ impl BrokerState {
 
     /// Forgets what expired: history past its age, channels left empty,
     /// TokenRequest nonces out of their window, closed connections past the
-    /// connection-state TTL. The broker's sweeper calls it every 10 s.
+    /// connection-state TTL; and gives back the room a burst left the
+    /// tables (`tables::GiveBack`). The broker's sweeper calls it every 10 s.
     pub(crate) fn sweep(&self) {
         self.hub.sweep();
         self.auth.sweep();
         self.sessions.sweep();
+        self.departures.sweep();
     }
 
     /// The size of every table the broker keeps (see `tables`).

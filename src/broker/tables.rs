@@ -23,8 +23,59 @@
 //! derived channels, presence channels) live in its task and go with it.
 //! Issued tokens are not stored (`auth.rs`). The sandbox's apps
 //! (`sandbox.rs`) are bounded by `MAX_APPS` and leave on DELETE.
+//!
+//! An emptied table still holds the room of its busiest moment: the sweep
+//! gives it back (`GiveBack`) for every table above, each channel's
+//! included.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::{BuildHasher, Hash};
 
 use super::hub::HubTables;
+
+/// Room a table keeps however empty it gets: small enough not to matter,
+/// large enough that a quiet table is not reallocated on every sweep.
+const KEPT_ROOM: usize = 64;
+
+/// A collection that can give back the room a burst left it. Rust's hash
+/// maps, sets and deques never shrink on their own: after a burst of
+/// connections or TokenRequests has expired, a table is empty but keeps the
+/// capacity of its busiest moment (for the nonces of 60 000 TokenRequests in
+/// 2 minutes, a map of 2^17 slots, ~4 MB) until the broker stops.
+pub(crate) trait GiveBack {
+    /// Shrinks to twice what it holds (at least `KEPT_ROOM`) once it holds
+    /// under a quarter of its capacity, so a table that is filling again is
+    /// not shrunk and regrown on every sweep.
+    fn give_back_room(&mut self);
+}
+
+fn room_to_keep(len: usize, capacity: usize) -> Option<usize> {
+    (capacity > KEPT_ROOM && len < capacity / 4).then(|| (len * 2).max(KEPT_ROOM))
+}
+
+impl<K: Eq + Hash, V, S: BuildHasher> GiveBack for HashMap<K, V, S> {
+    fn give_back_room(&mut self) {
+        if let Some(keep) = room_to_keep(self.len(), self.capacity()) {
+            self.shrink_to(keep);
+        }
+    }
+}
+
+impl<T: Eq + Hash, S: BuildHasher> GiveBack for HashSet<T, S> {
+    fn give_back_room(&mut self) {
+        if let Some(keep) = room_to_keep(self.len(), self.capacity()) {
+            self.shrink_to(keep);
+        }
+    }
+}
+
+impl<T> GiveBack for VecDeque<T> {
+    fn give_back_room(&mut self) {
+        if let Some(keep) = room_to_keep(self.len(), self.capacity()) {
+            self.shrink_to(keep);
+        }
+    }
+}
 
 /// The sizes of the broker's tables at one moment (each read under its own
 /// lock, so a table's size is exact and the set of them nearly so).
@@ -280,6 +331,106 @@ mod tests {
             json!({"action": action::MESSAGE, "channel": to, "msgSerial": 3, "messages": [{"name": "tick", "data": format!("tick {i}")}]}),
         )
         .await;
+    }
+
+    /// A burst fills every table (5 000 connections closed, TokenRequests,
+    /// dropped connections' departures, channels with their own ids, and
+    /// one channel that stays, with 5 000 ids and subscribers come and
+    /// gone): once it has expired, the sweep leaves the tables empty and
+    /// gives back their room, so a burst does not hold memory for good.
+    #[actix_web::test]
+    async fn once_a_burst_has_expired_the_sweep_gives_its_room_back() {
+        use crate::broker::hub::{Outbox, Subscriber};
+        const BURST: usize = 5_000;
+        let churn = Churn::start().await;
+        let state = &churn.state;
+        let capability = Capability::parse_json(EVERYTHING).unwrap();
+        let (tx, _rx) = tokio::sync::mpsc::channel(1);
+        let outbox = Outbox {
+            tx,
+            lagged: Arc::default(),
+            lagging: Arc::default(),
+        };
+        let subscriber = || Subscriber {
+            outbox: outbox.clone(),
+            echo: true,
+            messages: true,
+            presence: false,
+            delta: None,
+        };
+        state.hub.subscribe("busy", "stays", subscriber());
+        let now = churn.clock.now_ms();
+        for i in 0..BURST {
+            let (key, id) = (format!("key-{i}"), format!("id-{i}"));
+            let registration = state.sessions.open(&key, &id, None);
+            state.sessions.close(&key, &id, None, &registration);
+            let grant = Grant {
+                capability: &capability,
+                client_id: None,
+                ttl_ms: 60_000,
+                issued_ms: now,
+            };
+            let request = serde_json::to_value(sign_token_request(&churn.key, &grant, new_nonce()));
+            state
+                .auth
+                .request_token("app.churn", &request.unwrap())
+                .unwrap();
+            assert!(state.departures.schedule(&id, vec!["gone".into()], now));
+            let message = json!({"action": action::MESSAGE, "messages": [{"id": id, "data": "x"}]});
+            for channel in [format!("c-{i}"), "busy".to_string()] {
+                state
+                    .hub
+                    .publish(&channel, message.clone(), &[true], None, None)
+                    .unwrap();
+            }
+            state.hub.subscribe("busy", &id, subscriber());
+            state.hub.drop_subscriber("busy", &id);
+        }
+        let room = |state: &BrokerState| {
+            let (channels, within) = state.hub.room();
+            let [live, closed, expiry] = state.sessions.room();
+            [
+                ("channels", channels),
+                ("within channels", within),
+                ("open sessions", live),
+                ("closed sessions", closed),
+                ("session expiry", expiry),
+                ("nonces", state.auth.nonce_room()),
+                ("departures", state.departures.room()),
+            ]
+        };
+        let burst = room(state);
+        for (table, capacity) in burst {
+            if table != "open sessions" {
+                assert!(capacity >= BURST, "{table}: {burst:?}");
+            }
+        }
+
+        churn.clock.advance(GRACE + Duration::from_secs(1));
+        churn
+            .until("the departures done", |t| t.presence_departures == 0)
+            .await;
+        churn.clock.advance_secs(121);
+        state.sweep();
+        let after = state.tables();
+        assert_eq!(
+            (after.hub.channels, after.hub.subscribers),
+            (1, 1),
+            "busy stays: {after:?}"
+        );
+        let emptied = Tables {
+            hub: HubTables {
+                channels: 0,
+                subscribers: 0,
+                ..after.hub
+            },
+            ..after
+        };
+        assert_eq!(emptied, Tables::default());
+        let kept = room(state);
+        for (table, capacity) in kept {
+            assert!(capacity <= 4 * KEPT_ROOM, "{table}: {kept:?}");
+        }
     }
 
     /// Connections come and go (CLOSE, a dropped transport, a dropped
