@@ -26,6 +26,7 @@ use rand::TryRngCore;
 use serde_json::{json, Value};
 
 use super::protocol::AblyError;
+use super::tables::GiveBack;
 use crate::capability::Capability;
 use crate::clock::SharedClock;
 use crate::signing::{
@@ -85,8 +86,10 @@ impl Expiring {
         self.by_expiry.insert((expires, key));
     }
 
+    /// Entries held: the larger of the map and its expiry index, which
+    /// hold the same keys.
     fn len(&self) -> usize {
-        self.expiry.len()
+        self.expiry.len().max(self.by_expiry.len())
     }
 }
 
@@ -313,15 +316,24 @@ impl BrokerAuth {
     /// broker lets go too.
     pub(crate) fn sweep(&self) {
         let now = self.now_ms();
+        let mut nonces = self.nonces.lock().unwrap_or_else(|e| e.into_inner());
+        nonces.prune(now);
+        // The expiry index is a B-tree: it frees its nodes as it empties.
+        nonces.expiry.give_back_room();
+    }
+
+    /// The capacity of the nonce map.
+    #[cfg(test)]
+    pub(crate) fn nonce_room(&self) -> usize {
         self.nonces
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .prune(now);
+            .expiry
+            .capacity()
     }
 
     /// Nonces remembered now.
-    #[cfg(test)]
-    fn live_nonces(&self) -> usize {
+    pub(crate) fn live_nonces(&self) -> usize {
         self.nonces.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use tokio::sync::{watch, Notify};
 
+use super::tables::GiveBack;
 use crate::clock::SharedClock;
 
 /// Longest channelSerial read from a client; anything longer is unknown.
@@ -238,16 +239,39 @@ impl Sessions {
             .map(|l| (l.id.clone(), l.client_id.clone()))
     }
 
-    /// Forgets closed connections past the TTL.
+    /// Forgets closed connections past the TTL, and gives back the room a
+    /// burst of connections left the tables.
     pub(crate) fn sweep(&self) {
         let now = self.clock.now_ms();
-        self.lock().prune(now);
+        let mut table = self.lock();
+        table.prune(now);
+        table.live.give_back_room();
+        table.closed.give_back_room();
+        table.expiry.give_back_room();
+    }
+
+    /// The capacities of the open, closed and expiry tables.
+    #[cfg(test)]
+    pub(crate) fn room(&self) -> [usize; 3] {
+        let table = self.lock();
+        [
+            table.live.capacity(),
+            table.closed.capacity(),
+            table.expiry.capacity(),
+        ]
     }
 
     /// Closed connections remembered now.
     #[cfg(test)]
     pub(crate) fn closed_count(&self) -> usize {
         self.lock().closed.len()
+    }
+
+    /// Open connections, closed ones, and the closed keys queued for
+    /// expiry (which outlive an entry a resume took, until its TTL).
+    pub(crate) fn sizes(&self) -> (usize, usize, usize) {
+        let table = self.lock();
+        (table.live.len(), table.closed.len(), table.expiry.len())
     }
 }
 

@@ -16,6 +16,7 @@ use super::delta;
 use super::filter::Filter;
 use super::message::RecentIds;
 use super::protocol::{action, presence_action, SharedFrame};
+use super::tables::GiveBack;
 use crate::clock::SharedClock;
 
 /// A frame queued for one connection; shared by every recipient.
@@ -423,6 +424,19 @@ pub(crate) struct Occupancy {
     pub(crate) presence_connections: usize,
 }
 
+/// The sizes of what the hub holds, summed over its channels.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct HubTables {
+    pub(crate) channels: usize,
+    pub(crate) subscribers: usize,
+    pub(crate) filtered: usize,
+    pub(crate) presence_members: usize,
+    pub(crate) messages_held: usize,
+    pub(crate) presence_events_held: usize,
+    pub(crate) idempotency_ids: usize,
+    pub(crate) delta_bases: usize,
+}
+
 pub(crate) struct Hub {
     channels: Mutex<HashMap<String, Channel>>,
     limits: HistoryLimits,
@@ -458,8 +472,28 @@ impl Hub {
         self.channels.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    #[cfg(test)]
     pub(crate) fn channel_count(&self) -> usize {
         self.lock().len()
+    }
+
+    /// What the channels hold now, summed over them, read under one lock.
+    pub(crate) fn tables(&self) -> HubTables {
+        let channels = self.lock();
+        let mut tables = HubTables {
+            channels: channels.len(),
+            ..HubTables::default()
+        };
+        for state in channels.values() {
+            tables.subscribers += state.subscribers.len();
+            tables.filtered += state.filtered.len();
+            tables.presence_members += state.members.len();
+            tables.messages_held += state.history.len();
+            tables.presence_events_held += state.presence_history.len();
+            tables.idempotency_ids += state.recent_ids.len();
+            tables.delta_bases += usize::from(state.delta_base.is_some());
+        }
+        tables
     }
 
     /// Messages published since start.
@@ -1049,14 +1083,38 @@ impl Hub {
         }
     }
 
-    /// Drops history past its age and forgets empty channels.
+    /// Drops history past its age, forgets empty channels, and gives back
+    /// the room a burst left the tables.
     pub(crate) fn sweep(&self) {
         let now = self.now_ms();
         let mut channels = self.lock();
         for state in channels.values_mut() {
             self.prune(state, now);
+            state.subscribers.give_back_room();
+            state.filtered.give_back_room();
+            state.history.give_back_room();
+            state.presence_history.give_back_room();
+            state.recent_ids.give_back_room();
         }
         channels.retain(|_, state| !state.is_forgettable());
+        channels.give_back_room();
+    }
+
+    /// The capacities of the channel map and of the channels' tables.
+    #[cfg(test)]
+    pub(crate) fn room(&self) -> (usize, usize) {
+        let channels = self.lock();
+        let within = channels
+            .values()
+            .map(|s| {
+                s.subscribers.capacity()
+                    + s.filtered.capacity()
+                    + s.history.capacity()
+                    + s.presence_history.capacity()
+                    + s.recent_ids.room()
+            })
+            .sum();
+        (channels.capacity(), within)
     }
 }
 

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
+use super::tables::GiveBack;
 use super::BrokerState;
 
 /// How long a silent connection is trusted, from `[broker] max_idle_interval`
@@ -107,6 +108,16 @@ impl Departures {
 
     pub(crate) fn pending(&self) -> usize {
         self.lock().len()
+    }
+
+    /// Gives back the room a burst of dropped connections left the table.
+    pub(crate) fn sweep(&self) {
+        self.lock().give_back_room();
+    }
+
+    #[cfg(test)]
+    pub(crate) fn room(&self) -> usize {
+        self.lock().capacity()
     }
 
     /// Calls `leave(connection, channel)` for every departure due at

@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 use super::auth::Credentials;
 use super::filter::Filter;
 use super::protocol::AblyError;
+use super::tables::GiveBack;
 use crate::capability::{OpSet, Operation};
 
 pub(crate) fn random_id(len: usize) -> String {
@@ -166,9 +167,15 @@ impl RecentIds {
         self.order.is_empty()
     }
 
-    #[cfg(test)]
+    /// Ids remembered now: the larger of the hash set and the expiry queue,
+    /// which hold the same ids.
     pub(crate) fn len(&self) -> usize {
-        self.order.len()
+        self.order.len().max(self.seen.len())
+    }
+
+    #[cfg(test)]
+    pub(crate) fn room(&self) -> usize {
+        self.seen.capacity() + self.order.capacity()
     }
 
     /// Forgets the ids first published longer than the window ago.
@@ -200,6 +207,13 @@ impl RecentIds {
         self.seen.insert(key);
         self.order.push_back((now_ms, key));
         true
+    }
+}
+
+impl GiveBack for RecentIds {
+    fn give_back_room(&mut self) {
+        self.seen.give_back_room();
+        self.order.give_back_room();
     }
 }
 

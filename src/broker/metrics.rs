@@ -37,18 +37,57 @@ fn single<M: EncodeMetric>(
 impl Collector for BrokerCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let state = &self.0;
-        single(
-            &mut encoder,
-            "broker_connections",
-            "Open realtime connections to the embedded broker",
-            ConstGauge::new(state.connection_count() as i64),
-        )?;
-        single(
-            &mut encoder,
-            "broker_channels",
-            "Channels the embedded broker holds state for",
-            ConstGauge::new(state.hub.channel_count() as i64),
-        )?;
+        let tables = state.tables();
+        let gauges = [
+            (
+                "broker_connections",
+                "Open realtime connections to the embedded broker",
+                tables.connections,
+            ),
+            (
+                "broker_channels",
+                "Channels the embedded broker holds state for",
+                tables.hub.channels,
+            ),
+            (
+                "broker_resumable_connections",
+                "Closed connections a client may still resume or recover (within the connection-state TTL)",
+                tables.resumable,
+            ),
+            (
+                "broker_token_nonces",
+                "TokenRequest nonces remembered while their timestamp is within the 2-minute window",
+                tables.token_nonces,
+            ),
+            (
+                "broker_idempotency_ids",
+                "Client-supplied message ids remembered for the 2-minute idempotency window",
+                tables.hub.idempotency_ids,
+            ),
+            (
+                "broker_presence_departures",
+                "Dropped connections whose presence members wait out the presence grace",
+                tables.presence_departures,
+            ),
+            (
+                "broker_presence_members",
+                "Presence members on all channels",
+                tables.hub.presence_members,
+            ),
+            (
+                "broker_history_messages",
+                "Messages held in channel history",
+                tables.hub.messages_held,
+            ),
+            (
+                "broker_presence_history_events",
+                "Presence events held in channel presence history",
+                tables.hub.presence_events_held,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            single(&mut encoder, name, help, ConstGauge::new(value as i64))?;
+        }
         single(
             &mut encoder,
             "broker_messages",
@@ -109,6 +148,13 @@ mod tests {
         for line in [
             "ably_tokend_broker_connections 0",
             "ably_tokend_broker_channels 0",
+            "ably_tokend_broker_resumable_connections 0",
+            "ably_tokend_broker_token_nonces 0",
+            "ably_tokend_broker_idempotency_ids 0",
+            "ably_tokend_broker_presence_departures 0",
+            "ably_tokend_broker_presence_members 0",
+            "ably_tokend_broker_history_messages 0",
+            "ably_tokend_broker_presence_history_events 0",
             "ably_tokend_broker_messages_total 0",
             "ably_tokend_broker_deliveries_total 0",
         ] {

@@ -17,6 +17,7 @@ mod metrics;
 pub(crate) mod protocol;
 pub(crate) mod rest;
 mod sandbox;
+pub(crate) mod tables;
 
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -126,6 +127,31 @@ impl BrokerState {
 
     pub(crate) fn stopping(&self) -> tokio::sync::watch::Receiver<bool> {
         self.stopping.subscribe()
+    }
+
+    /// Forgets what expired: history past its age, channels left empty,
+    /// TokenRequest nonces out of their window, closed connections past the
+    /// connection-state TTL; and gives back the room a burst left the
+    /// tables (`tables::GiveBack`). The broker's sweeper calls it every 10 s.
+    pub(crate) fn sweep(&self) {
+        self.hub.sweep();
+        self.auth.sweep();
+        self.sessions.sweep();
+        self.departures.sweep();
+    }
+
+    /// The size of every table the broker keeps (see `tables`).
+    pub(crate) fn tables(&self) -> tables::Tables {
+        let (open_sessions, resumable, resumable_expiry) = self.sessions.sizes();
+        tables::Tables {
+            connections: self.connection_count(),
+            open_sessions,
+            resumable,
+            resumable_expiry,
+            presence_departures: self.departures.pending(),
+            token_nonces: self.auth.live_nonces(),
+            hub: self.hub.tables(),
+        }
     }
 
     /// The open connection whose private key is `key`, if any.
@@ -269,9 +295,7 @@ impl Broker {
             let mut every = tokio::time::interval(Duration::from_secs(10));
             loop {
                 every.tick().await;
-                state.hub.sweep();
-                state.auth.sweep();
-                state.sessions.sweep();
+                state.sweep();
                 release_freed_memory();
             }
         });
