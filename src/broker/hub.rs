@@ -116,15 +116,14 @@ impl Member {
 /// page reads it: history is written on every publish and read rarely, and
 /// the text is a third of the size of the `Value` tree it came from (see
 /// BENCHMARKS.md, memory per channel), which is most of what a busy broker
-/// holds for its 2-minute windows.
+/// holds for its 2-minute windows. One allocation per entry: the fewer
+/// small blocks live for 2 minutes among short-lived ones, the less the
+/// allocator's heap fragments under churn (benches/soak).
 struct Stored {
     /// The event's serial (see `continuity`): history's order, its page
     /// cursor, and where a resume continues from.
     seq: u64,
     timestamp: u64,
-    /// The publishing connection, so a resume can skip a connection's own
-    /// messages when it asked for no echo (RTL7f) without parsing them.
-    connection_id: Option<Box<str>>,
     json: Box<str>,
 }
 
@@ -133,10 +132,6 @@ impl Stored {
         Stored {
             seq,
             timestamp,
-            connection_id: event
-                .get("connectionId")
-                .and_then(Value::as_str)
-                .map(Box::from),
             json: event.to_string().into_boxed_str(),
         }
     }
@@ -704,16 +699,19 @@ impl Hub {
         subscriber: &Subscriber,
     ) -> Vec<Value> {
         let after = |history: &VecDeque<Stored>| history.partition_point(|m| m.seq <= from);
-        let own = |m: &Stored| m.connection_id.as_deref() == Some(connection_id);
+        let own = |event: &Value| {
+            event.get("connectionId").and_then(Value::as_str) == Some(connection_id)
+        };
         let mut events: Vec<(u64, Value)> = Vec::new();
         if subscriber.messages {
             for m in state.history.range(after(&state.history)..) {
-                if subscriber.echo || !own(m) {
+                let event = m.event();
+                if subscriber.echo || !own(&event) {
                     let frame = json!({
                         "action": action::MESSAGE,
                         "channel": channel,
                         "channelSerial": self.serials.format(m.seq),
-                        "messages": [m.event()],
+                        "messages": [event],
                     });
                     events.push((m.seq, frame));
                 }
